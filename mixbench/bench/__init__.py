@@ -1,0 +1,1 @@
+"""Benchmark machinery: the training engine, evaluators, the matrix runner, the results store."""

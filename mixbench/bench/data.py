@@ -1,0 +1,73 @@
+"""From a cell's config to its data: the data set bundle and the train/test loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mixbench.config import CellConfig
+from mixbench.datasets import DatasetBundle, create_dataset, make_loader
+from mixbench.errors import UsageError
+from mixbench.models import create_model
+
+
+def bundle_key(cell: CellConfig) -> tuple[Any, ...]:
+    """What identifies a loaded data set (cells that share it reuse one copy in memory)."""
+    options = tuple(sorted((k, repr(v)) for k, v in cell.dataset_options.items()))
+    return (cell.dataset, cell.runtime.data_root, options)
+
+
+def load_bundle(cell: CellConfig, cache: dict[Any, DatasetBundle] | None = None) -> DatasetBundle:
+    """The cell's data set, from ``cache`` when an earlier cell loaded it already."""
+    key = bundle_key(cell)
+    if cache is not None and key in cache:
+        return cache[key]
+    options = dict(cell.dataset_options)
+    bundle = create_dataset(
+        cell.dataset, cell.runtime.data_root, download=cell.runtime.download, **options
+    )
+    check_model_fits(cell.model, cell.model_options, bundle)
+    if cache is not None:
+        cache[key] = bundle
+    return bundle
+
+
+def check_model_fits(model: str, model_options: dict[str, Any], bundle: DatasetBundle) -> None:
+    """Refuse a model whose smallest input is larger than the data set's images."""
+    with torch.device("meta"):  # no memory, no init cost: only the declared input size
+        net = create_model(model, bundle.num_classes, **model_options)
+    height, width = bundle.image_size
+    need = getattr(net, "min_input_size", None)
+    if need and min(height, width) < need:
+        raise UsageError(
+            f"model {model!r} needs images of at least {need}x{need} pixels but data set "
+            f"{bundle.name!r} has {height}x{width}; choose another model (e.g. preactresnet18)"
+        )
+
+
+def make_loaders(
+    bundle: DatasetBundle,
+    cell: CellConfig,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[Any, Any]:
+    """Training and test loaders of a cell (each process its own shard under DDP)."""
+    common = {
+        "mean": bundle.mean,
+        "std": bundle.std,
+        "device": device,
+        "seed": cell.seed,
+        "rank": rank,
+        "world_size": world_size,
+    }
+    per_process = max(1, cell.schedule.batch_size // world_size)
+    train = make_loader(bundle.train, batch_size=per_process, train=True, **common)
+    test = make_loader(bundle.test, batch_size=max(256, per_process), train=False, **common)
+    if len(train) == 0:
+        raise UsageError(
+            f"data set {bundle.name!r} has fewer training images than one batch "
+            f"({cell.schedule.batch_size}); lower --set schedule.batch_size"
+        )
+    return train, test

@@ -1,0 +1,404 @@
+"""The one training engine: every method trains through the same Ignite trainer.
+
+``train_cell`` reads like a table of contents: device, data, model, method, optimizer and
+schedule, trainer, evaluator, handlers (progress bar, timer, NaN check, checkpoint with
+resume), run. The trainer's update step only calls ``method.loss(model, images, labels)``: the
+engine never branches on a method's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.contrib.handlers import ProgressBar
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver, TerminateOnNan, Timer
+from torch import nn
+
+from mixbench.bench.evaluators import reliability_diagram_data
+from mixbench.config import CellConfig, ScheduleConfig
+from mixbench.errors import UsageError
+from mixbench.methods import MixMethod, get_method
+from mixbench.models import create_model
+
+logger = logging.getLogger("mixbench")
+
+CHECKPOINT_PREFIX = "checkpoint"
+
+
+class CellFailed(RuntimeError):
+    """A cell that cannot finish (e.g. its loss became NaN); the matrix goes on without it."""
+
+
+@dataclass
+class CellResult:
+    """What one finished cell produced."""
+
+    metrics: dict[str, Any]
+    timings: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TrainingModule(nn.Module):
+    """Backbone and method as one module: ``forward(images, labels)`` returns the loss.
+
+    Wrapping both lets DistributedDataParallel see exactly one forward per step, whatever
+    the method does with the backbone's stages inside ``loss``.
+    """
+
+    def __init__(self, backbone: nn.Module, method: MixMethod) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.method.loss(self.backbone, images, labels)
+
+
+class RunProgress:
+    """Bookkeeping that must survive a resume: evaluation history, time spent, RNG state."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.train_images = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "train_images": self.train_images,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.train_seconds = float(state["train_seconds"])
+        self.train_images = int(state["train_images"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"device {spec!r} was asked for but no CUDA GPU is available; use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"device {spec!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} GPU(s)"
+            )
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device {spec!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype: bf16 where supported, fp16 otherwise; None on the CPU or when off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_optimizer(model: nn.Module, schedule: ScheduleConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, optional Nesterov, and weight decay."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        nesterov=schedule.nesterov and schedule.momentum > 0,
+        weight_decay=schedule.weight_decay,
+    )
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: ScheduleConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-iteration learning-rate schedule: multistep, cosine, one-cycle or constant."""
+    total = max(1, schedule.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler
+    if schedule.schedule == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=schedule.lr, total_steps=total)
+    if schedule.schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total)
+    if schedule.schedule == "multistep":
+        milestones = [m * steps_per_epoch for m in schedule.milestones]
+        return sched.MultiStepLR(optimizer, milestones=milestones, gamma=schedule.gamma)
+    return sched.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint of the highest epoch in ``folder``, or None."""
+    found = []
+    for path in folder.glob(f"{CHECKPOINT_PREFIX}_*.pt"):
+        try:
+            found.append((int(path.stem.rsplit("_", 1)[1]), path))
+        except ValueError:
+            continue
+    return max(found)[1] if found else None
+
+
+def load_checkpoint(folder: Path, to_load: dict[str, Any]) -> int:
+    """Restore ``to_load`` from the newest readable checkpoint; returns its epoch (0 if none).
+
+    Checkpoints are read with ``weights_only=True``. An unreadable (e.g. truncated) file is
+    set aside with a warning and the next older one is tried.
+    """
+    while (path := latest_checkpoint(folder)) is not None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            Checkpoint.load_objects(to_load=to_load, checkpoint=state)
+        except Exception as exc:  # a truncated or foreign file: never trust it
+            bad = path.with_suffix(".pt.corrupt")
+            path.replace(bad)
+            warnings.warn(
+                f"checkpoint {path} is unreadable ({type(exc).__name__}); moved to {bad.name} "
+                "and resuming from an older one",
+                stacklevel=2,
+            )
+            continue
+        return int(state["trainer"]["epoch"])
+    return 0
+
+
+def software_versions() -> dict[str, Any]:
+    """Versions of mixbench and the libraries that decide its numbers."""
+    import platform
+
+    import ignite
+    import torchvision
+
+    import mixbench
+
+    return {
+        "mixbench": mixbench.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ignite": ignite.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+
+
+def train_cell(
+    cell: CellConfig,
+    workdir: Path,
+    *,
+    heartbeat: Callable[[], None] | None = None,
+    bundle_cache: dict[Any, Any] | None = None,
+) -> CellResult:
+    """Train and evaluate one cell, resuming from the newest checkpoint in ``workdir``."""
+    from mixbench.bench.data import load_bundle, make_loaders
+    from mixbench.bench.evaluation import attach_metrics
+
+    rank, world_size = idist.get_rank(), idist.get_world_size()
+    device = resolve_device(cell.runtime.device)
+    if world_size > 1 and device.type == "cuda":
+        device = idist.device()
+    schedule = cell.schedule
+    show_progress = cell.runtime.progress and rank == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # Data: the training split lives on the device; batches are augmented there.
+    bundle = load_bundle(cell, cache=bundle_cache)
+    train_loader, test_loader = make_loaders(bundle, cell, device, rank, world_size)
+
+    # Model and method; the model's initial weights come from the cell's seed.
+    backbone = create_model(cell.model, bundle.num_classes, seed=cell.seed, **cell.model_options)
+    memory_format = torch.channels_last if cell.runtime.channels_last else torch.preserve_format
+    backbone = backbone.to(device, memory_format=memory_format)
+    method = get_method(cell.method, **cell.params)
+    method.seed(cell.seed, rank)
+    module: nn.Module = TrainingModule(backbone, method)
+    module = idist.auto_model(module, sync_bn=False) if world_size > 1 else module
+    if cell.runtime.compile:
+        module = torch.compile(module)
+
+    optimizer = build_optimizer(backbone, schedule)
+    scheduler = build_scheduler(optimizer, schedule, len(train_loader))
+    autocast_dtype = amp_dtype(device, cell.runtime.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    progress = RunProgress()
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    def update(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        images, labels = batch
+        if cell.runtime.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        module.train()
+        with autocast():
+            loss = module(images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        return loss.detach()
+
+    trainer = Engine(update)
+    trainer.logger.setLevel(logging.WARNING)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _set_epoch(engine: Engine) -> None:
+        train_loader.set_epoch(engine.state.epoch)
+
+    # Timer: training time only (data and step), paused before evaluation runs.
+    timer = Timer(average=False)
+    timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _account(engine: Engine) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        progress.train_seconds += timer.value()
+        progress.train_images += len(train_loader) * schedule.batch_size * world_size
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
+
+    evaluator = Engine(_eval_step(backbone, autocast, cell.runtime.channels_last))
+    evaluator.logger.setLevel(logging.WARNING)
+    attach_metrics(evaluator, bundle.num_classes, cell.eval.calibration_bins)
+
+    def evaluate(epoch: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        evaluator.run(test_loader)
+        metrics = dict(evaluator.state.metrics)
+        metrics["eval_seconds"] = time.perf_counter() - start
+        return metrics
+
+    last_metrics: dict[str, Any] = {}
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _evaluate(engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if epoch % schedule.eval_every and epoch != schedule.epochs:
+            return
+        metrics = evaluate(epoch)
+        last_metrics.clear()
+        last_metrics.update(metrics)
+        progress.history.append(
+            {"epoch": epoch, "top1": float(metrics["top1"]), "nll": float(metrics["nll"])}
+        )
+        if show_progress:
+            trainer.logger.warning(
+                "epoch %d: test top-1 %.2f%%", epoch, 100 * float(metrics["top1"])
+            )
+
+    if heartbeat is not None:
+        last_beat = [time.monotonic()]
+
+        @trainer.on(Events.ITERATION_COMPLETED)
+        def _heartbeat(engine: Engine) -> None:
+            if time.monotonic() - last_beat[0] > 30:
+                heartbeat()
+                last_beat[0] = time.monotonic()
+
+    to_save = {
+        "trainer": trainer,
+        "model": backbone,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "method": method,
+        "progress": progress,
+    }
+    if scaler.is_enabled():
+        to_save["scaler"] = scaler
+    checkpoint = Checkpoint(
+        to_save,
+        DiskSaver(str(workdir), require_empty=False, atomic=True),
+        filename_prefix="",
+        filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
+        global_step_transform=lambda engine, _: engine.state.epoch,
+        n_saved=1,
+    )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+
+    if show_progress:
+        bar = ProgressBar(
+            persist=False,
+            desc=f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}",
+        )
+        bar.attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
+
+    resumed_from = load_checkpoint(workdir, to_save)
+    if resumed_from >= schedule.epochs:
+        # Training finished before an interruption; evaluation is all that is left.
+        last_metrics.update(evaluate(resumed_from))
+    else:
+        trainer.run(train_loader, max_epochs=schedule.epochs)
+        if trainer.state.epoch < schedule.epochs or not last_metrics:
+            raise CellFailed(
+                f"training stopped at epoch {trainer.state.epoch} iteration "
+                f"{trainer.state.iteration}: the loss became NaN or infinite"
+            )
+
+    return _collect_result(last_metrics, progress, resumed_from, schedule)
+
+
+def _eval_step(
+    model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager], channels_last: bool
+) -> Callable[[Engine, Any], tuple[torch.Tensor, torch.Tensor]]:
+    def step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        model.eval()
+        images, labels = batch
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), autocast():
+            logits = model(images)
+        return logits.float(), labels
+
+    return step
+
+
+def _collect_result(
+    metrics: dict[str, Any], progress: RunProgress, resumed_from: int, schedule: ScheduleConfig
+) -> CellResult:
+    calibration = metrics.get("calibration", {})
+    out: dict[str, Any] = {
+        "top1": float(metrics["top1"]),
+        "nll": float(metrics["nll"]),
+        "ece": float(metrics["ece"]),
+        "mce": float(metrics["mce"]),
+        "oe": float(metrics["oe"]),
+    }
+    if "top5" in metrics:
+        out["top5"] = float(metrics["top5"])
+    if isinstance(calibration, dict) and "bin_counts" in calibration:
+        out["reliability"] = reliability_diagram_data(calibration)
+    if progress.history:
+        best = max(progress.history, key=lambda h: (h["top1"], -h["epoch"]))
+        out["best_top1"] = best["top1"]
+        out["best_epoch"] = best["epoch"]
+    out["history"] = progress.history
+    seconds = progress.train_seconds
+    timings = {
+        "train_seconds": seconds,
+        "train_images": progress.train_images,
+        "train_images_per_s": progress.train_images / seconds if seconds > 0 else math.nan,
+        "eval_seconds": float(metrics.get("eval_seconds", 0.0)),
+        "resumed_from_epoch": resumed_from,
+        "epochs": schedule.epochs,
+    }
+    return CellResult(metrics=out, timings=timings, history=progress.history)

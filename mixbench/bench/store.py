@@ -1,0 +1,374 @@
+"""The results store: one row per cell, in SQLite (default) or PostgreSQL, through SQLAlchemy.
+
+A row holds the cell's resolved config and its hash (the primary key), its status
+(``pending``, ``running``, ``done``, ``failed``, ``interrupted``), the metrics, timings,
+software versions and host. Cells are claimed in a transaction so that several processes
+sharing one database never run the same cell twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mixbench.config import CellConfig, to_dict
+from mixbench.errors import UsageError
+
+PENDING, RUNNING, DONE, FAILED, INTERRUPTED = "pending", "running", "done", "failed", "interrupted"
+STATUSES = (PENDING, RUNNING, DONE, FAILED, INTERRUPTED)
+
+metadata = sa.MetaData()
+cells_table = sa.Table(
+    "cells",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("preset", sa.String(200), nullable=False),
+    sa.Column("method", sa.String(200), nullable=False),
+    sa.Column("dataset", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("seed", sa.Integer, nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, index=True),
+    sa.Column("metrics", sa.Text),
+    sa.Column("timings", sa.Text),
+    sa.Column("versions", sa.Text),
+    sa.Column("host", sa.String(255)),
+    sa.Column("worker", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("traceback", sa.Text),
+)
+
+_JSON_COLUMNS = ("params", "config", "metrics", "timings", "versions")
+
+
+@dataclass
+class CellRecord:
+    """One row of the store, JSON columns decoded."""
+
+    key: str
+    preset: str
+    method: str
+    dataset: str
+    model: str
+    seed: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+    status: str
+    metrics: dict[str, Any] | None
+    timings: dict[str, Any] | None
+    versions: dict[str, Any] | None
+    host: str | None
+    worker: str | None
+    pid: int | None
+    attempts: int
+    heartbeat: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    traceback: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> CellRecord:
+        data = dict(row._mapping)
+        for col in _JSON_COLUMNS:
+            data[col] = json.loads(data[col]) if data[col] else None
+        return cls(**data)
+
+
+def redact_url(url: str) -> str:
+    """The database URL with any password replaced by ``***`` (safe to print)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of a SQLite file."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+class ResultStore:
+    """Cells and their results in one relational database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            parsed = sa.engine.make_url(url)
+        except Exception:
+            raise UsageError(
+                f"malformed database URL {redact_url(url)!r}: expected e.g. sqlite:///results.db "
+                "or postgresql+psycopg://user@host/db"
+            ) from None
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine: Engine = sa.create_engine(url, future=True, **self._engine_options())
+        except Exception as exc:
+            raise UsageError(f"cannot use database {redact_url(url)}: {exc}") from None
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            sa.event.listen(self.engine, "begin", _sqlite_on_begin)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
+            raise UsageError(
+                f"cannot reach database {redact_url(url)}: {reason}; check the URL and the server"
+            ) from None
+
+    def _engine_options(self) -> dict[str, Any]:
+        if self.dialect == "sqlite":
+            return {"connect_args": {"timeout": 60, "isolation_level": None}}
+        return {"pool_pre_ping": True}
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.engine.dispose()
+
+    # -- writing ------------------------------------------------------------------------
+    def add_cells(self, cells: Iterable[CellConfig]) -> int:
+        """Insert the cells not yet present as ``pending``; returns how many were added."""
+        cells = list(cells)
+        added = 0
+        with self.engine.begin() as conn:
+            existing = {
+                r[0]
+                for r in conn.execute(
+                    sa.select(cells_table.c.key).where(
+                        cells_table.c.key.in_([c.key for c in cells])
+                    )
+                )
+            }
+            now = time.time()
+            for cell in cells:
+                if cell.key in existing:
+                    continue
+                conn.execute(self._insert_ignore(_row_for(cell, now)))
+                added += 1
+        return added
+
+    def _insert_ignore(self, values: dict[str, Any]) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            return insert(cells_table).values(**values).on_conflict_do_nothing()
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+
+            return insert(cells_table).values(**values).on_conflict_do_nothing()
+        return cells_table.insert().values(**values)
+
+    def claim(
+        self,
+        keys: Iterable[str],
+        worker: str,
+        *,
+        stale_after: float = 300.0,
+        retry_failed: bool = False,
+    ) -> CellRecord | None:
+        """Atomically take the next runnable cell among ``keys``, or None.
+
+        Runnable: pending or interrupted; running but abandoned (its process on this host is
+        gone, or its heartbeat is older than ``stale_after`` seconds); failed when
+        ``retry_failed``. The claimed row becomes ``running`` for ``worker``.
+        """
+        keys = list(keys)
+        host, pid = socket.gethostname(), os.getpid()
+        with self.engine.begin() as conn:
+            query = (
+                sa.select(cells_table)
+                .where(cells_table.c.key.in_(keys))
+                .where(cells_table.c.status != DONE)
+            )
+            if self.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = [CellRecord.from_row(r) for r in conn.execute(query)]
+            order = {k: i for i, k in enumerate(keys)}
+            rows.sort(key=lambda r: order[r.key])
+            now = time.time()
+            for row in rows:
+                if not _runnable(row, now, host, stale_after, retry_failed):
+                    continue
+                result = conn.execute(
+                    cells_table.update()
+                    .where(cells_table.c.key == row.key)
+                    .where(cells_table.c.status == row.status)
+                    .where(
+                        cells_table.c.heartbeat.is_(None)
+                        if row.heartbeat is None
+                        else cells_table.c.heartbeat == row.heartbeat
+                    )
+                    .values(
+                        status=RUNNING,
+                        worker=worker,
+                        host=host,
+                        pid=pid,
+                        heartbeat=now,
+                        started_at=now,
+                        attempts=row.attempts + 1,
+                        error=None,
+                        traceback=None,
+                    )
+                )
+                if result.rowcount == 1:
+                    row.status, row.worker, row.attempts = RUNNING, worker, row.attempts + 1
+                    return row
+        return None
+
+    def heartbeat(self, key: str, worker: str) -> None:
+        """Refresh the heartbeat of a cell this worker runs."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                cells_table.update()
+                .where(cells_table.c.key == key)
+                .where(cells_table.c.worker == worker)
+                .values(heartbeat=time.time())
+            )
+
+    def finish(
+        self,
+        key: str,
+        worker: str,
+        *,
+        metrics: dict[str, Any],
+        timings: dict[str, Any],
+        versions: dict[str, Any],
+    ) -> None:
+        """Mark a cell done with its results (only if this worker still holds it)."""
+        self._set(
+            key,
+            worker,
+            status=DONE,
+            metrics=json.dumps(metrics, sort_keys=True),
+            timings=json.dumps(timings, sort_keys=True),
+            versions=json.dumps(versions, sort_keys=True),
+            finished_at=time.time(),
+        )
+
+    def fail(self, key: str, worker: str, error: str, traceback: str | None = None) -> None:
+        """Mark a cell failed with the reason and the traceback."""
+        self._set(key, worker, status=FAILED, error=error, traceback=traceback)
+
+    def interrupt(self, key: str, worker: str, reason: str = "interrupted") -> None:
+        """Mark a cell interrupted (it resumes from its checkpoint on the next run)."""
+        self._set(key, worker, status=INTERRUPTED, error=reason)
+
+    def _set(self, key: str, worker: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                cells_table.update()
+                .where(cells_table.c.key == key)
+                .where(cells_table.c.worker == worker)
+                .values(heartbeat=time.time(), **values)
+            )
+
+    def insert_record(self, record: dict[str, Any]) -> bool:
+        """Insert a finished cell exported elsewhere; False if its key is already present."""
+        values = dict(record)
+        for col in _JSON_COLUMNS:
+            if values.get(col) is not None and not isinstance(values[col], str):
+                values[col] = json.dumps(values[col], sort_keys=True)
+        with self.engine.begin() as conn:
+            present = conn.execute(
+                sa.select(cells_table.c.key).where(cells_table.c.key == values["key"])
+            ).first()
+            if present is not None:
+                return False
+            conn.execute(self._insert_ignore(values))
+        return True
+
+    # -- reading ------------------------------------------------------------------------
+    def records(
+        self, *, status: str | None = None, keys: Iterable[str] | None = None
+    ) -> list[CellRecord]:
+        """Rows, optionally filtered by status and key, in a stable order."""
+        query = sa.select(cells_table)
+        if status is not None:
+            query = query.where(cells_table.c.status == status)
+        if keys is not None:
+            query = query.where(cells_table.c.key.in_(list(keys)))
+        query = query.order_by(
+            cells_table.c.preset,
+            cells_table.c.dataset,
+            cells_table.c.model,
+            cells_table.c.method,
+            cells_table.c.seed,
+            cells_table.c.key,
+        )
+        with self.engine.connect() as conn:
+            return [CellRecord.from_row(r) for r in conn.execute(query)]
+
+    def __iter__(self) -> Iterator[CellRecord]:
+        return iter(self.records())
+
+
+def _runnable(row: CellRecord, now: float, host: str, stale_after: float, retry: bool) -> bool:
+    if row.status in (PENDING, INTERRUPTED):
+        return True
+    if row.status == FAILED:
+        return retry
+    if row.status == RUNNING:
+        if row.host == host and row.pid is not None and not _pid_alive(row.pid):
+            return True
+        return row.heartbeat is None or now - row.heartbeat > stale_after
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _row_for(cell: CellConfig, now: float) -> dict[str, Any]:
+    return {
+        "key": cell.key,
+        "preset": cell.preset,
+        "method": cell.method,
+        "dataset": cell.dataset,
+        "model": cell.model,
+        "seed": cell.seed,
+        "params": json.dumps(to_dict(cell.params), sort_keys=True),
+        "config": json.dumps(to_dict(cell), sort_keys=True),
+        "status": PENDING,
+        "attempts": 0,
+        "created_at": now,
+    }
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    # Take the write lock at the start of every transaction: claims never interleave.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

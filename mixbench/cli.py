@@ -1,0 +1,319 @@
+"""The ``mixbench`` command line: run a matrix, write the leaderboard, list what is registered.
+
+Bad input (unknown names, malformed options, missing data) ends with a one-line message on
+standard error and exit status 2, without a traceback and without writing anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mixbench.errors import UsageError
+
+EXIT_USAGE = 2
+
+# Training-set sizes of the standard data sets, for --dry-run estimates (no data needed).
+KNOWN_TRAIN_SIZES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "tinyimagenet": 100_000,
+    "imagenet": 1_281_167,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UsageError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated integers, got {text!r}") from None
+
+
+def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that select and override a matrix (shared by run, worker and tune)."""
+    p.add_argument("--preset", default="smoke", help="preset name or TOML file (default: smoke)")
+    p.add_argument("--out", type=Path, help="output folder (default: runs/<preset>)")
+    p.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    p.add_argument("--methods", type=_csv, help="comma-separated method names (or patterns)")
+    p.add_argument("--datasets", type=_csv, help="comma-separated data set names")
+    p.add_argument("--models", type=_csv, help="comma-separated model names")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--epochs", type=int, help="number of training epochs")
+    p.add_argument("--data-root", help="folder holding the data set's files")
+    p.add_argument("--download", action="store_true", help="download data sets that support it")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="method parameter override, repeatable, e.g. mixup.alpha=0.4",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="preset override, repeatable, e.g. schedule.lr=0.05 or runtime.channels_last=true",
+    )
+    p.add_argument(
+        "--param-set",
+        default=None,
+        help="named parameter set of every method: default (the methods' defaults) or paper",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_matrices(args: argparse.Namespace) -> list[Any]:
+    """The matrices of the preset of ``args``, every command-line override applied to each."""
+    from mixbench.config import load_matrices
+
+    matrices = load_matrices(args.preset)
+    for matrix in matrices:
+        _apply_overrides(matrix, args)
+    return matrices
+
+
+def _apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
+    from mixbench.config import apply_setting, parse_assignment
+    from mixbench.datasets import list_datasets
+    from mixbench.methods import get_method_class
+    from mixbench.models import list_models
+
+    for text in args.set:
+        apply_setting(matrix, text)
+    if args.methods:
+        matrix.methods = args.methods
+    if args.datasets:
+        matrix.datasets = args.datasets
+    if args.models:
+        matrix.models = args.models
+    if args.seeds:
+        matrix.seeds = args.seeds
+    if args.epochs is not None:
+        matrix.schedule.epochs = args.epochs
+    if args.data_root:
+        matrix.runtime.data_root = args.data_root
+    if args.download:
+        matrix.runtime.download = True
+    if args.device:
+        matrix.runtime.device = args.device
+    if args.no_progress:
+        matrix.runtime.progress = False
+    if args.param_set:
+        if args.param_set not in ("default", "paper"):
+            raise UsageError(
+                f"unknown parameter set {args.param_set!r}; valid sets: default, paper"
+            )
+        matrix.param_set = args.param_set
+    for text in args.param:
+        parts, value = parse_assignment(text, "--param")
+        if len(parts) != 2:
+            raise UsageError(
+                f"malformed --param {text!r}: expected METHOD.KEY=VALUE, e.g. mixup.alpha=0.4"
+            )
+        method, key = parts
+        cls = get_method_class(method)
+        if key not in cls.params:
+            valid = ", ".join(sorted(cls.params)) or "none"
+            raise UsageError(f"method {method!r} has no parameter {key!r}; its parameters: {valid}")
+        matrix.method_params.setdefault(method, {})[key] = cls.params[key].parse(key, value)
+    valid_datasets, valid_models = list_datasets(), list_models()
+    for name in matrix.datasets:
+        if name not in valid_datasets:
+            from mixbench.datasets import DATASETS
+
+            DATASETS.get(name)  # raises with the valid names
+    for name in matrix.models:
+        if name not in valid_models:
+            from mixbench.models import MODELS
+
+            MODELS.get(name)
+
+
+def _out_dir(args: argparse.Namespace) -> Path:
+    return args.out if args.out is not None else Path("runs") / Path(args.preset).stem
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``mixbench run``: run every cell not done yet, then write the leaderboard."""
+    cells = [cell for matrix in build_matrices(args) for cell in matrix.cells()]
+    if args.dry_run:
+        return _print_dry_run(cells)
+    from mixbench.bench.matrix import default_db_url, run_matrix
+    from mixbench.bench.store import redact_url
+
+    out_dir = _out_dir(args)
+    summary = run_matrix(cells, out_dir, args.db, retry_failed=args.retry_failed)
+    db_url = args.db or default_db_url(out_dir)
+    if not args.no_leaderboard:
+        path = _write_leaderboard(db_url, out_dir)
+        print(f"leaderboard: {path}", file=sys.stderr)
+    print(
+        f"{summary.total} cells: {len(summary.ran)} run now, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed; results in {redact_url(db_url)}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
+
+
+def _print_dry_run(cells: list[Any]) -> int:
+    from tabulate import tabulate
+
+    rows, total, unknown = [], 0, False
+    for c in cells:
+        size = c.dataset_options.get("train_subset") or c.dataset_options.get(
+            "n_train", KNOWN_TRAIN_SIZES.get(c.dataset)
+        )
+        images = size * c.schedule.epochs if size else None
+        total += images or 0
+        unknown |= images is None
+        rows.append(
+            [c.method, c.dataset, c.model, c.seed, c.schedule.epochs,
+             f"{images:,}" if images else "?"]
+        )
+    headers = ["method", "dataset", "model", "seed", "epochs", "train images"]
+    print(tabulate(rows, headers=headers, tablefmt="simple"))
+    note = " (some data set sizes unknown)" if unknown else ""
+    print(f"\n{len(cells)} cells, about {total:,} training images to process{note}")
+    return 0
+
+
+def _write_leaderboard(db_url: str, out_dir: Path) -> Path:
+    from mixbench.leaderboard import records_from_store, write_leaderboard
+
+    return write_leaderboard(records_from_store(db_url), out_dir)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """``mixbench leaderboard``: regenerate ``DIR/LEADERBOARD.md`` and its plots."""
+    from mixbench.bench.matrix import default_db_url
+
+    if args.db is None and not (args.out / "results.db").is_file():
+        raise UsageError(
+            f"no results database in {args.out}: run `mixbench run --out {args.out}` first "
+            "or pass --db URL"
+        )
+    path = _write_leaderboard(args.db or default_db_url(args.out), args.out)
+    print(path)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """``mixbench methods``: the registered methods, as a table or JSON."""
+    from tabulate import tabulate
+
+    from mixbench.methods import list_methods, method_info
+
+    infos = [method_info(name) for name in list_methods()]
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return 0
+    rows = [
+        [
+            i["name"],
+            i["description"],
+            ", ".join(f"{k}={p['default']!r}" for k, p in i["params"].items()) or "—",
+        ]
+        for i in infos
+    ]
+    print(tabulate(rows, headers=["method", "description", "parameters (defaults)"]))
+    return 0
+
+
+def cmd_list(kind: str) -> Any:
+    """``mixbench models|datasets|presets``: one name per line."""
+
+    def run(args: argparse.Namespace) -> int:
+        if kind == "models":
+            from mixbench.models import list_models as lister
+        elif kind == "datasets":
+            from mixbench.datasets import list_datasets as lister
+        else:
+            from mixbench.config import list_presets as lister
+        print("\n".join(lister()))
+        return 0
+
+    return run
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    """``mixbench perf``: every speed benchmark, ratios measured in one run."""
+    from mixbench.bench.perf import run_perf
+
+    return run_perf(args)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = _Parser(prog="mixbench", description=__doc__.splitlines()[0])
+    from mixbench import __version__
+
+    parser.add_argument("--version", action="version", version=f"mixbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a benchmark matrix, then write the leaderboard")
+    add_matrix_arguments(run)
+    run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    run.add_argument("--no-leaderboard", action="store_true", help="skip the leaderboard")
+    run.add_argument(
+        "--dry-run", action="store_true", help="list the cells without training (no data needed)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    lb = sub.add_parser("leaderboard", help="write DIR/LEADERBOARD.md and DIR/plots/")
+    lb.add_argument("--out", type=Path, required=True, help="the run's output folder")
+    lb.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.add_argument("--json", action="store_true", help="print a JSON list")
+    methods.set_defaults(func=cmd_methods)
+
+    for kind in ("models", "datasets", "presets"):
+        sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
+
+    perf = sub.add_parser("perf", help="speed benchmarks (ratios measured in one run)")
+    perf.add_argument("--json", type=Path, dest="json_path", metavar="FILE",
+                      help="also write the results as JSON")
+    perf.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    perf.add_argument("--steps", type=int, default=5, help="timed steps per method")
+    perf.add_argument("--warmup", type=int, default=2, help="warm-up steps per method")
+    perf.add_argument("--only", type=_csv, help="run only these benchmarks (e.g. methods)")
+    perf.set_defaults(func=cmd_perf)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mixbench`` console script; returns the exit status."""
+    try:
+        args = make_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"mixbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mixbench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

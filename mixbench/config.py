@@ -1,0 +1,357 @@
+"""Typed configuration: a benchmark matrix (a preset) and the cells it expands to.
+
+Presets are TOML files shipped in ``mixbench/presets/``; every key maps onto a field of the
+dataclasses below and unknown keys are refused. A :class:`CellConfig` is one training run
+(method x data set x model x seed plus the shared schedule); its ``key`` is the hash of
+everything that defines the experiment (the ``runtime`` section, which only says where and
+how fast it runs, is left out).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mixbench.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+
+
+@dataclass
+class ScheduleConfig:
+    """Optimisation shared by every cell of a matrix: SGD and a learning-rate schedule."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "onecycle"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    eval_every: int = 1
+
+    def validate(self) -> None:
+        """Refuse values that cannot be trained with."""
+        if self.epochs < 1:
+            raise UsageError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise UsageError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(
+                f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
+            )
+        if self.eval_every < 1:
+            raise UsageError(f"eval_every must be >= 1, got {self.eval_every}")
+        if any(m < 1 for m in self.milestones):
+            raise UsageError(f"milestones are epochs >= 1, got {self.milestones}")
+
+
+@dataclass
+class EvalConfig:
+    """Which evaluators run after training, and their settings (stored with every result)."""
+
+    calibration_bins: int = 15
+    eval_subset: int | None = None
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a cell runs; not part of the cell's identity (its key)."""
+
+    device: str = "auto"
+    data_root: str | None = None
+    download: bool = False
+    amp: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class CellConfig:
+    """One training run: the fully resolved configuration stored with its result."""
+
+    preset: str
+    method: str
+    params: dict[str, Any]
+    dataset: str
+    dataset_options: dict[str, Any]
+    model: str
+    model_options: dict[str, Any]
+    seed: int
+    schedule: ScheduleConfig
+    eval: EvalConfig
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    param_set: str = "default"
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that defines the experiment (the runtime section left out)."""
+        data = to_dict(self)
+        data.pop("runtime")
+        return data
+
+    @property
+    def key(self) -> str:
+        """A stable 16-hex-digit hash of :meth:`identity`."""
+        return config_hash(self.identity())
+
+    def schedule_key(self) -> str:
+        """A short hash of what cells of one leaderboard table must share."""
+        shared = {
+            "schedule": to_dict(self.schedule),
+            "dataset_options": self.dataset_options,
+            "model_options": self.model_options,
+            "eval": to_dict(self.eval),
+        }
+        return config_hash(shared)[:8]
+
+
+@dataclass
+class MatrixConfig:
+    """A benchmark matrix: methods x data sets x models x seeds with a shared schedule."""
+
+    name: str = "custom"
+    description: str = ""
+    methods: list[str] = field(default_factory=lambda: ["*"])
+    datasets: list[str] = field(default_factory=lambda: ["synthetic"])
+    models: list[str] = field(default_factory=lambda: ["preactresnet18"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    param_set: str = "default"
+    include: list[str] = field(default_factory=list)
+
+    def resolved_methods(self) -> list[str]:
+        """Method names with ``"*"`` expanded to every registered method."""
+        from mixbench.methods import list_methods
+
+        names: list[str] = []
+        for entry in self.methods:
+            found = list_methods(entry) if any(c in entry for c in "*?[") else [entry]
+            names.extend(n for n in found if n not in names)
+        return names
+
+    def cells(self) -> list[CellConfig]:
+        """Every cell of the matrix, names and parameters validated, in a stable order."""
+        from mixbench.methods import get_method_class, resolve_params
+
+        self.schedule.validate()
+        if not self.seeds:
+            raise UsageError("the matrix has no seeds; pass --seeds 0,1,2")
+        out = []
+        for dataset in self.datasets:
+            for model in self.models:
+                for method in self.resolved_methods():
+                    cls = get_method_class(method)
+                    given = dict(_method_param_set(cls, self.param_set))
+                    given.update(self.method_params.get(method, {}))
+                    params = resolve_params(cls, given)
+                    for seed in self.seeds:
+                        out.append(
+                            CellConfig(
+                                preset=self.name,
+                                method=method,
+                                params=params,
+                                dataset=dataset,
+                                dataset_options=dict(self.dataset_options.get(dataset, {})),
+                                model=model,
+                                model_options=dict(self.model_options.get(model, {})),
+                                seed=int(seed),
+                                schedule=copy.deepcopy(self.schedule),
+                                eval=copy.deepcopy(self.eval),
+                                runtime=copy.deepcopy(self.runtime),
+                                param_set=self.param_set,
+                            )
+                        )
+        if not out:
+            raise UsageError("the matrix is empty: no methods, data sets or models selected")
+        return out
+
+
+def _method_param_set(cls: type, name: str) -> dict[str, Any]:
+    if name == "default":
+        return {}
+    sets = getattr(cls, "param_sets", {}) or {}
+    if name not in sets:
+        return {}
+    return sets[name]
+
+
+# -- (de)serialisation ------------------------------------------------------------------
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain JSON-able copy of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def config_hash(data: Any) -> str:
+    """SHA-256 (first 16 hex digits) of the canonical JSON of ``data``."""
+    text = json.dumps(to_dict(data), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_value(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UsageError(f"{where} must be a table, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where} must be a list, got {value!r}")
+        return [_check_value(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where} must be a table, got {value!r}")
+        return {str(k): copy.deepcopy(v) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is not bool and isinstance(value, bool)):
+            raise UsageError(f"{where} must be of type {tp.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from ``data``, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UsageError(
+            f"unknown key {unknown[0]!r} in {where}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _check_value(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+# -- presets ----------------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with mixbench."""
+    folder = resources.files("mixbench") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name_or_path: str) -> MatrixConfig:
+    """A shipped preset by name, or a TOML file by path, as a validated :class:`MatrixConfig`."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.exists():
+        if not path.is_file():
+            raise UsageError(f"preset file {name_or_path!r} does not exist")
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read preset file {name_or_path!r}: {exc.strerror}") from None
+        default_name = path.stem
+    else:
+        names = list_presets()
+        if name_or_path not in names:
+            import difflib
+
+            close = difflib.get_close_matches(name_or_path, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(
+                f"unknown preset {name_or_path!r}{hint}; valid presets: {', '.join(names)}"
+            )
+        text = (resources.files("mixbench") / "presets" / f"{name_or_path}.toml").read_text()
+        default_name = name_or_path
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"preset {name_or_path!r} is not valid TOML: {exc}") from None
+    data.setdefault("name", default_name)
+    return from_dict(MatrixConfig, data, f"preset {default_name!r}")
+
+
+def load_matrices(name_or_path: str) -> list[MatrixConfig]:
+    """The matrices of a preset: itself, or the presets it ``include``s (each keeping its name).
+
+    A preset such as ``paper`` that only includes others (``paper-cifar10``, ...) expands to
+    their matrices, so that its cells are exactly theirs (same keys, same leaderboard tables).
+    """
+    matrix = load_preset(name_or_path)
+    if not matrix.include:
+        return [matrix]
+    out: list[MatrixConfig] = []
+    for part in matrix.include:
+        if part == matrix.name:
+            raise UsageError(f"preset {matrix.name!r} includes itself")
+        out.extend(load_matrices(part))
+    return out
+
+
+def parse_assignment(text: str, option: str) -> tuple[list[str], str]:
+    """Split ``a.b.c=value`` into (["a", "b", "c"], "value"); malformed input is a UsageError."""
+    if "=" not in text:
+        raise UsageError(f"malformed {option} {text!r}: expected KEY=VALUE, e.g. mixup.alpha=0.4")
+    lhs, value = text.split("=", 1)
+    parts = lhs.strip().split(".")
+    if not all(parts) or not value.strip():
+        raise UsageError(f"malformed {option} {text!r}: expected KEY=VALUE, e.g. mixup.alpha=0.4")
+    return parts, value.strip()
+
+
+def parse_literal(text: str) -> Any:
+    """A TOML literal (number, bool, string, list), falling back to the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_setting(matrix: MatrixConfig, text: str) -> None:
+    """Apply a ``--set section.key=value`` override (e.g. ``schedule.lr=0.05``) in place."""
+    parts, raw = parse_assignment(text, "--set")
+    data = to_dict(matrix)
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            raise UsageError(f"--set {text!r}: no section {part!r} in the preset")
+        node = node[part]
+    if not isinstance(node, dict):
+        raise UsageError(f"--set {text!r}: {'.'.join(parts[:-1])} is not a section")
+    node[parts[-1]] = parse_literal(raw)
+    updated = from_dict(MatrixConfig, data, "--set")
+    for f in dataclasses.fields(MatrixConfig):
+        setattr(matrix, f.name, getattr(updated, f.name))

@@ -1,0 +1,44 @@
+"""Data sets and their batch loaders.
+
+``create_dataset(name, root, ...)`` returns a :class:`DatasetBundle` (both splits plus class names,
+image size and normalisation statistics); ``list_datasets()`` names the registered data sets
+(``synthetic``, ``imagefolder``, ``cifar10``, ``cifar100``, and any that installed packages add
+through the entry point group ``mixbench.datasets``); ``register_dataset(name)`` adds one.
+``make_loader(split, ...)`` serves a split in batches: in-memory splits through the on-device
+:class:`TensorBatchLoader`, others through a standard ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+from mixbench.datasets import cifar, folder, synthetic  # noqa: F401  (they register on import)
+from mixbench.datasets.base import (
+    DATASETS,
+    DatasetBundle,
+    Split,
+    TensorImages,
+    balanced_subset,
+    create_dataset,
+    list_datasets,
+    register_dataset,
+)
+from mixbench.datasets.loader import (
+    DataLoaderBatches,
+    TensorBatchLoader,
+    make_dataloader,
+    make_loader,
+)
+
+__all__ = [
+    "DATASETS",
+    "DataLoaderBatches",
+    "DatasetBundle",
+    "Split",
+    "TensorBatchLoader",
+    "TensorImages",
+    "balanced_subset",
+    "create_dataset",
+    "list_datasets",
+    "make_dataloader",
+    "make_loader",
+    "register_dataset",
+]

@@ -1,0 +1,90 @@
+"""The registry of training methods (ERM and the mixup family).
+
+``register_method(name)`` registers a :class:`MixMethod` subclass, ``get_method(name, **params)``
+returns a ready, seeded instance, ``list_methods()`` the registered names. Installed packages add
+methods through the entry point group ``mixbench.methods``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mixbench.methods.base import MixMethod, Param, describe, resolve_params
+from mixbench.registry import Registry
+
+__all__ = [
+    "MixMethod",
+    "Param",
+    "get_method",
+    "get_method_class",
+    "list_methods",
+    "method_info",
+    "register_method",
+]
+
+
+def _check_method(name: str, cls: Any) -> Any:
+    if not (isinstance(cls, type) and issubclass(cls, MixMethod)):
+        raise TypeError(f"method {name!r} must be a MixMethod subclass, got {cls!r}")
+    if getattr(cls, "loss", None) is MixMethod.loss:
+        raise TypeError(f"method {name!r} does not implement loss(model, images, labels)")
+    cls.name = name
+    return cls
+
+
+METHODS: Registry[type[MixMethod]] = Registry("method", "mixbench.methods", _check_method)
+
+
+def register_method(name: str) -> Callable[[type[MixMethod]], type[MixMethod]]:
+    """Class decorator: register a :class:`MixMethod` subclass under ``name``."""
+    return METHODS.register(name)
+
+
+def get_method_class(name: str) -> type[MixMethod]:
+    """The registered class; unknown names raise an error listing the valid ones."""
+    return METHODS.get(name)
+
+
+def get_method(name: str, **params: Any) -> MixMethod:
+    """A ready instance of method ``name`` with ``params`` (validated), seeded with seed 0."""
+    method = get_method_class(name)(**params)
+    method.seed(0)
+    return method
+
+
+def list_methods(filter: str = "*", exclude: str | None = None) -> list[str]:
+    """Registered method names, sorted, optionally filtered by a shell-style pattern."""
+    return METHODS.names(filter, exclude)
+
+
+def method_info(name: str) -> dict[str, Any]:
+    """Name, description, paper and declared parameters (default and type) of a method."""
+    cls = get_method_class(name)
+    return {
+        "name": name,
+        "description": describe(cls),
+        "paper": cls.paper,
+        "params": {
+            key: {"default": p.default, "type": p.type.__name__, "help": p.help}
+            | ({"choices": list(p.choices)} if p.choices else {})
+            for key, p in cls.params.items()
+        },
+    }
+
+
+def default_params(name: str) -> dict[str, Any]:
+    """The method's resolved default parameters."""
+    return resolve_params(get_method_class(name), {})
+
+
+# Built-in methods register themselves on import.
+from mixbench.methods import (  # noqa: E402,F401
+    alignmixup,
+    cutmix,
+    dense_multimix,
+    erm,
+    manifold_mixup,
+    mixup,
+    multimix,
+)

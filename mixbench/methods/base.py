@@ -1,0 +1,178 @@
+"""The method interface: ``MixMethod``, its typed parameter declarations, and its generators."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mixbench.errors import UsageError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared hyper-parameter of a method: default, type and allowed values.
+
+    The CLI validates ``--param method.key=value`` through :meth:`parse`, the leaderboard
+    prints the resolved values, and the tuner reads ``search`` (an optuna-style space:
+    ``("float", low, high, log)``, ``("int", low, high, log)`` or ``("categorical", choices)``).
+    """
+
+    default: Any
+    type: type
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+    maximum: float | None = None
+    search: tuple[Any, ...] | None = None
+
+    def parse(self, name: str, value: Any) -> Any:
+        """Convert ``value`` (a string from the command line, or a value) and check it."""
+        try:
+            if isinstance(value, str) and self.type is not str:
+                text = value.strip()
+                if self.type is bool:
+                    if text.lower() not in _TRUE | _FALSE:
+                        raise ValueError(text)
+                    out: Any = text.lower() in _TRUE
+                elif self.type is int:
+                    out = int(text)
+                elif self.type is float:
+                    out = float(text)
+                elif self.type is tuple:
+                    out = tuple(int(t) for t in text.strip("()[] ").replace(";", ",").split(",") if t)
+                else:
+                    out = self.type(text)
+            elif self.type is float and isinstance(value, int) and not isinstance(value, bool):
+                out = float(value)
+            elif self.type is tuple and isinstance(value, list):
+                out = tuple(value)
+            else:
+                out = value
+            if self.type is int and isinstance(out, float) and out.is_integer():
+                out = int(out)
+            if not isinstance(out, self.type) or (self.type is not bool and isinstance(out, bool)):
+                raise ValueError(repr(value))
+        except ValueError:
+            raise UsageError(
+                f"parameter {name!r} must be of type {self.type.__name__}, got {value!r}"
+            ) from None
+        if self.choices is not None and out not in self.choices:
+            allowed = ", ".join(repr(c) for c in self.choices)
+            raise UsageError(f"parameter {name!r} must be one of {allowed}, got {out!r}")
+        if self.minimum is not None:
+            too_low = out <= self.minimum if self.exclusive_minimum else out < self.minimum
+            if too_low:
+                op = ">" if self.exclusive_minimum else ">="
+                raise UsageError(f"parameter {name!r} must be {op} {self.minimum}, got {out!r}")
+        if self.maximum is not None and out > self.maximum:
+            raise UsageError(f"parameter {name!r} must be <= {self.maximum}, got {out!r}")
+        return out
+
+
+class MixMethod:
+    """Base class of every training method: one job, ``loss(model, images, labels)``.
+
+    Subclasses declare ``params`` (name -> :class:`Param`), a one-line ``description`` and the
+    ``paper`` they implement; all three are optional for methods from outside packages (the
+    docstring's first line then serves as description). Resolved parameters are attributes of
+    the instance and are listed in ``hparams``.
+
+    Randomness: every draw goes through :meth:`generator`, which returns a ``torch.Generator``
+    on the requested device, seeded from the run's seed (0 until :meth:`seed` is called). The
+    engine reseeds each method from the cell's seed and process rank, and checkpoints
+    :meth:`state_dict` so that a resumed run draws exactly what an uninterrupted one would.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    param_sets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        self.hparams = resolve_params(type(self), params)
+        for key, value in self.hparams.items():
+            setattr(self, key, value)
+        self._generators: dict[str, torch.Generator] = {}
+        self._seed = 0
+        self._rank = 0
+
+    # -- randomness ---------------------------------------------------------------------
+    def seed(self, seed: int, rank: int = 0) -> None:
+        """Reseed all generators from ``seed`` (and the process ``rank`` under DDP)."""
+        self._seed = int(seed)
+        self._rank = int(rank)
+        self._generators.clear()
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
+        """The method's generator on ``device`` (created and seeded on first use)."""
+        device = torch.device(device)
+        key = device.type if device.index is None else f"{device.type}:{device.index}"
+        gen = self._generators.get(key)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            # A distinct, fixed stream per (seed, rank, device type).
+            offset = 0 if device.type == "cpu" else 7919
+            gen.manual_seed((self._seed * 1_000_003 + self._rank * 10_007 + offset) % (2**63))
+            self._generators[key] = gen
+        return gen
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, rank and generator states as tensors (loads with ``weights_only=True``)."""
+        return {
+            "seed": self._seed,
+            "rank": self._rank,
+            "generators": {k: g.get_state() for k, g in self._generators.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.seed(int(state["seed"]), int(state["rank"]))
+        for key, gen_state in state["generators"].items():
+            self.generator(key).set_state(gen_state)
+
+    # -- the one job --------------------------------------------------------------------
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one mini-batch: a differentiable scalar.
+
+        ``model(images)`` returns logits; mixbench's own models are staged backbones
+        (:class:`mixbench.models.StagedNet`) that also expose their hidden states.
+        ``images`` and ``labels`` are left untouched.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+
+def resolve_params(cls: type[MixMethod], given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults of ``cls.params`` updated with ``given``, each value parsed and checked."""
+    declared = cls.params
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        valid = ", ".join(sorted(declared)) or "none"
+        raise UsageError(
+            f"method {cls.name or cls.__name__!r} has no parameter {unknown[0]!r}; "
+            f"its parameters: {valid}"
+        )
+    resolved = {key: p.default for key, p in declared.items()}
+    for key, value in given.items():
+        resolved[key] = declared[key].parse(key, value)
+    return resolved
+
+
+def describe(cls: type[MixMethod]) -> str:
+    """The method's one-line description (its docstring's first line if it declares none)."""
+    if cls.description:
+        return cls.description
+    doc = inspect.getdoc(cls) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -1,0 +1,65 @@
+"""CutMix: Regularization Strategy to Train Strong Classifiers with Localizable Features
+(Yun et al., ICCV 2019, arXiv 1905.04899).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixbench.methods import register_method
+from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.functional import (
+    cross_entropy,
+    cutmix_box,
+    mixed_cross_entropy,
+    paste_box,
+    sample_beta,
+)
+
+
+@register_method("cutmix")
+class CutMix(MixMethod):
+    """CutMix (Yun et al., ICCV 2019, arXiv 1905.04899): paste a box of another image.
+
+    With probability ``prob`` (default 0.5, the CIFAR setting of the official code; the paper
+    uses 1.0 on ImageNet) a mini-batch is mixed, otherwise it is an ERM batch. ``lam ~
+    Beta(alpha, alpha)`` (default ``alpha = 1.0``, the paper's) sizes a box with sides
+    ``sqrt(1 - lam)`` times the image's, centred uniformly and clipped; the box region of every
+    image is replaced by that of ``x[perm]`` and ``lam`` is recomputed from the clipped box's
+    area. Loss ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``.
+    Draw order: the coin, ``lam``, the box centre (CPU generator), then ``perm``.
+    """
+
+    description = "CutMix: paste a random box of another image, labels by area (Yun et al.)"
+    paper = "Yun et al., ICCV 2019, arXiv:1905.04899"
+    params = {
+        "alpha": Param(
+            1.0,
+            float,
+            "Beta(alpha, alpha) concentration of the box's area ratio",
+            minimum=0.0,
+            exclusive_minimum=True,
+            search=("float", 0.1, 4.0, True),
+        ),
+        "prob": Param(
+            0.5,
+            float,
+            "probability that a mini-batch is mixed (otherwise plain ERM)",
+            minimum=0.0,
+            maximum=1.0,
+            search=("float", 0.0, 1.0, False),
+        ),
+    }
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The CutMix loss of one mini-batch (an ERM loss when the coin says so)."""
+        cpu = self.generator("cpu")
+        if float(torch.rand((), generator=cpu)) >= self.prob:
+            return cross_entropy(model(images), labels)
+        lam = float(sample_beta(self.alpha, cpu))
+        box, lam = cutmix_box(images.shape[-2], images.shape[-1], lam, cpu)
+        perm = torch.randperm(
+            images.shape[0], generator=self.generator(images.device), device=images.device
+        )
+        return mixed_cross_entropy(model(paste_box(images, box, perm)), labels, lam, perm)

@@ -1,0 +1,451 @@
+"""The functional core of the mixup methods: pure tensor functions, no module state.
+
+Every method class in :mod:`mixbench.methods` is a thin wrapper that runs the backbone and
+calls these functions. They hold no state, never modify their inputs, and draw random numbers
+only through an explicit ``torch.Generator`` argument (``None`` means torch's default one).
+
+Public API (see ``../shared/methods.md`` for the equations):
+
+- :func:`mix`: ``lam * x + (1 - lam) * x[perm]``.
+- :func:`cutmix_box` and :func:`paste_box`: CutMix's random box and the pasting of it.
+- :func:`sinkhorn`: entropic optimal transport plans, log-domain, batched.
+- :func:`multimix`: Dirichlet interpolation of pooled embeddings and their targets.
+- :func:`dense_multimix`: per-position, attention-weighted interpolation of feature maps.
+- :func:`alignment_cost`, :func:`align_mix`, :func:`dense_attention`: AlignMixup's and Dense
+  MultiMix's remaining arithmetic.
+- Helpers: :func:`sample_beta`, :func:`sample_dirichlet`, :func:`one_hot`, :func:`cross_entropy`,
+  :func:`mixed_cross_entropy`, :func:`soft_cross_entropy`, :func:`soft_binary_cross_entropy`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "align_mix",
+    "alignment_cost",
+    "cross_entropy",
+    "cutmix_box",
+    "dense_attention",
+    "dense_multimix",
+    "mix",
+    "mixed_cross_entropy",
+    "multimix",
+    "one_hot",
+    "paste_box",
+    "sample_beta",
+    "sample_dirichlet",
+    "sinkhorn",
+    "soft_binary_cross_entropy",
+    "soft_cross_entropy",
+]
+
+Box = tuple[int, int, int, int]
+
+
+# -- random draws ------------------------------------------------------------------------
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not alpha > 0 or not math.isfinite(alpha):
+        raise ValueError(f"a concentration alpha must be a finite number > 0, got {alpha!r}")
+    return alpha
+
+
+def _simplex_from_gamma(
+    concentration: torch.Tensor, generator: torch.Generator | None, small: bool
+) -> torch.Tensor:
+    """Normalised Gamma draws along the last dimension: Dirichlet(concentration) samples.
+
+    With ``small`` (some concentration below 1) the draws are made in the log domain,
+    ``log G(a) = log G(a + 1) + log(U) / a`` (Marsaglia and Tsang's boost), and normalised by a
+    softmax, so that rows whose Gamma draws would all underflow to zero still land on the
+    simplex. The caller decides ``small`` from Python numbers: no device synchronisation.
+    """
+    if not small:
+        gamma = torch._standard_gamma(concentration, generator=generator)
+        return gamma.div_(gamma.sum(-1, keepdim=True))
+    log_gamma = torch._standard_gamma(concentration + 1, generator=generator).log_()
+    uniform = torch.rand(
+        concentration.shape,
+        generator=generator,
+        device=concentration.device,
+        dtype=concentration.dtype,
+    )
+    log_gamma.add_(uniform.log_().div_(concentration))
+    return torch.softmax(log_gamma, dim=-1)
+
+
+def sample_dirichlet(
+    alpha: float,
+    shape: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draws from the symmetric ``Dirichlet(alpha * ones(shape[-1]))``, all at once.
+
+    Each slice along the last dimension of the result (of shape ``shape``) is one draw: its
+    entries are non-negative and sum to one. The draws are normalised Gamma variates made
+    on ``device`` by ``generator`` (which must live on that device): ``exponential_`` when
+    ``alpha == 1`` (a Gamma(1) is an exponential), ``torch._standard_gamma`` otherwise.
+
+    Args:
+        alpha: the concentration, > 0.
+        shape: the result's shape; the last entry is the number of mixed items.
+        generator: the generator to draw from (``None``: torch's default generator).
+        device: where to sample (default: the CPU).
+        dtype: the result's floating point dtype (draws are made in float32 or float64).
+    """
+    alpha = _check_alpha(alpha)
+    shape = tuple(int(s) for s in shape)
+    if not shape or shape[-1] < 1:
+        raise ValueError(f"the last dimension of a Dirichlet draw must be >= 1, got {shape}")
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    if alpha == 1.0:
+        draws = torch.empty(shape, device=device, dtype=work).exponential_(generator=generator)
+        draws.div_(draws.sum(-1, keepdim=True))
+    else:
+        concentration = torch.full(shape, alpha, device=device, dtype=work)
+        draws = _simplex_from_gamma(concentration, generator, small=alpha < 1)
+    return draws.to(dtype)
+
+
+def sample_beta(
+    alpha: float,
+    generator: torch.Generator | None = None,
+    *,
+    beta: float | None = None,
+    size: Sequence[int] = (),
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draws from ``Beta(alpha, beta)`` (``beta`` defaults to ``alpha``), as ``G1 / (G1 + G2)``.
+
+    Two Gamma draws, with the same care for small concentrations as :func:`sample_dirichlet`.
+    Returns a tensor of shape ``size`` (a 0-d tensor by default); call ``.item()`` on a CPU
+    draw to get a Python float without a device synchronisation.
+    """
+    alpha = _check_alpha(alpha)
+    beta = alpha if beta is None else _check_alpha(beta)
+    size = tuple(int(s) for s in size)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    if alpha == beta:
+        pair = sample_dirichlet(alpha, (*size, 2), generator=generator, device=device, dtype=work)
+    else:
+        concentration = torch.tensor([alpha, beta], device=device, dtype=work).expand(*size, 2)
+        pair = _simplex_from_gamma(concentration.contiguous(), generator, min(alpha, beta) < 1)
+    return pair[..., 0].to(dtype)
+
+
+# -- losses and targets ------------------------------------------------------------------
+
+
+def one_hot(
+    labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The one-hot matrix (b, num_classes) of integer ``labels`` (b,), as floats."""
+    return F.one_hot(labels.long(), num_classes).to(dtype)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Plain cross-entropy of ``logits`` (b, c) against integer ``labels`` (b,), in float32."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, lam: float, perm: torch.Tensor
+) -> torch.Tensor:
+    """``lam * CE(logits, Y) + (1 - lam) * CE(logits, Y[perm])`` with integer ``labels``.
+
+    Equal to the soft-target cross-entropy against ``lam * Y + (1 - lam) * Y[perm]`` (the
+    cross-entropy is linear in the target), without building one-hot matrices.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return lam * F.nll_loss(log_probs, labels) + (1.0 - lam) * F.nll_loss(log_probs, labels[perm])
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mean_rows(-sum_c targets * log_softmax(logits))`` in float32.
+
+    ``logits`` and ``targets`` have shape (..., c); the mean runs over every leading position
+    (rows of a batch, or all n * r terms of a dense loss).
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"expected logits and targets of the same shape, got {tuple(logits.shape)}"
+            f" and {tuple(targets.shape)}"
+        )
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -(targets.float() * log_probs).sum(-1).mean()
+
+
+def soft_binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of ``softmax(logits)`` against ``targets``, mean over all entries.
+
+    What the official Manifold Mixup code computes with ``BCELoss(softmax(out), target)``,
+    including BCELoss's clamp of each log at -100, but evaluated from log-probabilities:
+    ``log(1 - p)`` of a row's most probable class is the log-sum of the other classes'
+    probabilities, so saturated softmax outputs give finite values and finite gradients.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"expected logits and targets of the same shape, got {tuple(logits.shape)}"
+            f" and {tuple(targets.shape)}"
+        )
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    top = log_p == log_p.amax(dim=-1, keepdim=True)
+    top = top & (top.cumsum(-1) == 1)  # one entry per row, even on ties
+    # p < 1/2 off the top entry, where log1p(-p) is accurate; the top entry is masked so that
+    # its (unused) branch has a finite gradient.
+    log_rest = torch.log1p(-log_p.masked_fill(top, -math.inf).exp())
+    log_top = torch.logsumexp(log_p.masked_fill(top, -math.inf), dim=-1, keepdim=True)
+    log_1mp = torch.where(top, log_top, log_rest)
+    t = targets.float()
+    terms = t * log_p.clamp_min(-100.0) + (1 - t) * log_1mp.clamp_min(-100.0)
+    return -terms.mean()
+
+
+# -- input mixing ------------------------------------------------------------------------
+
+
+def mix(x: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``lam * x + (1 - lam) * x[perm]``: a new tensor, ``x`` is left untouched.
+
+    ``lam`` is a float or a tensor broadcastable against ``x`` (e.g. (b, 1, 1, 1) for one
+    weight per example); ``perm`` indexes the first dimension. Computed as one fused
+    ``torch.lerp`` and differentiable in ``x`` (manifold mixup mixes hidden states).
+    """
+    if perm.dim() != 1 or perm.shape[0] != x.shape[0]:
+        raise ValueError(f"expected perm of shape ({x.shape[0]},), got {tuple(perm.shape)}")
+    if isinstance(lam, torch.Tensor):
+        lam = lam.to(dtype=x.dtype, device=x.device)
+    else:
+        lam = float(lam)
+    return torch.lerp(x[perm], x, lam)
+
+
+def cutmix_box(
+    height: int, width: int, lam: float, generator: torch.Generator | None = None
+) -> tuple[Box, float]:
+    """CutMix's box for mixing ratio ``lam`` and the ratio that the clipped box really gives.
+
+    The box has height ``int(height * sqrt(1 - lam))`` and width ``int(width * sqrt(1 - lam))``,
+    its centre pixel is uniform over the image (drawn with ``generator``, a CPU generator),
+    and it is clipped to the image. Returns ``((top, bottom, left, right), lam_adjusted)``:
+    Python ints as half-open bounds, rows ``[top, bottom)`` and columns ``[left, right)``, and
+    ``lam_adjusted = 1 - (bottom - top) * (right - left) / (height * width)``.
+    """
+    height, width, lam = int(height), int(width), float(lam)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy = int(torch.randint(height, (1,), generator=generator))
+    cx = int(torch.randint(width, (1,), generator=generator))
+    top, left = cy - cut_h // 2, cx - cut_w // 2
+    bottom, right = top + cut_h, left + cut_w
+    top, bottom = min(max(top, 0), height), min(max(bottom, 0), height)
+    left, right = min(max(left, 0), width), min(max(right, 0), width)
+    area = (bottom - top) * (right - left)
+    return (top, bottom, left, right), 1.0 - area / (height * width)
+
+
+def paste_box(x: torch.Tensor, box: Box, perm: torch.Tensor) -> torch.Tensor:
+    """A copy of ``x`` (b, C, H, W) whose ``box`` region holds the same region of ``x[perm]``."""
+    top, bottom, left, right = box
+    out = x.clone()
+    out[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    return out
+
+
+# -- optimal transport -------------------------------------------------------------------
+
+
+def sinkhorn(
+    cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0.1
+) -> torch.Tensor:
+    """Entropic optimal transport plans with uniform marginals, by log-domain Sinkhorn.
+
+    Solves ``min_P <P, C> - eps * H(P)`` for each cost matrix ``C`` of the batch ``cost``
+    (b, r, s) on the cost exactly as given (no rescaling), with row marginals ``1/r`` and
+    column marginals ``1/s``. The iteration runs on the potentials in log space, so that costs
+    of 10^4 and more with ``eps = 0.1`` stay finite: ``f = -eps * logsumexp((g - C) / eps) +
+    eps * log(1/r)``, then ``g`` likewise over the other axis. It stops after ``max_iter``
+    iterations, or earlier once the change of the row potential ``f`` (cost units), summed
+    over positions and averaged over the batch, is below ``tol``. After each iteration the
+    column marginals hold exactly; the row marginals hold once converged.
+
+    Works in the cost's dtype (float16 and bfloat16 costs are solved in float32, whose range
+    ``C / eps`` needs, and the plan is returned in the cost's dtype). No gradient flows
+    through the solver. Returns the plan ``P`` (b, r, s).
+    """
+    if cost.dim() != 3:
+        raise ValueError(
+            f"expected a batch of cost matrices (b, r, s), got shape {tuple(cost.shape)}"
+        )
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    b, r, s = cost.shape
+    work = cost.dtype if cost.dtype in (torch.float32, torch.float64) else torch.float32
+    with torch.no_grad():
+        log_kernel = cost.detach().to(work) / -eps  # (b, r, s)
+        log_mu, log_nu = -math.log(r), -math.log(s)
+        # Potentials divided by eps: u = f / eps, v = g / eps.
+        u = torch.zeros(b, r, dtype=work, device=cost.device)
+        v = torch.zeros(b, s, dtype=work, device=cost.device)
+        for _ in range(int(max_iter)):
+            u_new = log_mu - torch.logsumexp(log_kernel + v.unsqueeze(1), dim=2)
+            v = log_nu - torch.logsumexp(log_kernel + u_new.unsqueeze(2), dim=1)
+            change = (u_new - u).abs_().sum(1).mean() * eps
+            u = u_new
+            if change.item() < tol:
+                break
+        plan = (log_kernel + u.unsqueeze(2) + v.unsqueeze(1)).exp_()
+    return plan.to(cost.dtype)
+
+
+def alignment_cost(a: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean costs ``C[i, j] = ||a[:, i] - a2[:, j]||^2`` per example, detached.
+
+    ``a`` (b, d, r) and ``a2`` (b, d, s) are feature maps flattened over their positions; the
+    result (b, r, s) is computed in float32 (also under autocast: raw feature costs reach
+    10^4 and more, beyond what half precision resolves) and clamped at zero.
+    """
+    if a.dim() != 3 or a2.dim() != 3 or a.shape[:2] != a2.shape[:2]:
+        raise ValueError(
+            f"expected a (b, d, r) and a2 (b, d, s), got {tuple(a.shape)}, {tuple(a2.shape)}"
+        )
+    with torch.no_grad(), torch.autocast(a.device.type, enabled=False):
+        a, a2 = a.float(), a2.float()
+        sq = (a * a).sum(1).unsqueeze(2)  # (b, r, 1)
+        sq2 = (a2 * a2).sum(1).unsqueeze(1)  # (b, 1, s)
+        cost = torch.baddbmm(sq + sq2, a.transpose(1, 2), a2, alpha=-2.0)
+    return cost.clamp_min_(0.0)
+
+
+def align_mix(
+    a: torch.Tensor, a2: torch.Tensor, plan: torch.Tensor, lam: float, align_second: bool
+) -> torch.Tensor:
+    """AlignMixup's mixing of feature maps ``a`` and ``a2`` (b, d, r) under the plan (b, r, r).
+
+    With ``R = r * plan``: if ``align_second``, ``a2`` is carried to ``a``'s geometry,
+    ``lam * a + (1 - lam) * a2 @ R^T``; otherwise ``a`` is carried to ``a2``'s geometry,
+    ``lam * a @ R + (1 - lam) * a2``. Differentiable in ``a`` and ``a2``, not in the plan.
+    """
+    if a.shape != a2.shape or plan.shape != (a.shape[0], a.shape[2], a.shape[2]):
+        raise ValueError(
+            f"expected a, a2 (b, d, r) and plan (b, r, r), got {tuple(a.shape)}, "
+            f"{tuple(a2.shape)}, {tuple(plan.shape)}"
+        )
+    transport = (plan.detach() * plan.shape[1]).to(a.dtype)
+    if align_second:
+        return torch.lerp(torch.bmm(a2, transport.transpose(1, 2)), a, float(lam))
+    return torch.lerp(a2, torch.bmm(a, transport), float(lam))
+
+
+# -- MultiMix ----------------------------------------------------------------------------
+
+
+def multimix(
+    z: torch.Tensor,
+    targets: torch.Tensor,
+    n: int,
+    alpha: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MultiMix: ``n`` Dirichlet interpolations of the embeddings ``z`` and their targets.
+
+    Draws ``L`` (n, b) with rows ``~ Dirichlet(alpha * ones(b))`` on ``z``'s device (one batched
+    draw) and returns ``(L @ z, L @ targets, L)``: mixed embeddings (n, d), mixed targets
+    (n, c) and the weights (n, b) in float32. ``targets`` is a float matrix (b, c), one-hot or
+    soft; the targets are always mixed in full precision, also under autocast.
+    """
+    if z.dim() != 2 or targets.dim() != 2 or z.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"expected z (b, d) and targets (b, c), got {tuple(z.shape)} and {tuple(targets.shape)}"
+        )
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    weights = sample_dirichlet(alpha, (n, z.shape[0]), generator=generator, device=z.device)
+    z_mix = weights.to(z.dtype) @ z
+    with torch.autocast(z.device.type, enabled=False):
+        targets_mix = weights.to(targets.dtype) @ targets
+    return z_mix, targets_mix, weights
+
+
+def dense_multimix(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    attention: torch.Tensor,
+    n: int,
+    alpha: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense MultiMix: per-position, attention-weighted interpolation of feature maps.
+
+    ``features`` (b, d, r) are feature maps flattened over their r positions, ``targets``
+    (b, c) the examples' targets (inherited by every position), ``attention`` (b, r) a
+    non-negative confidence per example and position, used exactly as given. For each of
+    ``n`` generated examples and each position j, ``L[k, j] ~ Dirichlet(alpha * ones(b))``;
+    the weights ``W[k, j, i] = L[k, j, i] * a[i, j] / sum_i' L[k, j, i'] * a[i', j]`` (an
+    example with zero attention at j gets zero weight there; a position where every example
+    has zero attention falls back to ``L``) mix ``Z[k, j] = sum_i W[k, j, i] F[i, :, j]`` and
+    ``Y[k, j] = sum_i W[k, j, i] targets[i]``.
+
+    Returns ``(z_mix (n, r, d), targets_mix (n, r, c))``. Both are transposed views of
+    position-major (r, n, ...) tensors, the layout of the batched matrix products; a loss that
+    averages over all terms can use ``z_mix.transpose(0, 1)``, which is contiguous.
+    """
+    if features.dim() != 3:
+        raise ValueError(f"expected features (b, d, r), got shape {tuple(features.shape)}")
+    b, _, r = features.shape
+    if attention.shape != (b, r):
+        raise ValueError(f"expected attention of shape ({b}, {r}), got {tuple(attention.shape)}")
+    if targets.dim() != 2 or targets.shape[0] != b:
+        raise ValueError(f"expected targets ({b}, c), got shape {tuple(targets.shape)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    lam = sample_dirichlet(alpha, (r, n, b), generator=generator, device=features.device)
+    att = attention.transpose(0, 1).to(lam.dtype)  # (r, b)
+    dead = att.sum(1, keepdim=True) == 0  # positions where every example has zero attention
+    att = torch.where(dead, torch.ones_like(att), att)
+    weights = lam.mul_(att.unsqueeze(1))  # (r, n, b)
+    weights.div_(weights.sum(-1, keepdim=True).clamp_min_(torch.finfo(weights.dtype).tiny))
+    z_mix = torch.bmm(weights.to(features.dtype), features.permute(2, 0, 1))  # (r, n, d)
+    with torch.autocast(features.device.type, enabled=False):
+        targets_mix = weights.to(targets.dtype) @ targets  # (r, n, c)
+    return z_mix.transpose(0, 1), targets_mix.transpose(0, 1)
+
+
+def dense_attention(features: torch.Tensor, kind: str = "similarity") -> torch.Tensor:
+    """Per-position confidence ``a`` (b, r) of feature maps ``features`` (b, d, r), detached.
+
+    ``"similarity"`` (Dense MultiMix's default): ``normalize_l1(relu(F[i]^T z_i))`` with
+    ``z_i = mean_j F[i, :, j]``, the similarity of each position to the pooled embedding; an
+    example whose similarities are all <= 0 gets zero attention everywhere. ``"softmax"``:
+    the softmax over positions of the same similarities divided by ``sqrt(d)`` (this
+    project's variant). ``"none"``: uniform ``1 / r`` (an ablation). Float32.
+    """
+    b, d, r = features.shape
+    if kind == "none":
+        return torch.full((b, r), 1.0 / r, device=features.device)
+    if kind not in ("similarity", "softmax"):
+        raise ValueError(f"attention must be 'similarity', 'softmax' or 'none', got {kind!r}")
+    with torch.no_grad(), torch.autocast(features.device.type, enabled=False):
+        f = features.float()
+        scores = torch.bmm(f.mean(2).unsqueeze(1), f).squeeze(1)  # (b, r)
+        if kind == "softmax":
+            return torch.softmax(scores / math.sqrt(d), dim=1)
+        scores.relu_()
+        return scores.div_(scores.sum(1, keepdim=True).clamp_min_(torch.finfo(scores.dtype).tiny))

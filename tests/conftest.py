@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny smoke matrix, the CLI in-process and as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+
+# A smoke matrix small enough for unit tests: 256 training images, one epoch.
+TINY = [
+    "--set", "dataset_options.synthetic.n_train=256",
+    "--set", "dataset_options.synthetic.n_test=128",
+    "--set", "schedule.batch_size=64",
+    "--epochs", "1",
+    "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_args() -> list[str]:
+    """Overrides that shrink the smoke preset to seconds."""
+    return list(TINY)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """Run ``python -m mixbench ARGS`` in a subprocess; returns the CompletedProcess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "mixbench", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=600,
+    )

@@ -1,0 +1,114 @@
+"""Presets, the matrix expansion, overrides and config hashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixbench.config import (
+    MatrixConfig,
+    apply_setting,
+    config_hash,
+    list_presets,
+    load_matrices,
+    load_preset,
+    to_dict,
+)
+from mixbench.errors import UsageError
+from mixbench.methods import list_methods
+
+
+def test_smoke_preset_covers_every_method():
+    matrix = load_preset("smoke")
+    cells = matrix.cells()
+    assert sorted({c.method for c in cells}) == list_methods()
+    assert {c.dataset for c in cells} == {"synthetic"}
+    assert all(c.model_options == {"width": 16} for c in cells)
+
+
+def test_every_shipped_preset_loads():
+    for name in list_presets():
+        matrices = load_matrices(name)
+        assert all(m.cells() for m in matrices)
+        if len(matrices) == 1:
+            assert matrices[0].name == name
+
+
+def test_paper_preset_is_the_union_of_its_parts():
+    parts = load_matrices("paper")
+    assert [m.name for m in parts] == ["paper-cifar10", "paper-cifar100"]
+    cells = [c for m in parts for c in m.cells()]
+    assert {c.dataset for c in cells} == {"cifar10", "cifar100"}
+    assert {c.model for c in cells} == {"preactresnet18", "wrn16_8"}
+    assert {c.seed for c in cells} == {0, 1, 2}
+    assert len(cells) == len(list_methods()) * 2 * 2 * 3
+    alone = {c.key for c in load_preset("paper-cifar10").cells()}
+    assert alone <= {c.key for c in cells}
+    sched = load_preset("paper-cifar10").schedule
+    assert (sched.epochs, sched.milestones, sched.weight_decay) == (2000, [500, 1000, 1500], 1e-4)
+
+
+def test_cell_key_is_stable_and_ignores_runtime():
+    a = load_preset("smoke").cells()[0]
+    b = load_preset("smoke").cells()[0]
+    assert a.key == b.key and len(a.key) == 16
+    b.runtime.device = "cpu"
+    b.runtime.data_root = "/elsewhere"
+    assert a.key == b.key
+    b.schedule.lr = 0.05
+    assert a.key != b.key
+
+
+def test_params_are_part_of_the_key():
+    matrix = load_preset("smoke")
+    matrix.methods = ["mixup"]
+    before = matrix.cells()[0]
+    matrix.method_params = {"mixup": {"alpha": 0.4}}
+    after = matrix.cells()[0]
+    assert after.params["alpha"] == 0.4
+    assert before.key != after.key
+
+
+def test_unknown_key_in_preset_file_is_refused(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('methods = ["erm"]\n[schedule]\nepochz = 3\n')
+    with pytest.raises(UsageError, match="unknown key 'epochz'"):
+        load_preset(str(path))
+
+
+def test_wrong_type_and_bad_toml(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[schedule]\nepochs = "three"\n')
+    with pytest.raises(UsageError, match="must be of type int"):
+        load_preset(str(path))
+    path.write_text("[schedule\n")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_preset(str(path))
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(UsageError, match="did you mean smoke"):
+        load_preset("smok")
+
+
+def test_apply_setting():
+    matrix = load_preset("smoke")
+    apply_setting(matrix, "schedule.lr=0.05")
+    apply_setting(matrix, "dataset_options.synthetic.n_train=512")
+    assert matrix.schedule.lr == 0.05
+    assert matrix.dataset_options["synthetic"]["n_train"] == 512
+    with pytest.raises(UsageError, match="expected KEY=VALUE"):
+        apply_setting(matrix, "schedule.lr")
+    with pytest.raises(UsageError, match="unknown key 'lrr'"):
+        apply_setting(matrix, "schedule.lrr=1")
+
+
+def test_negative_epochs_refused():
+    matrix = MatrixConfig(methods=["erm"])
+    matrix.schedule.epochs = -1
+    with pytest.raises(UsageError, match="epochs must be >= 1"):
+        matrix.cells()
+
+
+def test_config_hash_canonical():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": (1, 2), "a": 1})
+    assert to_dict(load_preset("smoke"))["schedule"]["epochs"] == 4

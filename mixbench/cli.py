@@ -162,17 +162,243 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mixbench.bench.store import redact_url
 
     out_dir = _out_dir(args)
-    summary = run_matrix(cells, out_dir, args.db, retry_failed=args.retry_failed)
+    if args.launcher:
+        return _run_with_launcher(args, cells, out_dir)
+    summary = run_matrix(
+        cells,
+        out_dir,
+        args.db,
+        retry_failed=args.retry_failed,
+        nproc_per_node=args.nproc_per_node,
+    )
     db_url = args.db or default_db_url(out_dir)
     if not args.no_leaderboard:
         path = _write_leaderboard(db_url, out_dir)
         print(f"leaderboard: {path}", file=sys.stderr)
     print(
-        f"{summary.total} cells: {len(summary.ran)} run now, {summary.skipped} already done, "
+        f"{summary.total} cells: {summary.ran} run now, {summary.skipped} already done, "
         f"{len(summary.failed)} failed; results in {redact_url(db_url)}",
         file=sys.stderr,
     )
+    if summary.failed:
+        print("failed cells: see `mixbench status`; rerun with --retry-failed", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def matrix_argv(args: argparse.Namespace) -> list[str]:
+    """The matrix options of ``args`` as command-line words (for launched workers)."""
+    out = ["--preset", args.preset]
+    for name in ("methods", "datasets", "models"):
+        if getattr(args, name):
+            out += [f"--{name}", ",".join(getattr(args, name))]
+    if args.seeds:
+        out += ["--seeds", ",".join(str(s) for s in args.seeds)]
+    if args.epochs is not None:
+        out += ["--epochs", str(args.epochs)]
+    for name in ("data_root", "device", "param_set"):
+        if getattr(args, name):
+            out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.download:
+        out.append("--download")
+    for text in args.param:
+        out += ["--param", text]
+    for text in args.set:
+        out += ["--set", text]
+    return out
+
+
+def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path) -> int:
+    """Validate and register the matrix, launch workers, wait, write the leaderboard."""
+    from mixbench.bench.launch import SlurmOptions, launch_workers, wait_for
+    from mixbench.bench.matrix import check_out_dir, default_db_url, validate_matrix
+    from mixbench.bench.store import DONE, FAILED, ResultStore
+
+    validate_matrix(cells, {})
+    check_out_dir(out_dir)
+    db_url = args.db or default_db_url(out_dir)
+    store = ResultStore(db_url)
+    try:
+        store.add_cells(cells)
+    finally:
+        store.close()
+    slurm = SlurmOptions(
+        partition=args.slurm_partition,
+        time_minutes=args.slurm_time,
+        gpus_per_task=args.slurm_gpus_per_task,
+        cpus_per_task=args.slurm_cpus_per_task,
+    )
+    argv = [*matrix_argv(args), "--db", db_url, "--out", str(out_dir), "--no-progress"]
+    jobs = launch_workers(args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm)
+    print(
+        f"launched {len(jobs)} {args.launcher} worker(s); logs in {out_dir}/launcher-logs",
+        file=sys.stderr,
+    )
+    if args.launcher == "slurm":
+        print("follow them with `mixbench status --db URL`", file=sys.stderr)
+        return 0
+    statuses = wait_for(jobs)
+    store = ResultStore(db_url)
+    try:
+        records = store.records(keys=[c.key for c in cells])
+    finally:
+        store.close()
+    failed = [r for r in records if r.status == FAILED]
+    not_done = [r for r in records if r.status != DONE]
+    if not args.no_leaderboard:
+        print(f"leaderboard: {_write_leaderboard(db_url, out_dir)}", file=sys.stderr)
+    print(
+        f"{len(cells)} cells: {len(cells) - len(not_done)} done, {len(failed)} failed",
+        file=sys.stderr,
+    )
+    return 1 if not_done or any(statuses) else 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``mixbench worker``: claim and run cells of a shared database until none is left."""
+    from mixbench.bench.matrix import run_matrix
+
+    cells = [cell for matrix in build_matrices(args) for cell in matrix.cells()]
+    summary = run_matrix(
+        cells,
+        _out_dir(args),
+        args.db,
+        retry_failed=args.retry_failed,
+        worker=args.worker_name,
+        nproc_per_node=args.nproc_per_node,
+    )
+    print(
+        f"worker done: {summary.ran} cells run, {len(summary.failed)} failed in the matrix",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _store_url(args: argparse.Namespace) -> str:
+    from mixbench.bench.matrix import default_db_url
+
+    if args.db:
+        return args.db
+    if not (args.out / "results.db").is_file():
+        raise UsageError(
+            f"no results database in {args.out}: run `mixbench run --out {args.out}` first "
+            "or pass --db URL"
+        )
+    return default_db_url(args.out)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``mixbench status``: every cell of a results database and where it stands."""
+    import datetime as dt
+
+    from tabulate import tabulate
+
+    from mixbench.bench.store import ResultStore
+
+    store = ResultStore(_store_url(args))
+    try:
+        records = store.records()
+    finally:
+        store.close()
+    cells = [
+        {
+            "key": r.key,
+            "preset": r.preset,
+            "method": r.method,
+            "dataset": r.dataset,
+            "model": r.model,
+            "seed": r.seed,
+            "status": r.status,
+            "worker": r.worker,
+            "attempts": r.attempts,
+            "started_at": r.started_at,
+            "heartbeat": r.heartbeat,
+            "error": r.error,
+            "metrics": r.metrics if r.status == "done" else None,
+        }
+        for r in records
+    ]
+    if args.json:
+        print(json.dumps(cells, indent=2, default=str))
+        return 0
+
+    def when(ts: float | None) -> str:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else ""
+
+    rows = []
+    for c in cells:
+        if c["status"] == "done":
+            detail = f"top-1 {100 * c['metrics']['top1']:.2f}%"
+        elif c["status"] == "running":
+            detail = f"on {c['worker']} since {when(c['started_at'])}"
+        else:
+            detail = (c["error"] or "").splitlines()[0][:80] if c["error"] else ""
+        rows.append(
+            [
+                c["key"],
+                c["preset"],
+                c["method"],
+                c["dataset"],
+                c["model"],
+                c["seed"],
+                c["status"],
+                c["attempts"],
+                detail,
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "key",
+                "preset",
+                "method",
+                "dataset",
+                "model",
+                "seed",
+                "status",
+                "attempts",
+                "detail",
+            ],
+        )
+    )
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "no cells")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``mixbench export``: finished cells as JSON Lines, one object per cell."""
+    from mixbench.bench.store import ResultStore
+    from mixbench.bench.transfer import export_records, write_jsonl
+
+    store = ResultStore(_store_url(args))
+    try:
+        records = export_records(store, preset=args.preset)
+    finally:
+        store.close()
+    count = write_jsonl(records, args.file)
+    print(f"exported {count} finished cells to {args.file}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``mixbench import``: load exported cells into a results database, skipping known ones."""
+    from mixbench.bench.matrix import check_out_dir, default_db_url
+    from mixbench.bench.store import ResultStore
+    from mixbench.bench.transfer import import_records, read_results_path
+
+    records = [r for path in args.files for r in read_results_path(path)]
+    if not args.db:
+        check_out_dir(args.out)
+    store = ResultStore(args.db or default_db_url(args.out))
+    try:
+        added, skipped = import_records(store, records)
+    finally:
+        store.close()
+    print(f"imported {added} cells, skipped {skipped} already present", file=sys.stderr)
+    return 0
 
 
 def _print_dry_run(cells: list[Any]) -> int:
@@ -187,8 +413,14 @@ def _print_dry_run(cells: list[Any]) -> int:
         total += images or 0
         unknown |= images is None
         rows.append(
-            [c.method, c.dataset, c.model, c.seed, c.schedule.epochs,
-             f"{images:,}" if images else "?"]
+            [
+                c.method,
+                c.dataset,
+                c.model,
+                c.seed,
+                c.schedule.epochs,
+                f"{images:,}" if images else "?",
+            ]
         )
     headers = ["method", "dataset", "model", "seed", "epochs", "train images"]
     print(tabulate(rows, headers=headers, tablefmt="simple"))
@@ -205,14 +437,19 @@ def _write_leaderboard(db_url: str, out_dir: Path) -> Path:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """``mixbench leaderboard``: regenerate ``DIR/LEADERBOARD.md`` and its plots."""
-    from mixbench.bench.matrix import default_db_url
+    from mixbench.leaderboard import write_leaderboard
 
-    if args.db is None and not (args.out / "results.db").is_file():
-        raise UsageError(
-            f"no results database in {args.out}: run `mixbench run --out {args.out}` first "
-            "or pass --db URL"
-        )
-    path = _write_leaderboard(args.db or default_db_url(args.out), args.out)
+    if args.from_path is not None:
+        from mixbench.bench.transfer import read_results_path
+
+        records = read_results_path(args.from_path)
+        if not args.db:
+            from mixbench.bench.matrix import check_out_dir
+
+            check_out_dir(args.out)
+        path = write_leaderboard(records, args.out)
+    else:
+        path = _write_leaderboard(_store_url(args), args.out)
     print(path)
     return 0
 
@@ -262,6 +499,17 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return run_perf(args)
 
 
+def _lazy(module: str, function: str) -> Any:
+    """A command function imported only when its subcommand runs (keeps startup fast)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(prog="mixbench", description=__doc__.splitlines()[0])
@@ -273,6 +521,22 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a benchmark matrix, then write the leaderboard")
     add_matrix_arguments(run)
     run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    run.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="processes per cell (DistributedDataParallel through ignite.distributed)",
+    )
+    run.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="run the matrix on workers launched through submitit",
+    )
+    run.add_argument("--workers", type=int, default=2, help="number of launched workers")
+    run.add_argument("--slurm-partition", help="SLURM partition of the workers")
+    run.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per worker job")
+    run.add_argument("--slurm-gpus-per-task", type=int, default=1, help="GPUs per worker")
+    run.add_argument("--slurm-cpus-per-task", type=int, default=8, help="CPUs per worker")
     run.add_argument("--no-leaderboard", action="store_true", help="skip the leaderboard")
     run.add_argument(
         "--dry-run", action="store_true", help="list the cells without training (no data needed)"
@@ -282,7 +546,45 @@ def make_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="write DIR/LEADERBOARD.md and DIR/plots/")
     lb.add_argument("--out", type=Path, required=True, help="the run's output folder")
     lb.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    lb.add_argument(
+        "--from",
+        dest="from_path",
+        type=Path,
+        help="build from exported cells instead: a .jsonl file or a folder of them",
+    )
     lb.set_defaults(func=cmd_leaderboard)
+
+    worker = sub.add_parser("worker", help="claim and run cells of a shared database")
+    add_matrix_arguments(worker)
+    worker.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    worker.add_argument("--nproc-per-node", type=int, default=1, help="processes per cell")
+    worker.add_argument("--worker-name", help="name recorded with claimed cells")
+    worker.set_defaults(func=cmd_worker)
+
+    status = sub.add_parser("status", help="every cell of a results database")
+    status.add_argument("--out", type=Path, default=Path("runs/smoke"), help="a run's folder")
+    status.add_argument("--db", help="results database URL")
+    status.add_argument("--json", action="store_true", help="print a JSON list of cells")
+    status.set_defaults(func=cmd_status)
+
+    export = sub.add_parser("export", help="finished cells as JSON Lines")
+    export.add_argument("--out", dest="file", type=Path, required=True, help="FILE.jsonl to write")
+    export.add_argument(
+        "--from",
+        dest="out",
+        type=Path,
+        default=Path("runs/smoke"),
+        help="the run's folder (its results.db)",
+    )
+    export.add_argument("--db", help="results database URL")
+    export.add_argument("--preset", help="only the cells of this preset")
+    export.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="load exported cells into a results database")
+    imp.add_argument("files", nargs="+", type=Path, help=".jsonl files or folders of them")
+    imp.add_argument("--out", type=Path, default=Path("runs/smoke"), help="the run's folder")
+    imp.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    imp.set_defaults(func=cmd_import)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("--json", action="store_true", help="print a JSON list")
@@ -291,9 +593,32 @@ def make_parser() -> argparse.ArgumentParser:
     for kind in ("models", "datasets", "presets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
 
+    evaluate = sub.add_parser("evaluate", help="run every evaluator on a saved checkpoint")
+    evaluate.add_argument("checkpoint", type=Path, help="a checkpoint_<epoch>.pt of a cell")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--data-root", help="data root, if it moved since training")
+    evaluate.set_defaults(func=_lazy("mixbench.bench.evaluate", "cmd_evaluate"))
+
+    show = sub.add_parser("show", help="draw what a method does to one batch")
+    show.add_argument("method", help="registered method name")
+    show.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    show.add_argument("--dataset", default="synthetic", help="data set to draw a batch from")
+    show.add_argument("--data-root", help="data root of that data set")
+    show.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter, repeatable",
+    )
+    show.add_argument("--seed", type=int, default=0, help="seed of the batch and the draws")
+    show.set_defaults(func=_lazy("mixbench.leaderboard.show", "cmd_show"))
+
     perf = sub.add_parser("perf", help="speed benchmarks (ratios measured in one run)")
-    perf.add_argument("--json", type=Path, dest="json_path", metavar="FILE",
-                      help="also write the results as JSON")
+    perf.add_argument(
+        "--json", type=Path, dest="json_path", metavar="FILE", help="also write the results as JSON"
+    )
     perf.add_argument("--device", default="auto", help="auto, cpu or cuda")
     perf.add_argument("--steps", type=int, default=5, help="timed steps per method")
     perf.add_argument("--warmup", type=int, default=2, help="warm-up steps per method")

@@ -77,7 +77,9 @@ def test_interrupted_cell_resumes_from_checkpoint_bit_for_bit(tmp_path, monkeypa
 
     assert main([*args, "--out", str(out)]) == 0
     con = sqlite3.connect(out / "results.db")
-    timings, metrics, attempts = con.execute("SELECT timings, metrics, attempts FROM cells").fetchone()
+    timings, metrics, attempts = con.execute(
+        "SELECT timings, metrics, attempts FROM cells"
+    ).fetchone()
     ref = sqlite3.connect(reference / "results.db").execute("SELECT metrics FROM cells").fetchone()
     assert json.loads(timings)["resumed_from_epoch"] == 1 and attempts == 2
     resumed, uninterrupted = json.loads(metrics), json.loads(ref[0])
@@ -135,7 +137,11 @@ def test_methods_json_lists_every_method_with_params(capsys):
     names = [m["name"] for m in data]
     assert names == list_methods()
     mixup = next(m for m in data if m["name"] == "mixup")
-    assert mixup["params"]["alpha"] == {"default": 1.0, "type": "float", "help": mixup["params"]["alpha"]["help"]}
+    assert mixup["params"]["alpha"] == {
+        "default": 1.0,
+        "type": "float",
+        "help": mixup["params"]["alpha"]["help"],
+    }
     assert "1710.09412" in mixup["paper"]
 
 
@@ -147,8 +153,21 @@ def test_methods_table(capsys):
 
 
 def test_dry_run_needs_no_data(capsys, tmp_path):
-    assert main(["run", "--preset", "smoke", "--dry-run", "--data-root", str(tmp_path / "none"),
-                 "--seeds", "0,1"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--preset",
+                "smoke",
+                "--dry-run",
+                "--data-root",
+                str(tmp_path / "none"),
+                "--seeds",
+                "0,1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     n = 2 * len(list_methods())
     assert f"{n} cells, about {n * 4 * 2560:,} training images" in out
@@ -165,8 +184,14 @@ BAD_INPUTS = [
     (["run", "--param", "mixup.beta=1"], "has no parameter 'beta'"),
     (["run", "--epochs", "-1"], "epochs must be >= 1"),
     (["run", "--seeds", "a,b"], "--seeds takes comma-separated integers"),
-    (["run", "--datasets", "imagefolder", "--data-root", "/nonexistent/mixbench"], "/nonexistent/mixbench"),
-    (["run", "--datasets", "cifar10", "--data-root", "/nonexistent/mixbench"], "/nonexistent/mixbench"),
+    (
+        ["run", "--datasets", "imagefolder", "--data-root", "/nonexistent/mixbench"],
+        "/nonexistent/mixbench",
+    ),
+    (
+        ["run", "--datasets", "cifar10", "--data-root", "/nonexistent/mixbench"],
+        "/nonexistent/mixbench",
+    ),
     (["run", "--datasets", "imagefolder"], "--data-root"),
     (["run", "--device", "cuda:7"], "cuda"),
     (["run", "--models", "resnet50"], "needs images of at least"),

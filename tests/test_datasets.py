@@ -28,6 +28,8 @@ from mixbench.errors import UnknownNameError, UsageError
 
 CIFAR_JPEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
 SMALL = {"n_train": 400, "n_test": 200}
+# the tests write their images with torchvision.io, deprecated since torchvision 0.29
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 
 # ---------------------------------------------------------------- registry
@@ -229,6 +231,10 @@ def test_imagefolder_errors_name_the_path_and_the_fix(tmp_path):
     ):
         create_dataset("imagefolder", tmp_path)
     (tmp_path / "train" / "empty").rmdir()
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(UsageError, match="cannot decode image .*broken.png"):
+        create_dataset("imagefolder", tmp_path)
+    (tmp_path / "train" / "a" / "broken.png").unlink()
     _make_folder(tmp_path, {"val": {"stray": 1}})
     with pytest.raises(UsageError, match="stray has no counterpart in the train/ folder"):
         create_dataset("imagefolder", tmp_path)
@@ -258,6 +264,11 @@ def test_imagefolder_on_the_fly_through_a_dataloader(tmp_path):
     assert len(epoch2) == len(train) == 2
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(epoch2, again))
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(epoch2, epoch3))
+    # each sample's augmentation is seeded by the sampler, not by the worker that loads it
+    common["num_workers"] = 1
+    in_worker = make_loader(bundle.train, batch_size=4, train=True, seed=1, **common)
+    in_worker.set_epoch(2)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(epoch2, in_worker))
     # a subset of an on-the-fly split is a torch Subset with balanced classes
     subset = create_dataset("imagefolder", tmp_path, in_memory=False, train_subset=4)
     assert len(subset.train) == 4

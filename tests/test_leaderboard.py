@@ -62,8 +62,11 @@ def test_rows_per_method_and_params_never_pooled():
 
 
 def test_different_schedules_and_presets_give_separate_tables():
-    records = [_record("erm", 0, 0.8), _record("erm", 0, 0.7, lr=0.05),
-               _record("erm", 0, 0.6, preset="other")]
+    records = [
+        _record("erm", 0, 0.8),
+        _record("erm", 0, 0.7, lr=0.05),
+        _record("erm", 0, 0.6, preset="other"),
+    ]
     tables = build_tables(records)
     assert len(tables) == 3
     assert len({t.schedule_key for t in tables}) == 2

@@ -51,6 +51,17 @@ TINY_MODEL_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+_MODELS: dict[str, nn.Module] = {}
+
+
+def cached_model(name: str, num_classes: int) -> nn.Module:
+    """A fresh copy of a tiny version of model ``name`` (built once per session)."""
+    if name not in _MODELS:
+        options = TINY_MODEL_OPTIONS.get(name, {})
+        _MODELS[name] = create_model(name, num_classes, seed=0, **options)
+    return copy.deepcopy(_MODELS[name]).train()
+
+
 def tiny_net(num_classes: int = 10) -> nn.Module:
     return create_model("preactresnet18", num_classes, width=4, seed=0).train()
 
@@ -160,7 +171,7 @@ def test_manifold_mixup_rejects_layers_beyond_the_network() -> None:
 def test_embedding_methods_need_a_staged_backbone() -> None:
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     images, labels = batch()
-    for name, params in MIX_BRANCH.items():
+    for name, params in [*MIX_BRANCH.items(), ("manifold_mixup", {})]:
         if name == "cutmix":
             continue
         with pytest.raises(UsageError, match="staged backbone"):
@@ -196,6 +207,7 @@ def test_deterministic_under_a_seed(name: str, params: dict) -> None:
     assert first == again
     # Consecutive calls continue the stream; a checkpointed state replays it.
     method = make(name, params, seed=3)
+    method.loss(model, images, labels)
     state = copy.deepcopy(method.state_dict())
     one = method.loss(model, images, labels).item()
     method.load_state_dict(state)
@@ -246,7 +258,9 @@ def test_channels_last(name: str, params: dict) -> None:
     images, labels = batch()
     expected = make(name, params).loss(tiny_net(), images, labels)
     model = tiny_net().to(memory_format=torch.channels_last)
-    loss = make(name, params).loss(model, images.contiguous(memory_format=torch.channels_last), labels)
+    loss = make(name, params).loss(
+        model, images.contiguous(memory_format=torch.channels_last), labels
+    )
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
@@ -255,8 +269,7 @@ def test_channels_last(name: str, params: dict) -> None:
 @pytest.mark.parametrize("model_name", list_models())
 @pytest.mark.parametrize("name,params", [(n, MIX_BRANCH.get(n, {})) for n in list_methods()])
 def test_every_method_on_every_model(model_name: str, name: str, params: dict) -> None:
-    options = TINY_MODEL_OPTIONS.get(model_name, {})
-    model = create_model(model_name, 5, seed=0, **options).train()
+    model = cached_model(model_name, 5)
     size = max(32, int(getattr(model, "min_input_size", 32)))
     images, labels = batch(b=4, size=size, classes=5)
     loss = make(name, params).loss(model, images, labels)
@@ -282,11 +295,15 @@ def test_training_module_under_ddp(tmp_path) -> None:
         def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return self.method.loss(self.backbone, images, labels)
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     try:
         images, labels = batch()
         for name in list_methods():
-            module = DistributedDataParallel(Training(tiny_net(), make(name, MIX_BRANCH.get(name, {}))))
+            module = DistributedDataParallel(
+                Training(tiny_net(), make(name, MIX_BRANCH.get(name, {})))
+            )
             optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
             for _ in range(2):
                 optimizer.zero_grad()
@@ -303,7 +320,9 @@ def test_training_module_under_ddp(tmp_path) -> None:
 
 def test_erm_is_cross_entropy() -> None:
     model, (images, labels) = tiny_net(), batch()
-    torch.testing.assert_close(get_method("erm").loss(model, images, labels), F.cross_entropy(model(images), labels))
+    torch.testing.assert_close(
+        get_method("erm").loss(model, images, labels), F.cross_entropy(model(images), labels)
+    )
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -315,7 +334,9 @@ def test_mixup_equation(seed: int) -> None:
     perm = torch.randperm(8, generator=g)
     x_mix = lam * images + (1 - lam) * images[perm]
     logits = model(x_mix)
-    expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[perm])
+    expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(
+        logits, labels[perm]
+    )
     torch.testing.assert_close(method.loss(model, images, labels), expected)
 
 
@@ -344,7 +365,8 @@ def test_cutmix_equation() -> None:
     assert seen == {"erm", "mix"}
     # prob = 0 is plain ERM.
     torch.testing.assert_close(
-        make("cutmix", {"prob": 0.0}).loss(model, images, labels), F.cross_entropy(model(images), labels)
+        make("cutmix", {"prob": 0.0}).loss(model, images, labels),
+        F.cross_entropy(model(images), labels),
     )
 
 
@@ -390,7 +412,7 @@ def test_alignmixup_equation() -> None:
             b, d, h, w = feats.shape
             a = feats.reshape(b, d, h * w)
             a2 = a[perm]
-            cost = ((a.detach().unsqueeze(3) - a2.detach().unsqueeze(2)) ** 2).sum(1)
+            cost = fn.alignment_cost(a, a2)  # checked against the brute force elsewhere
             plan = fn.sinkhorn(cost, eps=0.1, max_iter=100, tol=0.1)
             # The plan has the Sinkhorn marginals: columns exactly, rows once converged.
             torch.testing.assert_close(plan.sum(1), torch.full((b, h * w), 1 / (h * w)))
@@ -400,8 +422,12 @@ def test_alignmixup_equation() -> None:
             else:
                 mixed = lam * torch.bmm(a, big_r) + (1 - lam) * a2
             logits = model.head(mixed.mean(2))
-        expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[perm])
-        torch.testing.assert_close(method.loss(model, images, labels), expected, rtol=1e-4, atol=1e-5)
+        expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(
+            logits, labels[perm]
+        )
+        torch.testing.assert_close(
+            method.loss(model, images, labels), expected, rtol=1e-4, atol=1e-5
+        )
     assert branches == {"input", "first", "second"}
 
 
@@ -460,7 +486,9 @@ def test_prob_zero_is_the_fallback(name: str) -> None:
         lam = float(fn.sample_beta(0.7, g))
         perm = torch.randperm(8, generator=g)
         logits = model(lam * images + (1 - lam) * images[perm])
-        expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(logits, labels[perm])
+        expected = lam * F.cross_entropy(logits, labels) + (1 - lam) * F.cross_entropy(
+            logits, labels[perm]
+        )
         torch.testing.assert_close(method.loss(model, images, labels), expected)
 
 
@@ -479,7 +507,9 @@ def test_clean_weight_adds_exactly_the_clean_cross_entropy(name: str, branch: di
 def test_dense_multimix_equation(attention: str) -> None:
     model, (images, labels) = tiny_net(), batch()
     n, alpha = 24, 1.5
-    method = make("dense_multimix", {"prob": 1.0, "n": n, "alpha": alpha, "attention": attention}, 6)
+    method = make(
+        "dense_multimix", {"prob": 1.0, "n": n, "alpha": alpha, "attention": attention}, 6
+    )
     g = stream(method)
     coin(g)
     feats = model.features(images)

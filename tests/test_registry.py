@@ -6,6 +6,7 @@ import pytest
 
 from mixbench.errors import UnknownNameError
 from mixbench.methods import (
+    METHODS,
     MixMethod,
     Param,
     get_method,
@@ -13,7 +14,6 @@ from mixbench.methods import (
     method_info,
     register_method,
 )
-from mixbench.methods import METHODS
 from mixbench.registry import Registry
 
 ALL_SEVEN = ["alignmixup", "cutmix", "dense_multimix", "erm", "manifold_mixup", "mixup", "multimix"]

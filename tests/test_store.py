@@ -58,8 +58,12 @@ def test_cell_of_dead_process_is_reclaimed(store, cells):
     key = cells[0].key
     store.claim([key], "w1")
     # Pretend the holder was another process of this host that has exited.
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_pid = int(proc.stdout)
     with store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE cells SET pid = ? WHERE key = ?", (dead_pid, key))
@@ -72,8 +76,9 @@ def test_stale_heartbeat_is_reclaimed_and_failed_only_on_retry(store, cells):
     key = cells[0].key
     store.claim([key], "w1")
     with store.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE cells SET host = 'elsewhere', heartbeat = 0 WHERE key = ?",
-                             (key,))
+        conn.exec_driver_sql(
+            "UPDATE cells SET host = 'elsewhere', heartbeat = 0 WHERE key = ?", (key,)
+        )
     rec = store.claim([key], "w2")
     assert rec is not None
     store.fail(key, "w2", "boom", "Traceback ...")

@@ -66,7 +66,7 @@ class TrainingModule(nn.Module):
 
 
 class RunProgress:
-    """Bookkeeping that must survive a resume: evaluation history, time spent, RNG state."""
+    """Bookkeeping that must survive a resume: evaluation history and time spent."""
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -78,14 +78,17 @@ class RunProgress:
             "history": self.history,
             "train_seconds": self.train_seconds,
             "train_images": self.train_images,
-            "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
         self.train_images = int(state["train_images"])
-        torch.set_rng_state(state["torch_rng"])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's random streams, derived from the cell's seed."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**62)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -179,6 +182,19 @@ def load_checkpoint(folder: Path, to_load: dict[str, Any]) -> int:
     return 0
 
 
+CELL_FILE = "cell.json"
+
+
+def write_cell_file(workdir: Path, cell: CellConfig) -> None:
+    """Save the cell's resolved config beside its checkpoints (``mixbench evaluate`` reads it)."""
+    import json
+
+    from mixbench.config import to_dict
+    from mixbench.fileio import atomic_write_text
+
+    atomic_write_text(workdir / CELL_FILE, json.dumps(to_dict(cell), indent=2, sort_keys=True))
+
+
 def software_versions() -> dict[str, Any]:
     """Versions of mixbench and the libraries that decide its numbers."""
     import platform
@@ -226,7 +242,6 @@ def train_cell(
     memory_format = torch.channels_last if cell.runtime.channels_last else torch.preserve_format
     backbone = backbone.to(device, memory_format=memory_format)
     method = get_method(cell.method, **cell.params)
-    method.seed(cell.seed, rank)
     module: nn.Module = TrainingModule(backbone, method)
     module = idist.auto_model(module, sync_bn=False) if world_size > 1 else module
     if cell.runtime.compile:
@@ -262,7 +277,13 @@ def train_cell(
 
     @trainer.on(Events.EPOCH_STARTED)
     def _set_epoch(engine: Engine) -> None:
-        train_loader.set_epoch(engine.state.epoch)
+        # Every random stream of an epoch is a function of (seed, epoch, rank): data order and
+        # augmentation, the method's draws, and torch's global generator (e.g. dropout). A
+        # resumed run therefore draws exactly what an uninterrupted one would, on every rank.
+        epoch = engine.state.epoch
+        train_loader.set_epoch(epoch)
+        method.seed(epoch_seed(cell.seed, epoch), rank)
+        torch.manual_seed(epoch_seed(cell.seed, epoch) * 131 + rank)
 
     # Timer: training time only (data and step), paused before evaluation runs.
     timer = Timer(average=False)
@@ -342,6 +363,7 @@ def train_cell(
         )
         bar.attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
 
+    write_cell_file(workdir, cell)
     resumed_from = load_checkpoint(workdir, to_save)
     if resumed_from >= schedule.epochs:
         # Training finished before an interruption; evaluation is all that is left.
@@ -354,7 +376,9 @@ def train_cell(
                 f"{trainer.state.iteration}: the loss became NaN or infinite"
             )
 
-    return _collect_result(last_metrics, progress, resumed_from, schedule)
+    result = _collect_result(last_metrics, progress, resumed_from, schedule)
+    # Post-training evaluators (robustness, corruptions, embedding quality): issue 5.
+    return result
 
 
 def _eval_step(

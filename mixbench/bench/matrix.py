@@ -2,7 +2,8 @@
 
 Every cell is claimed from the results store in a transaction, so a rerun of the same command
 skips finished cells and resumes an interrupted one from its checkpoint, and several processes
-sharing one database never run the same cell twice.
+(or machines) sharing one database never run the same cell twice. With several processes per
+cell (``--nproc-per-node`` or ``torchrun``), rank 0 claims and records; every rank trains.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
+
 from mixbench.bench.store import DONE, FAILED, ResultStore, sqlite_url
 from mixbench.config import CellConfig
 from mixbench.errors import UsageError
@@ -23,12 +26,13 @@ from mixbench.errors import UsageError
 
 @dataclass
 class MatrixSummary:
-    """What a call of :func:`run_matrix` did."""
+    """What a call of :func:`run_matrix` did, read back from the store."""
 
     total: int = 0
-    ran: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    ran: int = 0
     skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+    pending: int = 0
 
 
 def default_db_url(out_dir: Path) -> str:
@@ -53,21 +57,22 @@ def check_out_dir(out_dir: Path) -> None:
 
 def validate_matrix(cells: list[CellConfig], bundle_cache: dict[Any, Any]) -> None:
     """Load every data set of the matrix and check every model fits it, before any write."""
-    from mixbench.bench.data import check_model_fits, load_bundle
+    from mixbench.bench.data import load_bundle
     from mixbench.bench.engine import resolve_device
 
-    seen: set[tuple[str, str]] = set()
     for cell in cells:
         resolve_device(cell.runtime.device)
-        bundle = load_bundle(cell, cache=bundle_cache)
-        if (cell.dataset, cell.model) not in seen:
-            check_model_fits(cell.model, cell.model_options, bundle)
-            seen.add((cell.dataset, cell.model))
+        load_bundle(cell, cache=bundle_cache)
 
 
 def describe_cell(cell: CellConfig) -> str:
     """``method/dataset/model/seedN`` for messages."""
     return f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}"
+
+
+def launched_by_torchrun() -> bool:
+    """True when this process is one rank of a ``torchrun`` launch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
 def run_matrix(
@@ -77,62 +82,138 @@ def run_matrix(
     *,
     retry_failed: bool = False,
     worker: str | None = None,
+    nproc_per_node: int = 1,
     log: Any = sys.stderr,
 ) -> MatrixSummary:
-    """Run every cell of ``cells`` (a matrix) not done yet; returns a summary."""
-    from mixbench.bench.engine import CellFailed, software_versions, train_cell
+    """Run every cell of ``cells`` (a matrix) not done yet; returns a summary from the store.
 
+    The data sets are loaded and the output folder checked before anything is written, so that
+    bad input leaves the results database untouched.
+    """
     bundle_cache: dict[Any, Any] = {}
     validate_matrix(cells, bundle_cache)
     check_out_dir(out_dir)
-    store = ResultStore(db_url or default_db_url(out_dir))
+    url = db_url or default_db_url(out_dir)
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
-    by_key = {c.key: c for c in cells}
-    summary = MatrixSummary(total=len(cells))
+    keys = [c.key for c in cells]
+    store = ResultStore(url)
     try:
         store.add_cells(cells)
-        already = {r.key for r in store.records(status=DONE, keys=by_key)}
-        summary.skipped = len(already)
-        if already:
-            print(f"{len(already)} of {len(cells)} cells already done: skipped", file=log)
-        versions = software_versions()
-        while (record := store.claim(list(by_key), worker, retry_failed=retry_failed)) is not None:
-            cell = by_key[record.key]
-            index = list(by_key).index(record.key) + 1
-            start = time.perf_counter()
-            print(f"[{index}/{len(cells)}] {describe_cell(cell)} ({cell.key})", file=log)
-            try:
-                result = train_cell(
-                    cell,
-                    cell_dir(out_dir, cell),
-                    heartbeat=lambda key=record.key: store.heartbeat(key, worker),
-                    bundle_cache=bundle_cache,
-                )
-            except KeyboardInterrupt:
-                store.interrupt(record.key, worker, "interrupted by the user")
-                raise
-            except (CellFailed, UsageError) as exc:
-                store.fail(record.key, worker, str(exc), traceback.format_exc())
-                summary.failed.append(record.key)
-                print(f"    failed: {exc}", file=log)
-                continue
-            except Exception as exc:
-                store.fail(record.key, worker, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-                summary.failed.append(record.key)
-                print(f"    failed: {type(exc).__name__}: {exc}", file=log)
-                continue
-            timings = dict(result.timings, wall_seconds=time.perf_counter() - start)
-            store.finish(record.key, worker, metrics=result.metrics, timings=timings,
-                         versions=versions)
-            summary.ran.append(record.key)
-            print(
-                f"    top-1 {100 * result.metrics['top1']:.2f}%  "
-                f"({timings['train_images_per_s']:.0f} train img/s, {timings['wall_seconds']:.1f} s)",
-                file=log,
-            )
-        summary.failed = sorted(
-            {r.key for r in store.records(status=FAILED, keys=by_key)} | set(summary.failed)
-        )
+        done_before = {r.key for r in store.records(status=DONE, keys=keys)}
     finally:
         store.close()
-    return summary
+    if done_before:
+        print(f"{len(done_before)} of {len(cells)} cells already done: skipped", file=log)
+
+    if nproc_per_node > 1 or launched_by_torchrun():
+        backend = "nccl" if _cuda_requested(cells) else "gloo"
+        spawn = {} if launched_by_torchrun() else {"nproc_per_node": nproc_per_node}
+        with idist.Parallel(backend=backend, **spawn) as parallel:
+            parallel.run(_matrix_loop, cells, out_dir, url, retry_failed, worker, None)
+    else:
+        _matrix_loop(0, cells, out_dir, url, retry_failed, worker, bundle_cache, log)
+
+    store = ResultStore(url)
+    try:
+        records = store.records(keys=keys)
+    finally:
+        store.close()
+    done_now = {r.key for r in records if r.status == DONE}
+    return MatrixSummary(
+        total=len(cells),
+        ran=len(done_now - done_before),
+        skipped=len(done_before),
+        failed=sorted(r.key for r in records if r.status == FAILED),
+        pending=sum(r.status not in (DONE, FAILED) for r in records),
+    )
+
+
+def _cuda_requested(cells: list[CellConfig]) -> bool:
+    import torch
+
+    device = cells[0].runtime.device
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+_NO_CELL = "-"  # broadcast when nothing is left (an empty string cannot be broadcast)
+
+
+def _matrix_loop(
+    local_rank: int,
+    cells: list[CellConfig],
+    out_dir: Path,
+    url: str,
+    retry_failed: bool,
+    worker: str,
+    bundle_cache: dict[Any, Any] | None,
+    log: Any = None,
+) -> None:
+    """Claim, train, record, until no runnable cell is left (every rank runs this loop)."""
+    from mixbench.bench.engine import CellFailed, software_versions, train_cell
+
+    log = log or sys.stderr
+    rank, distributed = idist.get_rank(), idist.get_world_size() > 1
+    bundle_cache = {} if bundle_cache is None else bundle_cache
+    by_key = {c.key: c for c in cells}
+    order = list(by_key)
+    store = ResultStore(url) if rank == 0 else None
+    versions = software_versions()
+    try:
+        while True:
+            key = _NO_CELL
+            if store is not None:
+                record = store.claim(order, worker, retry_failed=retry_failed)
+                key = record.key if record is not None else _NO_CELL
+            if distributed:
+                key = idist.broadcast(key, src=0, safe_mode=True)
+            if key == _NO_CELL:
+                return
+            cell = by_key[key]
+            start = time.perf_counter()
+            if rank == 0:
+                print(
+                    f"[{order.index(key) + 1}/{len(order)}] {describe_cell(cell)} ({key})",
+                    file=log,
+                )
+            heartbeat = (lambda k=key: store.heartbeat(k, worker)) if store else None
+            try:
+                result = train_cell(
+                    cell, cell_dir(out_dir, cell), heartbeat=heartbeat, bundle_cache=bundle_cache
+                )
+            except KeyboardInterrupt:
+                if store is not None:
+                    store.interrupt(key, worker, "interrupted by the user")
+                    print(
+                        f"interrupted: {describe_cell(cell)} saved its last checkpoint; "
+                        "rerun the same command to resume",
+                        file=log,
+                    )
+                raise
+            except (CellFailed, UsageError) as exc:
+                _record_failure(store, key, worker, str(exc), log)
+                continue
+            except Exception as exc:
+                _record_failure(store, key, worker, f"{type(exc).__name__}: {exc}", log)
+                continue
+            if store is None:
+                continue
+            timings = dict(result.timings, wall_seconds=time.perf_counter() - start)
+            store.finish(key, worker, metrics=result.metrics, timings=timings, versions=versions)
+            print(
+                f"    top-1 {100 * result.metrics['top1']:.2f}%  "
+                f"({timings['train_images_per_s']:.0f} train img/s, "
+                f"{timings['wall_seconds']:.1f} s)",
+                file=log,
+            )
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _record_failure(
+    store: ResultStore | None, key: str, worker: str, message: str, log: Any
+) -> None:
+    if store is None:
+        return
+    store.fail(key, worker, message, traceback.format_exc())
+    print(f"    failed: {message}", file=log)

@@ -77,23 +77,21 @@ def crop_flip(
     padding: int,
 ) -> torch.Tensor:
     """Zero-pad every image by ``padding``, cut an (H, W) window at ``(top, left)`` of the padded
-    image and mirror it horizontally where ``flipped``; one gather for the whole batch.
+    image and mirror it horizontally where ``flipped``: one ``gather`` for the whole batch.
 
     ``images`` (B, C, H, W) of any dtype; ``top``, ``left``, ``flipped`` (B,) on its device.
     Returns a new tensor; ``images`` is left as it is.
     """
     b, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4) if padding else images
+    padded_w = w + 2 * padding
     device = images.device
     cols = torch.arange(w, device=device)
-    cols = torch.where(flipped.view(b, 1), w - 1 - cols, cols) + left.view(b, 1)  # (B, W)
-    rows = top.view(b, 1) + torch.arange(h, device=device)  # (B, H)
-    return padded[
-        torch.arange(b, device=device).view(b, 1, 1, 1),
-        torch.arange(c, device=device).view(1, c, 1, 1),
-        rows.view(b, 1, h, 1),
-        cols.view(b, 1, 1, w),
-    ]
+    cols = torch.where(flipped.view(b, 1), w - 1 - cols, cols)  # (B, W), mirrored where flipped
+    rows = torch.arange(h, device=device).view(1, h, 1) * padded_w  # (1, H, 1) row starts
+    corner = (top * padded_w + left).view(b, 1, 1)  # flat position of each window's corner
+    flat = (corner + rows + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.flatten(2).gather(2, flat).view(b, c, h, w)
 
 
 def normalizer(

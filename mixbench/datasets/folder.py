@@ -10,6 +10,7 @@ Class indices follow the sorted class folder names of ``train/``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,11 +37,17 @@ STATS_SAMPLE = 512  # images decoded to estimate mean/std when the data is not h
 
 
 def decode_file(path: str) -> torch.Tensor:
-    """The image at ``path`` as a uint8 RGB tensor (3, H, W)."""
-    try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except RuntimeError as exc:
-        raise UsageError(f"cannot decode image {path}: {exc}") from exc
+    """The image at ``path`` as a uint8 RGB tensor (3, H, W).
+
+    ``torchvision.io`` decodes about 2.5 times faster than PIL; torchvision 0.29 marks it as
+    deprecated in favour of TorchCodec, a warning silenced here as it would repeat per image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except RuntimeError as exc:
+            raise UsageError(f"cannot decode image {path}: {exc}") from exc
 
 
 def fit_size(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:

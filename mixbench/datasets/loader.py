@@ -9,6 +9,7 @@ batches this process gets.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +41,35 @@ def _check_common(batch_size: int, crop_padding: int, rank: int, world_size: int
 
 def _num_batches(samples: int, batch_size: int, drop_last: bool) -> int:
     return samples // batch_size if drop_last else -(-samples // batch_size)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The ``n`` samples of a split as one process sees them, epoch by epoch."""
+
+    n: int
+    train: bool
+    seed: int
+    rank: int
+    world_size: int
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The indices visited in ``epoch`` (see :func:`epoch_order`)."""
+        return epoch_order(
+            self.n,
+            train=self.train,
+            seed=self.seed,
+            epoch=epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    def augment_generator(self, epoch: int) -> torch.Generator:
+        """The generator of ``epoch``'s augmentation on this process: ``(seed, epoch, rank)``."""
+        return seeded_generator(self.seed, epoch, self.rank, "augment")
+
+    def __len__(self) -> int:
+        return shard_length(self.n, self.train, self.rank, self.world_size)
 
 
 class TensorBatchLoader:
@@ -88,34 +118,21 @@ class TensorBatchLoader:
         self.crop_padding = crop_padding
         self.flip = flip
         self.drop_last = train if drop_last is None else drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.shard = Shard(images_uint8.shape[0], train, seed, rank, world_size)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Fix the order and augmentation of the next iteration to those of ``epoch``."""
         self.epoch = epoch
 
-    def _order(self) -> torch.Tensor:
-        return epoch_order(
-            self.images.shape[0],
-            train=self.train,
-            seed=self.seed,
-            epoch=self.epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-
     def __len__(self) -> int:
-        samples = shard_length(self.images.shape[0], self.train, self.rank, self.world_size)
-        return _num_batches(samples, self.batch_size, self.drop_last)
+        return _num_batches(len(self.shard), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         # A generator: the epoch's draws happen at the first batch, after any set_epoch call.
-        order = self._order()
-        count = _num_batches(order.numel(), self.batch_size, self.drop_last) * self.batch_size
-        order = order[:count]
+        order = self.shard.order(self.epoch)[: len(self) * self.batch_size]
         if self.augment:
-            generator = seeded_generator(self.seed, self.epoch, self.rank, "augment")
+            generator = self.shard.augment_generator(self.epoch)
             params = draw_crop_flip(order.numel(), self.crop_padding, self.flip, generator)
             top, left, flipped = (p.to(self.device) for p in params)
         order = order.to(self.device)
@@ -135,32 +152,22 @@ class EpochSampler(Sampler):
     whichever worker loads it, so the augmentation does not depend on the number of workers.
     """
 
-    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world_size: int) -> None:
-        self.n, self.train, self.seed = n, train, seed
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order and seeds of ``epoch`` from the next iteration on."""
         self.epoch = epoch
 
-    def _order(self) -> torch.Tensor:
-        return epoch_order(
-            self.n,
-            train=self.train,
-            seed=self.seed,
-            epoch=self.epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
-
     def __len__(self) -> int:
-        return shard_length(self.n, self.train, self.rank, self.world_size)
+        return len(self.shard)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self._order()
-        generator = seeded_generator(self.seed, self.epoch, self.rank, "augment")
-        seeds = torch.randint(0, 2**62, (order.numel(),), generator=generator)
+        order = self.shard.order(self.epoch)
+        seeds = torch.randint(
+            0, 2**62, (order.numel(),), generator=self.shard.augment_generator(self.epoch)
+        )
         return iter(zip(order.tolist(), seeds.tolist()))
 
 
@@ -274,7 +281,7 @@ def make_dataloader(
     transform = None
     if train and augment:
         transform = train_transform(split_image_size(split), crop_padding, flip, crop)
-    sampler = EpochSampler(len(split), train=train, seed=seed, rank=rank, world_size=world_size)
+    sampler = EpochSampler(Shard(len(split), train, seed, rank, world_size))
     loader = DataLoader(
         SeededTransform(split, transform),
         batch_size=batch_size,

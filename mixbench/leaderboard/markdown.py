@@ -67,15 +67,22 @@ COLUMNS: list[Column] = [
         lambda r, t: r.mean("best_top1"),
         lambda r, t: _pct(r.mean("best_top1")),
     ),
-    Column("NLL", lambda r, t: r.mean("nll"),
-           lambda r, t: DASH if r.mean("nll") is None else f"{r.mean('nll'):.3f}", False),
+    Column(
+        "NLL",
+        lambda r, t: r.mean("nll"),
+        lambda r, t: DASH if r.mean("nll") is None else f"{r.mean('nll'):.3f}",
+        False,
+    ),
     Column("ECE (%)", lambda r, t: r.mean("ece"), lambda r, t: _pct(r.mean("ece")), False),
     Column("OE (%)", lambda r, t: r.mean("oe"), lambda r, t: _pct(r.mean("oe")), False),
     Column(
         "train img/s",
         lambda r, t: r.timing("train_images_per_s"),
-        lambda r, t: DASH if r.timing("train_images_per_s") is None
-        else f"{r.timing('train_images_per_s'):.0f}",
+        lambda r, t: (
+            DASH
+            if r.timing("train_images_per_s") is None
+            else f"{r.timing('train_images_per_s'):.0f}"
+        ),
     ),
 ]
 
@@ -114,7 +121,8 @@ def describe_table(table: Table) -> str:
     model = f"{table.model} ({opts})" if opts else table.model
     seeds = sorted({seed for row in table.rows for seed in row.seeds})
     schedule = (
-        f"{s['epochs']} epochs, batch {s['batch_size']}, SGD lr {s['lr']} "
+        f"{s['epochs']} epoch{'s' if s['epochs'] != 1 else ''}, batch {s['batch_size']}, "
+        f"SGD lr {s['lr']} "
         f"(momentum {s['momentum']}{', Nesterov' if s['nesterov'] else ''}, "
         f"weight decay {s['weight_decay']}), {s['schedule']} schedule"
     )
@@ -163,7 +171,8 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         out += ["No finished cells yet.", ""]
     for table in tables:
         out += [
-            f"## `{table.preset}` · {table.dataset} · {table.model} · schedule {table.schedule_key}",
+            f"## `{table.preset}` · {table.dataset} · {table.model} "
+            f"· schedule {table.schedule_key}",
             "",
             describe_table(table),
             "",

@@ -47,7 +47,9 @@ class Param:
                 elif self.type is float:
                     out = float(text)
                 elif self.type is tuple:
-                    out = tuple(int(t) for t in text.strip("()[] ").replace(";", ",").split(",") if t)
+                    out = tuple(
+                        int(t) for t in text.strip("()[] ").replace(";", ",").split(",") if t
+                    )
                 else:
                     out = self.type(text)
             elif self.type is float and isinstance(value, int) and not isinstance(value, bool):

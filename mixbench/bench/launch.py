@@ -1,0 +1,80 @@
+"""Launching workers on a cluster scheduler (SLURM) or locally, through submitit.
+
+``mixbench run ... --launcher slurm --workers K`` submits K ``mixbench worker`` processes as a
+SLURM job array; ``--launcher local`` starts K local worker processes through submitit's local
+executor (the same code path, which is how the tests exercise it). Workers share the results
+database of the run, claim cells one at a time and stop when none is left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mixbench.errors import UsageError
+
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass
+class SlurmOptions:
+    """What the SLURM job array asks for."""
+
+    partition: str | None = None
+    time_minutes: int = 24 * 60
+    gpus_per_task: int = 0
+    cpus_per_task: int = 8
+
+
+def worker_entry(argv: list[str]) -> int:
+    """What each launched job runs: ``mixbench worker ARGV``; returns its exit status."""
+    from mixbench.cli import main
+
+    return main(["worker", *argv])
+
+
+def launch_workers(
+    launcher: str,
+    workers: int,
+    worker_argv: list[str],
+    log_dir: Path,
+    slurm: SlurmOptions | None = None,
+) -> list[Any]:
+    """Submit ``workers`` jobs running ``mixbench worker worker_argv``; returns the jobs."""
+    import submitit
+
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"unknown launcher {launcher!r}; valid launchers: {', '.join(LAUNCHERS)}")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if launcher == "local":
+        executor: Any = submitit.LocalExecutor(folder=str(log_dir))
+        executor.update_parameters(timeout_min=(slurm or SlurmOptions()).time_minutes)
+    else:
+        slurm = slurm or SlurmOptions()
+        executor = submitit.AutoExecutor(folder=str(log_dir), cluster="slurm")
+        params: dict[str, Any] = {
+            "timeout_min": slurm.time_minutes,
+            "gpus_per_node": slurm.gpus_per_task,
+            "cpus_per_task": slurm.cpus_per_task,
+            "tasks_per_node": 1,
+            "slurm_array_parallelism": workers,
+            "name": "mixbench-worker",
+        }
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+        executor.update_parameters(**params)
+    return executor.map_array(worker_entry, [list(worker_argv) for _ in range(workers)])
+
+
+def wait_for(jobs: list[Any]) -> list[int]:
+    """Wait for every job; returns their exit statuses (1 for a job that raised)."""
+    statuses = []
+    for job in jobs:
+        try:
+            statuses.append(int(job.result() or 0))
+        except Exception:
+            statuses.append(1)
+    return statuses

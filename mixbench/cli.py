@@ -77,7 +77,13 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--param-set",
         default=None,
-        help="named parameter set of every method: default (the methods' defaults) or paper",
+        help="named parameter set of every method: default (the methods' defaults), paper, "
+        "or best (the best trial of each method's `mixbench tune` study)",
+    )
+    p.add_argument(
+        "--tuning-storage",
+        metavar="URL",
+        help="optuna storage of --param-set best (default: sqlite:///OUT/tuning.db)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -119,11 +125,16 @@ def _apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
     if args.no_progress:
         matrix.runtime.progress = False
     if args.param_set:
-        if args.param_set not in ("default", "paper"):
+        if args.param_set not in ("default", "paper", "best"):
             raise UsageError(
-                f"unknown parameter set {args.param_set!r}; valid sets: default, paper"
+                f"unknown parameter set {args.param_set!r}; valid sets: default, paper, best"
             )
         matrix.param_set = args.param_set
+    if matrix.param_set == "best":  # each method's best tuned parameters: needs the storage
+        from mixbench.bench.store import sqlite_url
+
+        storage = args.tuning_storage or sqlite_url(_out_dir(args) / "tuning.db")
+        matrix.param_set = f"best@{storage}"
     for text in args.param:
         parts, value = parse_assignment(text, "--param")
         if len(parts) != 2:
@@ -236,7 +247,7 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path
     if args.launcher == "slurm":
         print("follow them with `mixbench status --db URL`", file=sys.stderr)
         return 0
-    statuses = wait_for(jobs)
+    statuses = wait_for(jobs, log=sys.stderr)
     store = ResultStore(db_url)
     try:
         records = store.records(keys=[c.key for c in cells])
@@ -592,6 +603,20 @@ def make_parser() -> argparse.ArgumentParser:
 
     for kind in ("models", "datasets", "presets"):
         sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
+
+    tune = sub.add_parser("tune", help="optuna search over a method's declared search space")
+    add_matrix_arguments(tune)
+    tune.add_argument("--method", help="the method to tune")
+    tune.add_argument("--all-methods", action="store_true",
+                      help="tune every method of the matrix with the same budget")
+    tune.add_argument("--dataset", help="data set (default: the preset's first)")
+    tune.add_argument("--model", help="model (default: the preset's first)")
+    tune.add_argument("--trials", type=int, help="trials per method")
+    tune.add_argument("--budget", type=int, help="trials per method with --all-methods")
+    tune.add_argument("--storage", help="optuna storage URL (default: sqlite:///OUT/tuning.db)")
+    tune.add_argument("--validation", type=int,
+                      help="size of the validation split carved from the training set")
+    tune.set_defaults(func=_lazy("mixbench.bench.tuning", "cmd_tune"))
 
     evaluate = sub.add_parser("evaluate", help="run every evaluator on a saved checkpoint")
     evaluate.add_argument("checkpoint", type=Path, help="a checkpoint_<epoch>.pt of a cell")

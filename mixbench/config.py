@@ -66,10 +66,105 @@ class ScheduleConfig:
 
 @dataclass
 class EvalConfig:
-    """Which evaluators run after training, and their settings (stored with every result)."""
+    """Which evaluators run after training, and their settings (stored with every result).
+
+    ``evaluators`` names what runs (see :data:`EVALUATORS`): ``calibration`` (ECE, MCE, OE and
+    reliability bins of the full test set), ``fgsm`` and ``pgd`` (accuracy under L-infinity
+    attacks in pixel space on ``attack_subset`` test images), ``generated_corruptions``
+    (mixbench's own corruptions made with tensor operations, on ``corruption_subset`` test
+    images), ``official_corruptions`` (CIFAR-10-C and kin when their files are under the data
+    root; skipped with a note otherwise) and ``embedding`` (alignment and uniformity of
+    ``embedding_subset`` test embeddings). A subset size of ``None`` means the whole test set;
+    subsets are drawn from generators seeded from the cell's seed. An attack setting of
+    ``None`` takes the default for the data set's image size: FGSM eps 8/255 and PGD eps 8/255,
+    step 2/255 up to 32 pixels, eps 4/255 and step 1/255 on larger images.
+    """
+
+    #: The evaluators that can run, in the order they run.
+    EVALUATORS: typing.ClassVar[tuple[str, ...]] = (
+        "calibration",
+        "fgsm",
+        "pgd",
+        "generated_corruptions",
+        "official_corruptions",
+        "embedding",
+    )
+    #: The generated corruptions shipped with mixbench (``mixbench.bench.evaluators``).
+    GENERATED: typing.ClassVar[tuple[str, ...]] = (
+        "brightness",
+        "contrast",
+        "gaussian_blur",
+        "gaussian_noise",
+        "impulse_noise",
+        "jpeg",
+        "pixelate",
+        "shot_noise",
+    )
 
     calibration_bins: int = 15
-    eval_subset: int | None = None
+    evaluators: list[str] = field(default_factory=lambda: list(EvalConfig.EVALUATORS))
+    batch_size: int = 256
+    attack_subset: int | None = None
+    fgsm_eps: float | None = None
+    pgd_eps: float | None = None
+    pgd_step_size: float | None = None
+    pgd_steps: int = 10
+    corruption_subset: int | None = None
+    generated_corruptions: list[str] = field(default_factory=lambda: list(EvalConfig.GENERATED))
+    corruption_severities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    official_subset: int | None = None
+    corruption_benchmark: str | None = None
+    embedding_subset: int | None = 2048
+    uniformity_t: float = 2.0
+
+    def __post_init__(self) -> None:
+        unknown = [e for e in self.evaluators if e not in self.EVALUATORS]
+        if unknown:
+            raise UsageError(
+                f"unknown evaluator {unknown[0]!r} in eval.evaluators; valid evaluators: "
+                f"{', '.join(self.EVALUATORS)}"
+            )
+        if self.calibration_bins < 1:
+            raise UsageError(f"eval.calibration_bins must be >= 1, got {self.calibration_bins}")
+        if self.batch_size < 1:
+            raise UsageError(f"eval.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("attack_subset", "corruption_subset", "official_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"eval.{name} must be >= 1 (or left out for all), got {value}")
+        if self.embedding_subset is not None and self.embedding_subset < 2:
+            raise UsageError(f"eval.embedding_subset must be >= 2, got {self.embedding_subset}")
+        for name in ("fgsm_eps", "pgd_eps"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise UsageError(
+                    f"eval.{name} is in [0, 1] pixel units (8/255 = 0.0314), got {value}"
+                )
+        if self.pgd_step_size is not None and not 0 < self.pgd_step_size <= 1:
+            raise UsageError(f"eval.pgd_step_size must be in (0, 1], got {self.pgd_step_size}")
+        if self.pgd_steps < 0:
+            raise UsageError(f"eval.pgd_steps must be >= 0, got {self.pgd_steps}")
+        if not self.corruption_severities or any(
+            s not in (1, 2, 3, 4, 5) for s in self.corruption_severities
+        ):
+            raise UsageError(
+                f"eval.corruption_severities must list severities 1 to 5, "
+                f"got {self.corruption_severities}"
+            )
+        if not self.generated_corruptions and "generated_corruptions" in self.evaluators:
+            raise UsageError("eval.generated_corruptions is empty; list some or drop the evaluator")
+        extra = [c for c in self.generated_corruptions if c not in self.GENERATED]
+        if extra:  # perhaps registered by a plugin: ask the registry (imports torch)
+            from mixbench.bench.evaluators import generated_corruptions
+
+            valid = generated_corruptions()
+            if any(c not in valid for c in extra):
+                raise UsageError(
+                    f"unknown generated corruption {extra[0]!r} in eval.generated_corruptions; "
+                    f"valid: {', '.join(valid)}"
+                )
+        if self.uniformity_t <= 0:
+            raise UsageError(f"eval.uniformity_t must be > 0, got {self.uniformity_t}")
 
 
 @dataclass
@@ -166,7 +261,8 @@ class MatrixConfig:
             for model in self.models:
                 for method in self.resolved_methods():
                     cls = get_method_class(method)
-                    given = dict(_method_param_set(cls, self.param_set))
+                    preset_params, param_set = _method_param_set(cls, self, dataset, model)
+                    given = dict(preset_params)
                     given.update(self.method_params.get(method, {}))
                     params = resolve_params(cls, given)
                     for seed in self.seeds:
@@ -183,7 +279,7 @@ class MatrixConfig:
                                 schedule=copy.deepcopy(self.schedule),
                                 eval=copy.deepcopy(self.eval),
                                 runtime=copy.deepcopy(self.runtime),
-                                param_set=self.param_set,
+                                param_set=param_set,
                             )
                         )
         if not out:
@@ -191,13 +287,28 @@ class MatrixConfig:
         return out
 
 
-def _method_param_set(cls: type, name: str) -> dict[str, Any]:
+def _method_param_set(
+    cls: type, matrix: MatrixConfig, dataset: str, model: str
+) -> tuple[dict[str, Any], str]:
+    """The parameters of the matrix's param set for one method, data set and model, and the
+    param set recorded in the cell.
+
+    ``default``: none (the declared defaults), recorded as ``default``. A named set such as
+    ``paper``: the method's ``param_sets[name]`` (none if it declares no such set). ``best``
+    (``best@STORAGE_URL`` once the command line has added the storage): the best trial of the
+    method's tuning study (:func:`mixbench.bench.tuning.best_param_set`), recorded as
+    ``best:<study name>``; ``default`` when the method has no search space or no study.
+    """
+    name = matrix.param_set
+    if name == "best" or name.startswith("best@"):
+        from mixbench.bench.tuning import best_param_set
+
+        storage = name.partition("@")[2] or None
+        return best_param_set(cls, storage, matrix.name, dataset, model)
     if name == "default":
-        return {}
+        return {}, name
     sets = getattr(cls, "param_sets", {}) or {}
-    if name not in sets:
-        return {}
-    return sets[name]
+    return dict(sets.get(name, {})), name
 
 
 # -- (de)serialisation ------------------------------------------------------------------

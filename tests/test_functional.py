@@ -170,8 +170,8 @@ def test_cutmix_box_extremes_and_seed() -> None:
     g = gen(1)
     for _ in range(2000):
         (top, bottom, left, right), _ = fn.cutmix_box(10, 10, 0.96, g)  # a 2x2 box
-        centres.add((top + 1, left + 1))
-    assert len(centres) >= 90  # at least 90 of 100 pixels were drawn as a centre
+        centres.add((bottom - 1, right - 1))  # rows [cy - 1, cy + 1): bottom is never clipped
+    assert centres == {(i, j) for i in range(10) for j in range(10)}
     assert fn.cutmix_box(32, 32, 0.3, gen(9)) == fn.cutmix_box(32, 32, 0.3, gen(9))
     with pytest.raises(ValueError, match="lam"):
         fn.cutmix_box(32, 32, 1.5)
@@ -235,14 +235,15 @@ def test_sinkhorn_is_finite_for_raw_feature_costs(scale: float) -> None:
     feats = torch.randn(8, 64, 16, generator=gen(3)) * math.sqrt(scale / 128)
     cost = fn.alignment_cost(feats, feats[torch.randperm(8, generator=gen(4))])
     assert cost.max() > scale / 4  # costs of the announced magnitude
-    for max_iter in (1, 3, 100):  # also when far from converged
+    for max_iter in (1, 3, 100):  # far from converged: eps = 0.1 is tiny against such costs
         plan = fn.sinkhorn(cost, eps=0.1, max_iter=max_iter, tol=0.1)
         assert torch.isfinite(plan).all() and (plan >= 0).all()
-        # After every iteration the column marginals hold.
-        torch.testing.assert_close(plan.sum(1), torch.full((8, 16), 1 / 16), atol=1e-4, rtol=0)
-    # Converged on such costs, the row marginals hold too.
-    plan = fn.sinkhorn(cost, eps=0.1, max_iter=5000, tol=1e-3)
-    torch.testing.assert_close(plan.sum(2), torch.full((8, 16), 1 / 16), atol=1e-3, rtol=0)
+        # After every iteration the column marginals hold, to float32's resolution of
+        # potentials of size cost / eps (about 10^6 here).
+        torch.testing.assert_close(plan.sum(1), torch.full((8, 16), 1 / 16), rtol=2e-2, atol=0)
+        # The same iterations in float64 give the same plan.
+        exact = fn.sinkhorn(cost.double(), eps=0.1, max_iter=max_iter, tol=0.1)
+        torch.testing.assert_close(plan.double(), exact, atol=2e-3, rtol=0)
 
 
 def test_sinkhorn_stop_rule_and_batching() -> None:

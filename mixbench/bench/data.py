@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from mixbench.config import CellConfig
-from mixbench.datasets import DatasetBundle, create_dataset, make_loader
+from mixbench.datasets import (
+    DatasetBundle,
+    TensorImages,
+    balanced_subset,
+    create_dataset,
+    make_loader,
+)
 from mixbench.errors import UsageError
 from mixbench.models import create_model
 
@@ -24,13 +31,42 @@ def load_bundle(cell: CellConfig, cache: dict[Any, DatasetBundle] | None = None)
     if cache is not None and key in cache:
         return cache[key]
     options = dict(cell.dataset_options)
+    validation = options.pop("validation", None)
     bundle = create_dataset(
         cell.dataset, cell.runtime.data_root, download=cell.runtime.download, **options
     )
+    if validation:
+        bundle = carve_validation(bundle, int(validation))
     check_model_fits(cell.model, cell.model_options, bundle)
     if cache is not None:
         cache[key] = bundle
     return bundle
+
+
+VALIDATION_SEED = 20231105  # fixed: every cell and trial validates on the same images
+
+
+def carve_validation(bundle: DatasetBundle, size: int) -> DatasetBundle:
+    """The bundle with a class-balanced ``size``-image validation split taken out of training.
+
+    The validation images replace the test split (which is never used for tuning) and are no
+    longer trained on.
+    """
+    if not isinstance(bundle.train, TensorImages):
+        raise UsageError(
+            f"a validation split needs an in-memory training set; {bundle.name!r} streams from "
+            "disk: carve it into a separate folder instead"
+        )
+    chosen = balanced_subset(
+        bundle.train.labels, bundle.num_classes, size, VALIDATION_SEED, bundle.name
+    )
+    keep = torch.ones(len(bundle.train), dtype=torch.bool)
+    keep[chosen] = False
+    return dataclasses.replace(
+        bundle,
+        train=bundle.train.select(torch.nonzero(keep).flatten()),
+        test=bundle.train.select(chosen),
+    )
 
 
 def check_model_fits(model: str, model_options: dict[str, Any], bundle: DatasetBundle) -> None:

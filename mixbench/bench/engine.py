@@ -178,7 +178,10 @@ def load_checkpoint(folder: Path, to_load: dict[str, Any]) -> int:
                 stacklevel=2,
             )
             continue
-        return int(state["trainer"]["epoch"])
+        trainer_state = state["trainer"]
+        if "epoch" in trainer_state:
+            return int(trainer_state["epoch"])
+        return int(trainer_state["iteration"]) // max(1, int(trainer_state["epoch_length"]))
     return 0
 
 
@@ -220,8 +223,13 @@ def train_cell(
     *,
     heartbeat: Callable[[], None] | None = None,
     bundle_cache: dict[Any, Any] | None = None,
+    setup: Callable[[Engine, Engine], None] | None = None,
 ) -> CellResult:
-    """Train and evaluate one cell, resuming from the newest checkpoint in ``workdir``."""
+    """Train and evaluate one cell, resuming from the newest checkpoint in ``workdir``.
+
+    ``setup(trainer, evaluator)``, if given, is called once both engines exist, before the
+    checkpoint handler is attached: the place to add handlers such as optuna's pruning handler.
+    """
     from mixbench.bench.data import load_bundle, make_loaders
     from mixbench.bench.evaluation import attach_metrics
 
@@ -303,6 +311,11 @@ def train_cell(
     attach_metrics(evaluator, bundle.num_classes, cell.eval.calibration_bins)
 
     def evaluate(epoch: int) -> dict[str, Any]:
+        if world_size > 1:
+            # Ranks drift apart in BatchNorm statistics during training; every rank evaluates
+            # its shard with rank 0's buffers, i.e. exactly the model that is checkpointed.
+            for buffer in backbone.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         start = time.perf_counter()
         evaluator.run(test_loader)
         metrics = dict(evaluator.state.metrics)
@@ -335,6 +348,9 @@ def train_cell(
             if time.monotonic() - last_beat[0] > 30:
                 heartbeat()
                 last_beat[0] = time.monotonic()
+
+    if setup is not None:
+        setup(trainer, evaluator)
 
     to_save = {
         "trainer": trainer,

@@ -69,12 +69,18 @@ def launch_workers(
     return executor.map_array(worker_entry, [list(worker_argv) for _ in range(workers)])
 
 
-def wait_for(jobs: list[Any]) -> list[int]:
-    """Wait for every job; returns their exit statuses (1 for a job that raised)."""
+def wait_for(jobs: list[Any], log: Any = None) -> list[int]:
+    """Wait for every job; returns their exit statuses (1 for a job that raised).
+
+    The last lines of a failed job's standard error are printed to ``log``.
+    """
     statuses = []
     for job in jobs:
         try:
             statuses.append(int(job.result() or 0))
-        except Exception:
+        except Exception as exc:
             statuses.append(1)
+            if log is not None:
+                tail = "\n".join(str(exc).strip().splitlines()[-15:])
+                print(f"worker job {job.job_id} failed:\n{tail}", file=log)
     return statuses

@@ -26,7 +26,10 @@ from mixbench.errors import UsageError
 
 @dataclass
 class MatrixSummary:
-    """What a call of :func:`run_matrix` did, read back from the store."""
+    """What a call of :func:`run_matrix` did, read back from the store.
+
+    ``ran``: cells this worker finished now; ``skipped``: cells done before it started.
+    """
 
     total: int = 0
     ran: int = 0
@@ -118,10 +121,10 @@ def run_matrix(
         records = store.records(keys=keys)
     finally:
         store.close()
-    done_now = {r.key for r in records if r.status == DONE}
+    ran_here = {r.key for r in records if r.status == DONE and r.worker == worker} - done_before
     return MatrixSummary(
         total=len(cells),
-        ran=len(done_now - done_before),
+        ran=len(ran_here),
         skipped=len(done_before),
         failed=sorted(r.key for r in records if r.status == FAILED),
         pending=sum(r.status not in (DONE, FAILED) for r in records),

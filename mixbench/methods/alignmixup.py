@@ -31,9 +31,10 @@ class AlignMixup(MixMethod):
     ``lam * A + (1 - lam) * A2 @ R^T`` or ``lam * A @ R + (1 - lam) * A2``. The mix is pooled
     and classified; loss ``lam * CE(out, Y) + (1 - lam) * CE(out, Y[perm])``.
 
-    Defaults (from ``methods.md``): ``alpha = 2.0``, ``align_prob = 0.5``, ``eps = 0.1``,
-    ``max_iter = 100``; the stop rule ``tol = 0.1`` (change of the row potential in cost
-    units) is this project's, which the paper does not specify. The costs are computed in
+    Defaults: ``alpha = 2.0``, ``align_prob = 0.5``, ``eps = 0.1`` and ``max_iter = 100``
+    follow ``methods.md``'s account of the paper and its official code (not re-checked against
+    the paper here); the stop rule ``tol = 0.1`` (change of the row potential in cost units)
+    is this project's choice. The costs are computed in
     float32 also under autocast. Draw order: the alignment coin, ``lam`` (CPU generator),
     ``perm``, then (alignment only) the direction coin (CPU generator).
     """

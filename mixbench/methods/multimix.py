@@ -23,7 +23,13 @@ from mixbench.methods.mixup import input_mixup_loss, num_classes_of, require_sta
 __all__ = ["MULTIMIX_PARAMS", "MultiMix", "MultiMixBase"]
 
 MULTIMIX_PARAMS: dict[str, Param] = {
-    "n": Param(1000, int, "number of generated (interpolated) examples per mini-batch", minimum=1),
+    "n": Param(
+        1000,
+        int,
+        "number of generated (interpolated) examples per mini-batch",
+        minimum=1,
+        search=("categorical", (100, 300, 1000)),
+    ),
     "alpha": Param(
         1.0,
         float,

@@ -1,0 +1,183 @@
+"""Many workers on one matrix: SQLite and a real PostgreSQL server, crashes, launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mixbench.bench.store import ResultStore, sqlite_url
+
+from .conftest import TINY
+
+PG_URL = os.environ.get("MIXBENCH_TEST_POSTGRES_URL")
+MATRIX = ["--preset", "smoke", "--methods", "erm,mixup,cutmix", "--seeds", "0,1", *TINY]
+
+
+def _fresh_pg_url() -> str:
+    """A new, empty database on the test server (one per test)."""
+    import sqlalchemy as sa
+
+    name = f"mixbench_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return PG_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "shared.db")
+    if not PG_URL:
+        pytest.skip("no PostgreSQL server: set MIXBENCH_TEST_POSTGRES_URL (.ci/run starts one)")
+    return _fresh_pg_url()
+
+
+def _worker(args: list[str], name: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "mixbench", "worker", *args, "--worker-name", name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _records(url):
+    store = ResultStore(url)
+    try:
+        return store.records()
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_parallel_workers_run_each_cell_exactly_once(db_url, tmp_path):
+    args = [*MATRIX, "--db", db_url, "--out", str(tmp_path / "out")]
+    procs = [_worker(args, f"w{i}") for i in range(3)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+    records = _records(db_url)
+    assert len(records) == 6
+    assert all(r.status == "done" and r.attempts == 1 for r in records)
+    ran = [int(err.rsplit("worker done: ", 1)[1].split()[0]) for _, err in outputs]
+    assert sum(ran) == 6
+    assert {r.worker for r in records} <= {"w0", "w1", "w2"}
+
+
+@pytest.mark.slow
+def test_killed_worker_loses_nothing(db_url, tmp_path):
+    out = tmp_path / "out"
+    args = ["--preset", "smoke", "--methods", "mixup", *TINY, "--epochs", "3",
+            "--db", db_url, "--out", str(out)]  # fmt: skip
+    victim = _worker(args, "victim")
+    deadline = time.time() + 300
+    while not list(out.glob("cells/*/checkpoint_1.pt")):
+        assert time.time() < deadline and victim.poll() is None, "no checkpoint appeared"
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (record,) = _records(db_url)
+    assert record.status == "running" and record.worker == "victim"
+
+    # Same host, dead process: the next worker reclaims the cell at once and resumes it.
+    rescuer = _worker(args, "rescuer")
+    _, err = rescuer.communicate(timeout=600)
+    assert rescuer.returncode == 0, err
+    (record,) = _records(db_url)
+    assert record.status == "done" and record.worker == "rescuer" and record.attempts == 2
+    assert record.timings["resumed_from_epoch"] >= 1
+    assert [h["epoch"] for h in record.metrics["history"]] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_local_launcher_runs_the_matrix_and_writes_the_leaderboard(tmp_path):
+    from mixbench.cli import main
+
+    out = tmp_path / "out"
+    code = main(["run", *MATRIX, "--out", str(out), "--launcher", "local", "--workers", "2"])
+    assert code == 0
+    records = _records(sqlite_url(out / "results.db"))
+    assert len(records) == 6 and all(r.status == "done" and r.attempts == 1 for r in records)
+    assert "| `cutmix`" in (out / "LEADERBOARD.md").read_text()
+
+
+@pytest.mark.slow
+def test_local_launcher_exits_non_zero_when_a_cell_fails(tmp_path):
+    from mixbench.cli import main
+
+    out = tmp_path / "out"
+    code = main(["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out),
+                 "--set", "schedule.lr=1e30", "--launcher", "local", "--workers", "1"])  # fmt: skip
+    assert code == 1
+    (record,) = _records(sqlite_url(out / "results.db"))
+    assert record.status == "failed" and "NaN" in record.error
+
+
+def test_status_json_lists_cells(tmp_path, capsys):
+    from mixbench.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["status", "--out", str(out), "--json"]) == 0
+    (cell,) = json.loads(capsys.readouterr().out)
+    assert {"key", "method", "dataset", "model", "seed", "status", "worker", "attempts",
+            "metrics"} <= set(cell)  # fmt: skip
+    assert cell["status"] == "done" and cell["attempts"] == 1
+    assert 0 <= cell["metrics"]["top1"] <= 1
+
+
+def test_export_import_round_trip(tmp_path, capsys):
+    from mixbench.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--preset", "smoke", "--methods", "erm,mixup", *TINY,
+                 "--out", str(out)]) == 0  # fmt: skip
+    exported = tmp_path / "cells.jsonl"
+    assert main(["export", "--from", str(out), "--out", str(exported)]) == 0
+    lines = exported.read_text().splitlines()
+    assert len(lines) == 2
+    cell = json.loads(lines[0])
+    assert {"config", "metrics", "versions", "timings", "key"} <= set(cell)
+    assert main(["export", "--from", str(out), "--out", str(tmp_path / "again.jsonl")]) == 0
+    assert (tmp_path / "again.jsonl").read_text() == exported.read_text()
+
+    other = tmp_path / "other"
+    assert main(["import", str(exported), "--out", str(other)]) == 0
+    assert main(["import", str(exported), "--out", str(other)]) == 0
+    err = capsys.readouterr().err
+    assert "imported 2 cells" in err and "imported 0 cells, skipped 2" in err
+    records = _records(sqlite_url(other / "results.db"))
+    assert sorted(r.method for r in records) == ["erm", "mixup"]
+    # A rerun of the matrix into the imported database trains nothing.
+    assert main(["run", "--preset", "smoke", "--methods", "erm,mixup", *TINY,
+                 "--out", str(other)]) == 0  # fmt: skip
+    assert "2 of 2 cells already done" in capsys.readouterr().err
+    # The leaderboard built from the exported file equals the one from the database.
+    assert main(["leaderboard", "--out", str(tmp_path / "from-file"), "--from", str(exported)]) == 0
+    assert main(["leaderboard", "--out", str(other)]) == 0
+    from_file = (tmp_path / "from-file" / "LEADERBOARD.md").read_text()
+    assert from_file == (other / "LEADERBOARD.md").read_text()
+
+
+def test_bad_import_file_names_the_line(tmp_path, capsys):
+    from mixbench.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "x"}\nnot json\n')
+    assert main(["import", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1" in err and err.count("\n") == 1
+    assert not Path(tmp_path / "o" / "results.db").exists()

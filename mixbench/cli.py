@@ -7,7 +7,10 @@ standard error and exit status 2, without a traceback and without writing anythi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,11 +50,23 @@ def _seeds(text: str) -> list[int]:
         raise UsageError(f"--seeds takes comma-separated integers, got {text!r}") from None
 
 
+DB_ENV = "MIXBENCH_DB_URL"
+
+
+def _add_db_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--db",
+        default=os.environ.get(DB_ENV),
+        help=f"results database URL (default: ${DB_ENV}, else sqlite:///OUT/results.db); "
+        "prefer the environment variable for URLs with passwords",
+    )
+
+
 def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     """The options that select and override a matrix (shared by run, worker and tune)."""
     p.add_argument("--preset", default="smoke", help="preset name or TOML file (default: smoke)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/<preset>)")
-    p.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    _add_db_argument(p)
     p.add_argument("--methods", type=_csv, help="comma-separated method names (or patterns)")
     p.add_argument("--datasets", type=_csv, help="comma-separated data set names")
     p.add_argument("--models", type=_csv, help="comma-separated model names")
@@ -180,6 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_dir,
         args.db,
         retry_failed=args.retry_failed,
+        worker=args.worker_name,
         nproc_per_node=args.nproc_per_node,
     )
     db_url = args.db or default_db_url(out_dir)
@@ -238,7 +254,9 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path
         gpus_per_task=args.slurm_gpus_per_task,
         cpus_per_task=args.slurm_cpus_per_task,
     )
-    argv = [*matrix_argv(args), "--db", db_url, "--out", str(out_dir), "--no-progress"]
+    # The URL travels in the environment, not on command lines or in submitit's job files.
+    os.environ[DB_ENV] = db_url
+    argv = [*matrix_argv(args), "--out", str(out_dir), "--no-progress"]
     jobs = launch_workers(args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm)
     print(
         f"launched {len(jobs)} {args.launcher} worker(s); logs in {out_dir}/launcher-logs",
@@ -532,6 +550,7 @@ def make_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a benchmark matrix, then write the leaderboard")
     add_matrix_arguments(run)
     run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    run.add_argument("--worker-name", help="name recorded with claimed cells")
     run.add_argument(
         "--nproc-per-node",
         type=int,
@@ -556,7 +575,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="write DIR/LEADERBOARD.md and DIR/plots/")
     lb.add_argument("--out", type=Path, required=True, help="the run's output folder")
-    lb.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    _add_db_argument(lb)
     lb.add_argument(
         "--from",
         dest="from_path",
@@ -574,7 +593,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="every cell of a results database")
     status.add_argument("--out", type=Path, default=Path("runs/smoke"), help="a run's folder")
-    status.add_argument("--db", help="results database URL")
+    _add_db_argument(status)
     status.add_argument("--json", action="store_true", help="print a JSON list of cells")
     status.set_defaults(func=cmd_status)
 
@@ -587,14 +606,14 @@ def make_parser() -> argparse.ArgumentParser:
         default=Path("runs/smoke"),
         help="the run's folder (its results.db)",
     )
-    export.add_argument("--db", help="results database URL")
+    _add_db_argument(export)
     export.add_argument("--preset", help="only the cells of this preset")
     export.set_defaults(func=cmd_export)
 
     imp = sub.add_parser("import", help="load exported cells into a results database")
     imp.add_argument("files", nargs="+", type=Path, help=".jsonl files or folders of them")
     imp.add_argument("--out", type=Path, default=Path("runs/smoke"), help="the run's folder")
-    imp.add_argument("--db", help="results database URL (default: sqlite:///OUT/results.db)")
+    _add_db_argument(imp)
     imp.set_defaults(func=cmd_import)
 
     methods = sub.add_parser("methods", help="list the registered methods")
@@ -652,8 +671,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``mixbench`` console script; returns the exit status."""
+    """Entry point of the ``mixbench`` console script; returns the exit status.
+
+    SIGTERM is handled like Ctrl-C: the running cell is marked interrupted and keeps its last
+    checkpoint, and the same command resumes it.
+    """
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = make_parser().parse_args(argv)
         return int(args.func(args) or 0)
@@ -663,6 +693,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mixbench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
+import uuid
 
 import optuna
 import pytest
@@ -228,6 +231,75 @@ def test_all_methods_get_the_same_budget_and_a_rerun_does_not_exceed_it(
     assert main(argv) == 0
     assert len(fake_training) == 12
     assert all(_load(out, n).user_attrs["budget"] == 4 for n in names)
+
+
+PG_URL = os.environ.get("MIXBENCH_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """A shared optuna storage: a SQLite file, or a fresh database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return tuning.default_storage_url(tmp_path)
+    if not PG_URL:
+        pytest.skip("no PostgreSQL server: set MIXBENCH_TEST_POSTGRES_URL (.ci/run starts one)")
+    import sqlalchemy as sa
+
+    name = f"mixbench_tune_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return PG_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_workers_on_one_storage_share_a_study_within_its_budget(
+    tmp_path, fake_training, storage_url
+):
+    """Three workers (threads, each with its own storage connection) top one study up to 6."""
+    import threading
+    import time
+
+    from mixbench.bench.engine import CellResult as Result
+
+    def slow_train_cell(cell, workdir, **kwargs):
+        time.sleep(0.2)  # long enough for the workers to overlap
+        return Result(metrics={"top1": 1.0 / (1.0 + cell.params["alpha"])}, timings={})
+
+    import mixbench.bench.engine as engine
+
+    engine.train_cell = slow_train_cell  # undone by the fixture's monkeypatch
+    args = make_parser().parse_args(["tune", "--method", "mixup", "--trials", "6", *TINY])
+    (matrix,) = build_matrices(args)
+    matrix.methods = ["mixup"]
+    (cell,) = matrix.cells()
+    cell = dataclasses.replace(cell, dataset_options={**cell.dataset_options, "validation": 30})
+    errors = []
+
+    def worker(i):
+        try:
+            storage = tuning.create_storage(storage_url)  # one connection each, as processes
+            tuning.tune_study(cell, 6, storage, tmp_path / f"w{i}", log=io.StringIO())
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    study = optuna.load_study(
+        study_name=tuning.study_name("smoke", "synthetic", "preactresnet18", "mixup"),
+        storage=storage_url,
+    )
+    finished = tuning.finished_trials(study.get_trials())
+    # Running trials count toward the budget; a check-then-start race overshoots at most by
+    # one trial per other worker, and only the first six count for the best.
+    assert 6 <= len(finished) <= 8
+    assert len({t.number for t in finished}) == len(finished)
+    first = tuning.finished_trials(study.get_trials(), 6)
+    assert tuning.best_trial(study).value == max(t.value for t in first)
 
 
 def test_failed_trials_count_as_pruned_and_toward_the_budget(tmp_path, fake_training):

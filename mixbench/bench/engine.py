@@ -181,7 +181,7 @@ def load_checkpoint(folder: Path, to_load: dict[str, Any]) -> int:
         trainer_state = state["trainer"]
         if "epoch" in trainer_state:
             return int(trainer_state["epoch"])
-        return int(trainer_state["iteration"]) // max(1, int(trainer_state["epoch_length"]))
+        return int(trainer_state["iteration"]) // max(1, int(trainer_state["epoch_length"] or 1))
     return 0
 
 
@@ -394,6 +394,12 @@ def train_cell(
 
     result = _collect_result(last_metrics, progress, resumed_from, schedule)
     # Post-training evaluators (robustness, corruptions, embedding quality): issue 5.
+    if rank == 0:  # only rank 0 records results; the others wait at the next cell's broadcast
+        from mixbench.bench.evaluate import run_evaluators
+
+        report = run_evaluators(backbone, bundle, cell, device, heartbeat=heartbeat)
+        result.metrics.update(report.metrics)
+        result.timings.update(report.timings)
     return result
 
 

@@ -166,9 +166,7 @@ class _Heartbeat:
             self.last = time.monotonic()
 
 
-def _autocast(
-    device: torch.device, dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -325,9 +323,7 @@ def _corruption_suite(
     }
 
 
-def _official_source(
-    bundle: DatasetBundle, cell: CellConfig
-) -> tuple[Any | None, str]:
+def _official_source(bundle: DatasetBundle, cell: CellConfig) -> tuple[Any | None, str]:
     """The official corruption set of the cell's data set, or ``(None, why it is skipped)``.
 
     Looked for under the data root and, for a data root that is the data set's own folder (the
@@ -348,6 +344,8 @@ def _official_source(
             break
         reason = reason or why
     else:
+        if "no official corruption benchmark is known" in reason:
+            reason += " (set eval.corruption_benchmark, e.g. CIFAR-10-C, to name one)"
         return None, reason
     severities = tuple(s for s in found.severities if s in config.corruption_severities)
     found = dataclasses.replace(found, severities=severities)
@@ -484,6 +482,10 @@ def run_evaluators(
     device = torch.device(device)
     config = cell.eval
     wanted = [name for name in EvalConfig.EVALUATORS if name in config.evaluators]
+    if cell.dataset_options.get("validation"):
+        # A tuning trial: the test split is a validation split carved from the training set,
+        # and only the objective (clean top-1) matters there.
+        wanted = []
     dtype = amp_dtype(device, cell.runtime.amp)
     beat = _Heartbeat(heartbeat)
     model = NormalizedModel(backbone, bundle.mean, bundle.std).to(device)
@@ -619,7 +621,9 @@ def run_evaluators(
                 amp_dtype=dtype,
             )
             try:
-                metrics.update(embedding_quality(z, labels, t=config.uniformity_t, num_samples=None))
+                metrics.update(
+                    embedding_quality(z, labels, t=config.uniformity_t, num_samples=None)
+                )
             except UsageError as exc:
                 metrics["embedding_note"] = f"embedding quality skipped: {exc}"
             settings["embedding"] = {"examples": int(z.shape[0]), "t": config.uniformity_t}
@@ -673,6 +677,18 @@ def load_cell_checkpoint(checkpoint: Path) -> tuple[CellConfig, dict[str, Any]]:
     return cell, state
 
 
+def _checkpoint_epoch(state: dict[str, Any]) -> int | None:
+    """The epoch a checkpoint was saved at (from its trainer state), or ``None``."""
+    trainer = state.get("trainer")
+    if not isinstance(trainer, dict):
+        return None
+    if "epoch" in trainer:
+        return int(trainer["epoch"])
+    if "iteration" in trainer and trainer.get("epoch_length"):
+        return int(trainer["iteration"]) // int(trainer["epoch_length"])
+    return None
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else str(value)
@@ -706,8 +722,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ) from None
     backbone.to(device)
     report = run_evaluators(backbone, bundle, cell, device, clean=True)
-    trainer = state.get("trainer")
-    epoch = trainer.get("epoch") if isinstance(trainer, dict) else None
+    epoch = _checkpoint_epoch(state)
     out = {
         "checkpoint": str(args.checkpoint),
         "key": cell.key,

@@ -159,18 +159,22 @@ def _matrix_loop(
     bundle_cache = {} if bundle_cache is None else bundle_cache
     by_key = {c.key: c for c in cells}
     order = list(by_key)
+    tried: set[str] = set()
     store = ResultStore(url) if rank == 0 else None
     versions = software_versions()
     try:
         while True:
             key = _NO_CELL
             if store is not None:
-                record = store.claim(order, worker, retry_failed=retry_failed)
+                # Each cell at most once per call: a failed cell retried here stays failed.
+                runnable = [k for k in order if k not in tried]
+                record = store.claim(runnable, worker, retry_failed=retry_failed)
                 key = record.key if record is not None else _NO_CELL
             if distributed:
                 key = idist.broadcast(key, src=0, safe_mode=True)
             if key == _NO_CELL:
                 return
+            tried.add(key)
             cell = by_key[key]
             start = time.perf_counter()
             if rank == 0:
@@ -185,10 +189,14 @@ def _matrix_loop(
                 )
             except KeyboardInterrupt:
                 if store is not None:
+                    from mixbench.bench.engine import latest_checkpoint
+
+                    last = latest_checkpoint(cell_dir(out_dir, cell))
+                    where = f"from {last}" if last else "from the start (no epoch had finished)"
                     store.interrupt(key, worker, "interrupted by the user")
                     print(
-                        f"interrupted: {describe_cell(cell)} saved its last checkpoint; "
-                        "rerun the same command to resume",
+                        f"interrupted: {describe_cell(cell)} is marked interrupted; rerun the "
+                        f"same command to resume it {where}",
                         file=log,
                     )
                 raise

@@ -53,6 +53,7 @@ def perf_methods(
     steps: int = 5,
     methods: Sequence[str] | None = None,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Median training-step time of each method and its ratio to ERM's.
 
@@ -71,13 +72,39 @@ def perf_methods(
         steps: timed rounds; each method's figure is the median of these.
         methods: method names (default: every registered method); ``erm`` is always added.
         progress: print one line per round on standard error.
+        threads: torch's intra-op threads during the benchmark (default: left as set).
 
     Returns:
-        ``{name: {"step_ms": median ms, "ratio_vs_erm": float, "params": {...}}}`` with the
-        parameters each method was timed under.
+        ``{name: {"step_ms", "ratio_vs_erm", "min_ms", "ratio_min_vs_erm", "cpu_ms",
+        "ratio_cpu_vs_erm", "params"}}``: the median wall-clock step time in ms and its ratio
+        to ERM's median (the headline figures); the fastest step and its ratio to ERM's
+        fastest, and the median CPU time of the process per step and its ratio (both less
+        sensitive to other processes sharing the CPU); the parameters the method ran with.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(
+            device, width, batch_size, image_size, num_classes, warmup, steps, methods, progress
+        )
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _run(
+    device: str,
+    width: int,
+    batch_size: int,
+    image_size: int,
+    num_classes: int,
+    warmup: int,
+    steps: int,
+    methods: Sequence[str] | None,
+    progress: bool,
+) -> dict[str, dict[str, Any]]:
     dev = torch.device(device)
     names = list(methods) if methods is not None else list_methods()
     if "erm" not in names:
@@ -90,24 +117,26 @@ def perf_methods(
     images = torch.randn(batch_size, 3, image_size, image_size, generator=data).to(dev)
     labels = torch.randint(num_classes, (batch_size,), generator=data).to(dev)
 
-    def step(name: str) -> float:
+    def step(name: str) -> tuple[float, float]:
         _sync(dev)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         loss = instances[name].loss(model, images, labels)
         loss.backward()
         optimizer.step()
         _sync(dev)
-        return (time.perf_counter() - start) * 1000.0
+        return (time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3
 
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + steps):
         shift = round_ % len(names)
         order = names[shift:] + names[:shift]
         for name in order:
-            elapsed = step(name)
+            elapsed, elapsed_cpu = step(name)
             if round_ >= warmup:
                 times[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
         if progress:
             phase = "warm-up" if round_ < warmup else "timed"
             done = {n: round(t[-1]) for n, t in times.items() if t}
@@ -116,18 +145,24 @@ def perf_methods(
                 file=sys.stderr,
             )
 
-    erm_ms = statistics.median(times["erm"])
+    erm_median, erm_min = statistics.median(times["erm"]), min(times["erm"])
+    erm_cpu = statistics.median(cpu["erm"])
     return {
         name: {
             "step_ms": statistics.median(times[name]),
-            "ratio_vs_erm": statistics.median(times[name]) / erm_ms,
+            "ratio_vs_erm": statistics.median(times[name]) / erm_median,
+            "min_ms": min(times[name]),
+            "ratio_min_vs_erm": min(times[name]) / erm_min,
+            "cpu_ms": statistics.median(cpu[name]),
+            "ratio_cpu_vs_erm": statistics.median(cpu[name]) / erm_cpu,
             "params": dict(instances[name].hparams),
         }
         for name in names
     }
 
 
-if __name__ == "__main__":  # python -m mixbench.bench.perf_methods
+if __name__ == "__main__":  # python -m mixbench.bench.perf_methods [threads]
     import json
 
-    print(json.dumps(perf_methods(), indent=2, default=list))
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else None
+    print(json.dumps(perf_methods(threads=count), indent=2, default=list))

@@ -66,11 +66,32 @@ def _redact(url: str) -> str:
     return redact_url(url)
 
 
+def create_storage(url: str, attempts: int = 5) -> RDBStorage:
+    """A new connection to optuna's RDB storage at ``url``, with trial heartbeats.
+
+    Workers starting together on a fresh database race to create its tables; the losers
+    retry once the winner is done.
+    """
+    import time
+
+    import sqlalchemy as sa
+
+    def connect() -> RDBStorage:
+        with warnings.catch_warnings():  # the heartbeat arguments are flagged experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+
+    for attempt in range(attempts - 1):
+        try:
+            return connect()
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            time.sleep(0.2 * (attempt + 1))
+    return connect()
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_storage(url: str) -> RDBStorage:
-    with warnings.catch_warnings():  # the heartbeat arguments are flagged experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+    return create_storage(url)
 
 
 def open_storage(url: str, *, must_exist: bool = False) -> RDBStorage:
@@ -608,6 +629,7 @@ __all__: list[str] = [
     "best_trial",
     "check_validation_size",
     "cmd_tune",
+    "create_storage",
     "default_storage_url",
     "default_validation_size",
     "find_study",

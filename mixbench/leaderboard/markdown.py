@@ -9,19 +9,22 @@ from typing import Any
 
 from tabulate import tabulate
 
+from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.tables import Row, Table
-
-DASH = "—"
 
 
 @dataclass(frozen=True)
 class Column:
-    """A leaderboard column: header, how to get the row's value, how to print it, which is best."""
+    """A leaderboard column: header, how to get the row's value, how to print it, which is best.
+
+    An ``optional`` column is shown only when some row of the table has a value for it.
+    """
 
     header: str
     value: Callable[[Row, Table], float | None]
     text: Callable[[Row, Table], str]
     higher_is_better: bool | None = True
+    optional: bool = False
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
@@ -43,6 +46,24 @@ def _delta_erm(row: Row, table: Table) -> float | None:
     return mean - ref.mean("top1")
 
 
+def _cost_erm(row: Row, table: Table) -> float | None:
+    """Training time relative to ERM's in the same table (mean seconds over seeds)."""
+    ref = table.reference()
+    seconds = row.timing("train_seconds")
+    base = ref.timing("train_seconds") if ref is not None else None
+    if seconds is None or not base:
+        return None
+    return seconds / base
+
+
+def _number(x: float | None, fmt: str) -> str:
+    return DASH if x is None else format(x, fmt)
+
+
+def _metric_pct(name: str) -> tuple[Callable[[Row, Table], float | None], Callable[..., str]]:
+    return (lambda r, t: r.mean(name)), (lambda r, t: _pct(r.mean(name)))
+
+
 def format_params(params: dict[str, Any]) -> str:
     """``alpha=1.0, prob=0.5``; a dash for a method without parameters."""
     if not params:
@@ -62,35 +83,61 @@ COLUMNS: list[Column] = [
         _delta_erm,
         lambda r, t: DASH if _delta_erm(r, t) is None else f"{100 * _delta_erm(r, t):+.2f}",
     ),
-    Column(
-        "best-epoch top-1 (%)",
-        lambda r, t: r.mean("best_top1"),
-        lambda r, t: _pct(r.mean("best_top1")),
-    ),
+    Column("best-epoch top-1 (%)", *_metric_pct("best_top1")),
     Column(
         "NLL",
         lambda r, t: r.mean("nll"),
-        lambda r, t: DASH if r.mean("nll") is None else f"{r.mean('nll'):.3f}",
+        lambda r, t: _number(r.mean("nll"), ".3f"),
         False,
     ),
-    Column("ECE (%)", lambda r, t: r.mean("ece"), lambda r, t: _pct(r.mean("ece")), False),
-    Column("OE (%)", lambda r, t: r.mean("oe"), lambda r, t: _pct(r.mean("oe")), False),
+    Column("ECE (%)", *_metric_pct("ece"), False),
+    Column("OE (%)", *_metric_pct("oe"), False),
+    Column("FGSM (%)", *_metric_pct("fgsm_top1")),
+    Column("PGD (%)", *_metric_pct("pgd_top1")),
+    Column("corr. official (%)", *_metric_pct("corruption_official_top1")),
+    Column("corr. generated (%)", *_metric_pct("corruption_generated_top1")),
+    Column(
+        "align.",
+        lambda r, t: r.mean("alignment"),
+        lambda r, t: _number(r.mean("alignment"), ".3f"),
+        False,
+        optional=True,
+    ),
+    Column(
+        "unif.",
+        lambda r, t: r.mean("uniformity"),
+        lambda r, t: _number(r.mean("uniformity"), ".3f"),
+        False,
+        optional=True,
+    ),
     Column(
         "train img/s",
         lambda r, t: r.timing("train_images_per_s"),
-        lambda r, t: (
-            DASH
-            if r.timing("train_images_per_s") is None
-            else f"{r.timing('train_images_per_s'):.0f}"
-        ),
+        lambda r, t: _number(r.timing("train_images_per_s"), ".0f"),
+    ),
+    Column(
+        "cost ×ERM",
+        _cost_erm,
+        lambda r, t: DASH if _cost_erm(r, t) is None else f"{_cost_erm(r, t):.2f}",
+        False,
     ),
 ]
 
 
+def table_columns(table: Table) -> list[Column]:
+    """The columns shown for ``table``: every column, less optional ones no row has."""
+    return [
+        col
+        for col in COLUMNS
+        if not col.optional or any(col.value(r, table) is not None for r in table.rows)
+    ]
+
+
 def render_table(table: Table) -> str:
     """The Markdown table of one group, best value per column in bold."""
+    columns = table_columns(table)
     best: dict[str, float] = {}
-    for col in COLUMNS:
+    for col in columns:
         if col.higher_is_better is None:
             continue
         values = [v for r in table.rows if (v := col.value(r, table)) is not None]
@@ -99,14 +146,14 @@ def render_table(table: Table) -> str:
     body = []
     for row in table.rows:
         line = [f"`{row.method}`", format_params(row.params), str(len(row.seeds))]
-        for col in COLUMNS:
+        for col in columns:
             text = col.text(row, table)
             value = col.value(row, table)
             if col.header in best and value is not None and value == best[col.header]:
                 text = f"**{text}**"
             line.append(text)
         body.append(line)
-    headers = ["method", "parameters", "seeds", *[c.header for c in COLUMNS]]
+    headers = ["method", "parameters", "seeds", *[c.header for c in columns]]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -147,17 +194,6 @@ def describe_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-LEGEND = (
-    "top-1: last-epoch test accuracy, mean ± standard deviation over seeds. "
-    "Δ ERM: difference of the mean top-1 to ERM's in the same table (percentage points). "
-    "best-epoch top-1: the best evaluated epoch, selected on the test set as the papers do "
-    "(optimistic; shown for comparison only). NLL: test negative log-likelihood. "
-    "ECE / OE: expected calibration error and overconfidence error, 15 equal-width bins. "
-    "train img/s: training throughput. Bold: the best value of each column. "
-    f"{DASH}: not measured."
-)
-
-
 def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
     """The whole LEADERBOARD.md text."""
     out = [
@@ -178,9 +214,10 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
             "",
             render_table(table),
             "",
-            LEGEND,
+            legend(table, [c.header for c in table_columns(table)]),
             "",
         ]
         for rel in plots.get(table.slug, []):
-            out += [f"![{table.slug}]({rel})", ""]
+            kind = rel.rsplit("-", 1)[-1].removesuffix(".png")
+            out += [f"![{table.slug} {kind}]({rel})", ""]
     return "\n".join(out).rstrip() + "\n"

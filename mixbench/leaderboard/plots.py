@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mixbench.fileio import atomic_write  # noqa: E402
 from mixbench.leaderboard.markdown import format_params  # noqa: E402
@@ -16,6 +19,7 @@ from mixbench.leaderboard.tables import Table  # noqa: E402
 
 # Fixed metadata so that regenerating a plot from the same results gives the same bytes.
 _PNG_METADATA = {"Software": None}
+_COLOURS = sns.color_palette("deep", 10).as_hex()
 
 
 def _label(row_method: str, params: dict, multi: bool) -> str:
@@ -46,12 +50,200 @@ def top1_bar_chart(table: Table, path: Path) -> None:
     plt.close(fig)
 
 
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA))
+    plt.close(fig)
+
+
+def _labels(table: Table) -> list[str]:
+    methods = [r.method for r in table.rows]
+    multi = len(set(methods)) < len(methods)
+    return [_label(r.method, r.params, multi) for r in table.rows]
+
+
+def _title(table: Table, what: str) -> str:
+    return f"{what} · {table.preset} · {table.dataset} · {table.model}"
+
+
+def reliability_diagrams(table: Table, path: Path) -> bool:
+    """One reliability diagram per row: accuracy per confidence bin against the diagonal.
+
+    The bins of all seeds are pooled; bar heights are the bins' accuracies, the red outline the
+    gap to their mean confidence. Returns False (and writes nothing) when no row has bins.
+    """
+    rows = [(label, r) for label, r in zip(_labels(table), table.rows) if r.reliability]
+    if not rows:
+        return False
+    cols = min(4, len(rows))
+    nrows = math.ceil(len(rows) / cols)
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(
+            nrows, cols, figsize=(3.0 * cols, 3.0 * nrows), dpi=100, squeeze=False
+        )
+    for ax in axes.flat[len(rows) :]:
+        ax.set_visible(False)
+    for ax, (label, row) in zip(axes.flat, rows):
+        bins = [b for b in row.reliability_bins() if b["count"]]
+        centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+        widths = [b["upper"] - b["lower"] for b in bins]
+        accuracy = [b["accuracy"] for b in bins]
+        confidence = [b["confidence"] for b in bins]
+        ax.bar(
+            centres, accuracy, width=widths, color=_COLOURS[0], edgecolor="white", label="accuracy"
+        )
+        ax.bar(
+            centres,
+            [c - a for c, a in zip(confidence, accuracy)],
+            bottom=accuracy,
+            width=widths,
+            color="none",
+            edgecolor="#C44E52",
+            hatch="//",
+            label="gap to confidence",
+        )
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        ece = row.mean("ece")
+        ax.set_title(label + (f" (ECE {100 * ece:.1f}%)" if ece is not None else ""), fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(_title(table, "reliability"), fontsize=10)
+    _save(fig, path)
+    return True
+
+
+#: Robustness measures drawn against clean top-1: (metric, axis label).
+ROBUSTNESS = (
+    ("fgsm_top1", "FGSM top-1 (%)"),
+    ("pgd_top1", "PGD top-1 (%)"),
+    ("corruption_generated_top1", "generated corruptions top-1 (%)"),
+    ("corruption_official_top1", "official corruptions top-1 (%)"),
+)
+
+
+def _scatter(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    palette = [_COLOURS[i % len(_COLOURS)] for i in range(len(xs))]
+    sns.scatterplot(x=xs, y=ys, hue=labels, palette=palette, ax=ax, s=60, legend=False)
+    ax.margins(0.15)
+    for x, y, label in zip(xs, ys, labels):
+        ax.annotate(
+            label.split("\n")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
+        )
+
+
+def accuracy_vs_robustness(table: Table, path: Path) -> bool:
+    """Clean top-1 against each robustness measure present, one panel per measure, one point
+    per row. Returns False (and writes nothing) when no row has a robustness measure."""
+    labels = _labels(table)
+    panels = []
+    for metric, axis in ROBUSTNESS:
+        points = [
+            (100 * r.mean("top1"), 100 * r.mean(metric), label)
+            for r, label in zip(table.rows, labels)
+            if r.mean("top1") is not None and r.mean(metric) is not None
+        ]
+        if points:
+            panels.append((axis, points))
+    if not panels:
+        return False
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(4.0 * len(panels), 3.8), dpi=100, squeeze=False
+        )
+    for ax, (axis, points) in zip(axes.flat, panels):
+        xs, ys, names = (list(v) for v in zip(*points))
+        _scatter(ax, xs, ys, names)
+        ax.set_xlabel("clean top-1 (%)")
+        ax.set_ylabel(axis)
+    fig.suptitle(_title(table, "accuracy vs robustness"), fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def accuracy_vs_cost(table: Table, path: Path) -> bool:
+    """Top-1 against training time (relative to ERM's when the table has ERM, else seconds).
+
+    Returns False (and writes nothing) when no row has both."""
+    ref = table.reference()
+    base = ref.timing("train_seconds") if ref is not None else None
+    points = []
+    for row, label in zip(table.rows, _labels(table)):
+        seconds, top1 = row.timing("train_seconds"), row.mean("top1")
+        if seconds is None or top1 is None:
+            continue
+        points.append((seconds / base if base else seconds, 100 * top1, label))
+    if not points:
+        return False
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+    xs, ys, names = (list(v) for v in zip(*points))
+    _scatter(ax, xs, ys, names)
+    ax.set_xlabel("training time × ERM" if base else "training time (s)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(_title(table, "accuracy vs training cost"), fontsize=10)
+    _save(fig, path)
+    return True
+
+
+def learning_curves(table: Table, path: Path) -> bool:
+    """Test top-1 per evaluated epoch, one line per row (mean over seeds).
+
+    Returns False (and writes nothing) when no row has a history."""
+    epochs, values, names = [], [], []
+    for row, label in zip(table.rows, _labels(table)):
+        for epoch, top1 in row.curve():
+            epochs.append(epoch)
+            values.append(100 * top1)
+            names.append(label)
+    if not epochs:
+        return False
+    order = list(dict.fromkeys(names))
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=100)
+    sns.lineplot(
+        x=epochs,
+        y=values,
+        hue=names,
+        hue_order=order,
+        palette=[_COLOURS[i % len(_COLOURS)] for i in range(len(order))],
+        marker="o",
+        errorbar=None,
+        ax=ax,
+    )
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(_title(table, "learning curves"), fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+    return True
+
+
+#: Every plot of a table after the top-1 bar chart: (file suffix, function).
+PLOTS = (
+    ("reliability", reliability_diagrams),
+    ("robustness", accuracy_vs_robustness),
+    ("cost", accuracy_vs_cost),
+    ("curves", learning_curves),
+)
+
+
 def write_plots(tables: list[Table], out_dir: Path) -> dict[str, list[str]]:
-    """Draw every table's plots into ``out_dir/plots``; returns their paths relative to out_dir."""
+    """Draw every table's plots into ``out_dir/plots``; returns their paths relative to out_dir.
+
+    The top-1 bar chart comes first; the others are drawn when the results hold their data.
+    """
     written: dict[str, list[str]] = {}
     plot_dir = out_dir / "plots"
     for table in tables:
         name = f"{table.slug}-top1.png"
         top1_bar_chart(table, plot_dir / name)
         written.setdefault(table.slug, []).append(f"plots/{name}")
+        for suffix, draw in PLOTS:
+            name = f"{table.slug}-{suffix}.png"
+            if draw(table, plot_dir / name):
+                written[table.slug].append(f"plots/{name}")
     return written

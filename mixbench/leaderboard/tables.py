@@ -16,6 +16,9 @@ from typing import Any
 
 from mixbench.config import config_hash
 
+#: Metrics that hold a note on an evaluator that was skipped (shown under the table).
+NOTE_KEYS = ("corruption_official_note", "embedding_note")
+
 
 @dataclass
 class Row:
@@ -27,6 +30,8 @@ class Row:
     seeds: list[int]
     metrics: dict[str, list[float]]
     timings: dict[str, list[float]]
+    reliability: list[list[dict[str, Any]]] = field(default_factory=list)
+    history: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def mean(self, name: str) -> float | None:
         values = [v for v in self.metrics.get(name, []) if v is not None and math.isfinite(v)]
@@ -39,6 +44,44 @@ class Row:
     def timing(self, name: str) -> float | None:
         values = [v for v in self.timings.get(name, []) if v is not None and math.isfinite(v)]
         return statistics.fmean(values) if values else None
+
+    def reliability_bins(self) -> list[dict[str, Any]]:
+        """The reliability bins of all seeds pooled: counts added, means weighted by counts.
+
+        Sums are exact (``math.fsum``), so the result does not depend on the order of the seeds.
+        """
+        pooled: dict[tuple[float, float], tuple[list[int], list[float], list[float]]] = {}
+        for bins in self.reliability:
+            for b in bins:
+                counts, conf, acc = pooled.setdefault((b["lower"], b["upper"]), ([], [], []))
+                count = int(b.get("count") or 0)
+                if count:
+                    counts.append(count)
+                    conf.append(count * float(b["confidence"]))
+                    acc.append(count * float(b["accuracy"]))
+        out = []
+        for (lower, upper), (counts, conf, acc) in sorted(pooled.items()):
+            n = sum(counts)
+            out.append(
+                {
+                    "lower": lower,
+                    "upper": upper,
+                    "count": n,
+                    "confidence": math.fsum(conf) / n if n else None,
+                    "accuracy": math.fsum(acc) / n if n else None,
+                }
+            )
+        return out
+
+    def curve(self) -> list[tuple[int, float]]:
+        """``(epoch, mean test top-1 over the seeds evaluated at that epoch)``, by epoch."""
+        per_epoch: dict[int, list[float]] = {}
+        for history in self.history:
+            for point in history:
+                top1 = point.get("top1")
+                if top1 is not None and math.isfinite(float(top1)):
+                    per_epoch.setdefault(int(point["epoch"]), []).append(float(top1))
+        return [(e, statistics.fmean(v)) for e, v in sorted(per_epoch.items())]
 
 
 @dataclass
@@ -57,6 +100,8 @@ class Table:
     hosts: list[str] = field(default_factory=list)
     versions: list[dict[str, Any]] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
+    eval_settings: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
@@ -123,6 +168,18 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         for name, value in (rec.get("timings") or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row.timings.setdefault(name, []).append(float(value))
+        metrics = rec["metrics"]
+        if isinstance(metrics.get("reliability"), list):
+            row.reliability.append(metrics["reliability"])
+        if isinstance(metrics.get("history"), list):
+            row.history.append(metrics["history"])
+        settings = metrics.get("eval_settings")
+        if isinstance(settings, dict) and settings not in table.eval_settings:
+            table.eval_settings.append(settings)
+        for key in NOTE_KEYS:
+            note = metrics.get(key)
+            if isinstance(note, str) and note not in table.notes:
+                table.notes.append(note)
         if rec.get("host") and rec["host"] not in table.hosts:
             table.hosts.append(rec["host"])
         if rec.get("versions") and rec["versions"] not in table.versions:
@@ -133,4 +190,6 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     for table in out:
         table.rows.sort(key=lambda r: (r.method, json.dumps(r.params, sort_keys=True)))
         table.hosts.sort()
+        table.notes.sort()
+        table.eval_settings.sort(key=lambda s: json.dumps(s, sort_keys=True))
     return out

@@ -431,8 +431,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _print_dry_run(cells: list[Any]) -> int:
+    from functools import cache
+
     from tabulate import tabulate
 
+    from mixbench.leaderboard.markdown import format_params
+    from mixbench.methods import default_params
+
+    defaults = cache(default_params)
     rows, total, unknown = [], 0, False
     for c in cells:
         size = c.dataset_options.get("train_subset") or c.dataset_options.get(
@@ -441,17 +447,13 @@ def _print_dry_run(cells: list[Any]) -> int:
         images = size * c.schedule.epochs if size else None
         total += images or 0
         unknown |= images is None
+        changed = {k: v for k, v in c.params.items() if defaults(c.method).get(k) != v}
         rows.append(
-            [
-                c.method,
-                c.dataset,
-                c.model,
-                c.seed,
-                c.schedule.epochs,
-                f"{images:,}" if images else "?",
-            ]
+            [c.method, format_params(changed), c.dataset, c.model, c.seed, c.schedule.epochs,
+             f"{images:,}" if images else "?"]  # fmt: skip
         )
-    headers = ["method", "dataset", "model", "seed", "epochs", "train images"]
+    headers = ["method", "non-default parameters", "dataset", "model", "seed", "epochs",
+               "train images"]  # fmt: skip
     print(tabulate(rows, headers=headers, tablefmt="simple"))
     note = " (some data set sizes unknown)" if unknown else ""
     print(f"\n{len(cells)} cells, about {total:,} training images to process{note}")

@@ -238,6 +238,7 @@ class MatrixConfig:
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     param_set: str = "default"
     include: list[str] = field(default_factory=list)
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     def resolved_methods(self) -> list[str]:
         """Method names with ``"*"`` expanded to every registered method."""
@@ -256,16 +257,17 @@ class MatrixConfig:
         self.schedule.validate()
         if not self.seeds:
             raise UsageError("the matrix has no seeds; pass --seeds 0,1,2")
-        out = []
+        out: list[CellConfig] = []
         for dataset in self.datasets:
             for model in self.models:
-                for method in self.resolved_methods():
+                for method, variant_params, seeds in self._entries():
                     cls = get_method_class(method)
                     preset_params, param_set = _method_param_set(cls, self, dataset, model)
                     given = dict(preset_params)
                     given.update(self.method_params.get(method, {}))
+                    given.update(variant_params)
                     params = resolve_params(cls, given)
-                    for seed in self.seeds:
+                    for seed in seeds:
                         out.append(
                             CellConfig(
                                 preset=self.name,
@@ -284,7 +286,36 @@ class MatrixConfig:
                         )
         if not out:
             raise UsageError("the matrix is empty: no methods, data sets or models selected")
-        return out
+        unique: dict[str, CellConfig] = {}
+        for cell in out:  # variants that resolve to the same parameters are one cell
+            unique.setdefault(cell.key, cell)
+        return list(unique.values())
+
+    def _entries(self) -> list[tuple[str, dict[str, Any], list[int]]]:
+        """(method, variant parameters, seeds) of every row of the matrix.
+
+        Without ``variants`` every selected method is one row with the matrix's seeds. With
+        ``variants`` (a list of tables: ``method``, optional ``params`` and ``seeds``) each
+        variant is a row; ``methods`` then filters them (``["*"]`` keeps all).
+        """
+        if not self.variants:
+            return [(m, {}, list(self.seeds)) for m in self.resolved_methods()]
+        keep = None if self.methods == ["*"] else set(self.resolved_methods())
+        rows = []
+        for i, variant in enumerate(self.variants):
+            unknown = sorted(set(variant) - {"method", "params", "seeds"})
+            if unknown or "method" not in variant:
+                raise UsageError(
+                    f"variant {i + 1} of preset {self.name!r} needs a 'method' and may have "
+                    f"'params' and 'seeds'; got keys {sorted(variant)}"
+                )
+            if keep is not None and variant["method"] not in keep:
+                continue
+            seeds = variant.get("seeds", self.seeds)
+            if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
+                raise UsageError(f"variant {i + 1} of preset {self.name!r}: seeds must be a list")
+            rows.append((variant["method"], dict(variant.get("params", {})), seeds))
+        return rows
 
 
 def _method_param_set(

@@ -46,7 +46,9 @@ METRIC_KEYS = {
 def tiny_run(tmp_path_factory) -> Path:
     """One ERM cell of the tiny smoke matrix, trained for an epoch, evaluators included."""
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    assert main(["run", "--preset", "smoke", "--methods", "erm", "--out", str(out), *TINY]) == 0
+    cheap = ["--set", "eval.corruption_subset=16", "--set", "eval.corruption_severities=[1,3,5]"]
+    args = ["run", "--preset", "smoke", "--methods", "erm", "--out", str(out), *TINY, *cheap]
+    assert main(args) == 0
     return out
 
 
@@ -80,13 +82,14 @@ def test_every_cell_stores_the_evaluators_metrics_settings_and_times(tiny_run):
     assert settings["attack"]["pgd_step_size"] == pytest.approx(2 / 255)
     assert settings["attack"]["pgd_steps"] == 10
     assert settings["attack"]["examples"] == 128  # the whole tiny test set
-    assert settings["generated_corruptions"]["examples"] == 64
+    assert settings["generated_corruptions"]["examples"] == 16
     assert settings["embedding"]["examples"] == 128
     # Generated corruptions: named as such, every corruption and severity kept.
     generated = metrics["corruption_generated"]
     assert generated["official"] is False
     assert set(generated["per_corruption"]) == set(EvalConfig.GENERATED)
-    assert all(len(v) == 5 for v in generated["per_severity"].values())
+    assert all(len(v) == 3 for v in generated["per_severity"].values())
+    assert generated["severities"] == [1, 3, 5]
     mean = sum(generated["per_corruption"].values()) / len(generated["per_corruption"])
     assert metrics["corruption_generated_top1"] == pytest.approx(mean)
     # No official files for the synthetic data: skipped with a note, never a number.

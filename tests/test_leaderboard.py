@@ -93,3 +93,159 @@ def test_written_leaderboard_is_deterministic(tmp_path):
     text = (a / "LEADERBOARD.md").read_text()
     assert "2023-11-14" in text  # the stored finishing date, not today's
     assert f"]({'plots/'}" in text
+
+
+# ----------------------------------------------------------------------------- evaluators (issue 5)
+
+
+def _bins(conf: float, acc: float, count: int) -> list[dict]:
+    bins = []
+    for k in range(15):
+        lower, upper = k / 15, (k + 1) / 15
+        inside = lower < conf <= upper
+        bins.append(
+            {
+                "lower": lower,
+                "upper": upper,
+                "count": count if inside else 0,
+                "confidence": conf if inside else None,
+                "accuracy": acc if inside else None,
+            }
+        )
+    return bins
+
+
+SETTINGS = {
+    "evaluators": ["calibration", "fgsm", "pgd", "generated_corruptions", "embedding"],
+    "attack": {
+        "fgsm_eps": 8 / 255,
+        "pgd_eps": 8 / 255,
+        "pgd_step_size": 2 / 255,
+        "pgd_steps": 10,
+        "examples": 2000,
+        "amp": None,
+    },
+    "generated_corruptions": {
+        "corruptions": ["contrast", "jpeg"],
+        "severities": [1, 2, 3, 4, 5],
+        "examples": 1000,
+    },
+    "official_corruptions": {"skipped": "CIFAR-10-C not found under /data"},
+    "embedding": {"examples": 2048, "t": 2.0},
+}
+
+
+def _evaluated(method, seed, top1, *, fgsm, pgd, seconds, embedding=True):
+    rec = _record(method, seed, top1)
+    rec["metrics"].update(
+        {
+            "fgsm_top1": fgsm,
+            "pgd_top1": pgd,
+            "attack_clean_top1": top1,
+            "corruption_generated_top1": top1 - 0.1,
+            "corruption_official_note": "official corruptions skipped: CIFAR-10-C not found",
+            "eval_settings": copy.deepcopy(SETTINGS),
+            "reliability": _bins(0.9, top1, 100),
+            "history": [{"epoch": 1, "top1": top1 / 2}, {"epoch": 2, "top1": top1}],
+        }
+    )
+    if embedding:
+        rec["metrics"].update({"alignment": 0.5 + seed, "uniformity": -2.0 - top1})
+    rec["timings"]["train_seconds"] = seconds
+    return rec
+
+
+def _evaluated_records():
+    return [
+        _evaluated("erm", 0, 0.80, fgsm=0.10, pgd=0.02, seconds=10.0),
+        _evaluated("erm", 1, 0.82, fgsm=0.12, pgd=0.04, seconds=12.0),
+        _evaluated("mixup", 0, 0.85, fgsm=0.20, pgd=0.05, seconds=22.0),
+    ]
+
+
+def _cells(text: str, method: str) -> dict[str, str]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    headers = [h.strip() for h in lines[0].strip("|").split("|")]
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == f"`{method}`":
+            return dict(zip(headers, cells))
+    raise AssertionError(f"no row {method}")
+
+
+def test_evaluator_columns_values_best_marks_and_cost_relative_to_erm():
+    (table,) = build_tables(_evaluated_records())
+    text = render_table(table)
+    erm, mixup = _cells(text, "erm"), _cells(text, "mixup")
+    assert erm["FGSM (%)"] == "11.00" and mixup["FGSM (%)"] == "**20.00**"
+    assert erm["PGD (%)"] == "3.00" and mixup["PGD (%)"] == "**5.00**"
+    assert mixup["corr. generated (%)"] == "**75.00**"
+    # No official numbers anywhere: a dash, never zero; the generated ones in their own column.
+    assert erm["corr. official (%)"] == "—" and mixup["corr. official (%)"] == "—"
+    assert erm["cost ×ERM"] == "**1.00**" and mixup["cost ×ERM"] == "2.00"  # 22 s / 11 s
+    assert erm["align."] == "1.000"  # mean of 0.5 and 1.5 over the seeds
+    assert mixup["unif."] == "**-2.850**"  # lower is more uniform
+    assert mixup["align."] == "**0.500**"  # lower is tighter
+
+
+def test_alignment_columns_only_where_present_and_missing_values_are_dashes():
+    records = [
+        _evaluated("erm", 0, 0.8, fgsm=0.1, pgd=0.0, seconds=5.0, embedding=False),
+        _record("mixup", 0, 0.85),  # a cell stored before the evaluators existed
+    ]
+    (table,) = build_tables(records)
+    text = render_table(table)
+    assert "align." not in text and "unif." not in text
+    mixup = _cells(text, "mixup")
+    for header in ("FGSM (%)", "PGD (%)", "corr. official (%)", "corr. generated (%)", "cost ×ERM"):
+        assert mixup[header] == "—", header
+    assert _cells(text, "erm")["PGD (%)"] == "0.00"  # a measured zero stays a zero
+
+
+def test_legend_states_attack_and_corruption_settings_from_the_stored_results(tmp_path):
+    write_leaderboard(_evaluated_records(), tmp_path)
+    text = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "FGSM eps 8/255; PGD eps 8/255, step 2/255, 10 steps from a random start" in text
+    assert "on 2,000 test images" in text
+    assert "*generated* corruptions" in text and "not the official benchmark" in text
+    assert "contrast, jpeg at severities 1–5 on 1,000 test images" in text
+    assert "- official corruptions skipped: CIFAR-10-C not found" in text
+    assert "2,048 test images, t = 2" in text
+    assert "15 equal-width bins" in text
+
+
+def test_every_plot_is_written_top1_first_and_deterministic(tmp_path):
+    records = _evaluated_records()
+    write_leaderboard(copy.deepcopy(records), tmp_path / "a")
+    write_leaderboard(copy.deepcopy(records[::-1]), tmp_path / "b")  # another order: same bytes
+    text = (tmp_path / "a" / "LEADERBOARD.md").read_text()
+    links = re.findall(r"\]\((plots/[^)]+)\)", text)
+    kinds = [link.rsplit("-", 1)[-1] for link in links]
+    assert kinds == ["top1.png", "reliability.png", "robustness.png", "cost.png", "curves.png"]
+    for link in links:
+        a, b = (tmp_path / "a" / link).read_bytes(), (tmp_path / "b" / link).read_bytes()
+        assert a[:4] == b"\x89PNG" and a == b, link
+    assert text == (tmp_path / "b" / "LEADERBOARD.md").read_text()
+
+
+def test_plots_without_their_data_are_left_out(tmp_path):
+    write_leaderboard([_record("erm", 0, 0.8)], tmp_path)
+    names = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "plots").glob("*.png"))
+    assert names == ["top1.png"]
+
+
+def test_pooled_reliability_bins_and_learning_curve():
+    (table,) = build_tables(_evaluated_records())
+    erm = table.rows[0]
+    (filled,) = [b for b in erm.reliability_bins() if b["count"]]
+    assert filled["count"] == 200 and abs(filled["accuracy"] - 0.81) < 1e-12
+    assert abs(filled["confidence"] - 0.9) < 1e-12
+    assert erm.curve() == [(1, 0.405), (2, 0.81)]
+
+
+def test_fractions_of_255():
+    from mixbench.leaderboard.legend import fraction_of_255
+
+    assert fraction_of_255(8 / 255) == "8/255"
+    assert fraction_of_255(0.5 / 255) == "0.5/255"
+    assert fraction_of_255(0.01) == "0.01"

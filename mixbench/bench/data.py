@@ -89,7 +89,11 @@ def make_loaders(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[Any, Any]:
-    """Training and test loaders of a cell (each process its own shard under DDP)."""
+    """Training and test loaders of a cell (each process its own shard under DDP).
+
+    In-memory splits get the on-device tensor loader; others a ``DataLoader`` with
+    ``cell.runtime.num_workers`` persistent worker processes and pinned memory on a GPU.
+    """
     common = {
         "mean": bundle.mean,
         "std": bundle.std,
@@ -97,6 +101,7 @@ def make_loaders(
         "seed": cell.seed,
         "rank": rank,
         "world_size": world_size,
+        "num_workers": cell.runtime.num_workers,
     }
     per_process = max(1, cell.schedule.batch_size // world_size)
     train = make_loader(bundle.train, batch_size=per_process, train=True, **common)

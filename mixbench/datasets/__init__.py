@@ -2,8 +2,9 @@
 
 ``create_dataset(name, root, ...)`` returns a :class:`DatasetBundle` (both splits plus class names,
 image size and normalisation statistics); ``list_datasets()`` names the registered data sets
-(``synthetic``, ``imagefolder``, ``cifar10``, ``cifar100``, and any that installed packages add
-through the entry point group ``mixbench.datasets``); ``register_dataset(name)`` adds one.
+(``synthetic``, ``imagefolder``, ``cifar10``, ``cifar100``, ``tinyimagenet``, ``imagenet``, and
+any that installed packages add through the entry point group ``mixbench.datasets``);
+``register_dataset(name)`` adds one.
 ``make_loader(split, ...)`` serves a split in batches: in-memory splits through the on-device
 :class:`TensorBatchLoader`, others through a standard ``DataLoader``.
 """
@@ -11,6 +12,7 @@ through the entry point group ``mixbench.datasets``); ``register_dataset(name)``
 from __future__ import annotations
 
 from mixbench.datasets import cifar, folder, synthetic  # noqa: F401  (they register on import)
+from mixbench.datasets import imagenet, tinyimagenet  # noqa: F401  (they register on import)
 from mixbench.datasets.base import (
     DATASETS,
     DatasetBundle,

@@ -265,6 +265,14 @@ def test_sinkhorn_stop_rule_and_batching() -> None:
         )
 
 
+@pytest.mark.parametrize("tol", [0.0, 0.1, 1.0, 5.0])
+def test_sinkhorn_block_checks_give_the_same_plan(tol: float) -> None:
+    cost = torch.rand(3, 8, 8, generator=gen(7)) * 50
+    every = fn.sinkhorn(cost, max_iter=37, tol=tol, check_every=1)
+    for block in (2, 7, 10, 100):
+        assert torch.equal(fn.sinkhorn(cost, max_iter=37, tol=tol, check_every=block), every)
+
+
 def test_sinkhorn_dtypes_and_no_gradient() -> None:
     cost = (torch.rand(2, 4, 4, generator=gen(6)) * 1e4).requires_grad_(True)
     plan = fn.sinkhorn(cost)

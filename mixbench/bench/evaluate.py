@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from mixbench.bench.evaluators import (
     GeneratedCorruptionSet,
@@ -114,11 +115,6 @@ def attack_settings(config: EvalConfig, image_size: tuple[int, int]) -> dict[str
 # -- data ---------------------------------------------------------------------------------
 
 
-def split_length(split: Split) -> int:
-    """The number of examples of a split."""
-    return len(split)
-
-
 def draw_subset(n: int, size: int | None, generator: torch.Generator) -> torch.Tensor:
     """Sorted positions of a random subset of ``size`` of ``n`` examples (all when ``None``)."""
     if size is None or size >= n:
@@ -126,23 +122,28 @@ def draw_subset(n: int, size: int | None, generator: torch.Generator) -> torch.T
     return torch.randperm(n, generator=generator)[:size].sort().values
 
 
-def take_examples(split: Split, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def take_examples(
+    split: Split, indices: torch.Tensor, num_workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, labels)`` of the examples ``indices`` of a split, on the CPU.
 
     Images are uint8 (n, C, H, W) as stored (or float in [0, 1] for a ``Dataset`` that returns
-    floats), unnormalised; labels int64 (n,).
+    floats), unnormalised; labels int64 (n,). A ``Dataset`` split is decoded by a ``DataLoader``
+    with ``num_workers`` worker processes.
     """
     if isinstance(split, TensorImages):
         index = indices.to(split.images.device)
         return split.images[index].cpu(), split.labels[index].cpu()
-    images, labels = [], []
-    for i in indices.tolist():
-        image, label = split[i]
-        images.append(torch.as_tensor(image))
-        labels.append(int(label))
-    if not images:
+    if indices.numel() == 0:
         raise UsageError("the evaluation subset is empty: the test split has no images")
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+    loader = DataLoader(
+        Subset(split, indices.tolist()), batch_size=64, shuffle=False, num_workers=num_workers
+    )
+    images, labels = [], []
+    for image, label in loader:
+        images.append(torch.as_tensor(image))
+        labels.append(torch.as_tensor(label, dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
 
 
 def _as_unit(images: torch.Tensor) -> torch.Tensor:
@@ -443,6 +444,156 @@ def clean_metrics(
     return out
 
 
+@dataclass
+class _Context:
+    """What every evaluator of one run needs: the model, the data, the cell and the device."""
+
+    backbone: nn.Module
+    model: NormalizedModel
+    bundle: DatasetBundle
+    cell: CellConfig
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    beat: _Heartbeat
+
+    def subset(self, size: int | None, purpose: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``size`` test examples (all for ``None``) drawn with the cell's seed for ``purpose``."""
+        test = self.bundle.test
+        chosen = draw_subset(len(test), size, evaluator_generator(self.cell.seed, purpose))
+        return take_examples(test, chosen, self.cell.runtime.num_workers)
+
+
+#: What one evaluator gives: metrics, timings and its resolved settings.
+_Part = tuple[dict[str, Any], dict[str, float], dict[str, Any]]
+
+
+def _attacks(ctx: _Context, wanted: list[str]) -> _Part:
+    config = ctx.cell.eval
+    attack = attack_settings(config, ctx.bundle.image_size)
+    images, labels = ctx.subset(config.attack_subset, "attack")
+    result = adversarial_accuracy(
+        ctx.model,
+        images,
+        labels,
+        fgsm_eps=attack["fgsm_eps"] if "fgsm" in wanted else None,
+        pgd_eps=attack["pgd_eps"] if "pgd" in wanted else None,
+        pgd_step_size=attack["pgd_step_size"],
+        pgd_steps=attack["pgd_steps"],
+        generator=evaluator_generator(ctx.cell.seed, "pgd"),
+        batch_size=config.batch_size,
+        device=ctx.device,
+        amp_dtype=ctx.amp_dtype,
+        heartbeat=ctx.beat,
+    )
+    metrics = {"attack_clean_top1": result["clean_top1"]}
+    timings = {}
+    for name in ("fgsm", "pgd"):
+        if name in wanted:
+            metrics[f"{name}_top1"] = result[f"{name}_top1"]
+            timings[f"eval_seconds_{name}"] = result[f"{name}_seconds"]
+    settings = {
+        **{k: v for k, v in attack.items() if k.split("_")[0] in wanted},
+        "examples": result["examples"],
+        "norm": "Linf",
+        "space": "pixel",
+        "random_start": True,
+        "amp": None if ctx.amp_dtype is None else str(ctx.amp_dtype).replace("torch.", ""),
+    }
+    return metrics, timings, settings
+
+
+def _corruptions(ctx: _Context, source: Any, limit: int | None, purpose: str) -> dict[str, Any]:
+    return _corruption_suite(
+        ctx.model,
+        source,
+        limit=limit,
+        seed=ctx.cell.seed,
+        purpose=purpose,
+        batch_size=ctx.cell.eval.batch_size,
+        device=ctx.device,
+        amp_dtype=ctx.amp_dtype,
+        heartbeat=ctx.beat,
+    )
+
+
+def _generated(ctx: _Context) -> _Part:
+    config = ctx.cell.eval
+    images, labels = ctx.subset(config.corruption_subset, "corruptions")
+    source = GeneratedCorruptionSet(
+        images,
+        labels,
+        seed=ctx.cell.seed,
+        corruptions=tuple(config.generated_corruptions),
+        severities=tuple(config.corruption_severities),
+    )
+    result = _corruptions(ctx, source, None, "generated")
+    settings = {
+        "corruptions": list(source.corruptions),
+        "severities": list(source.severities),
+        "examples": int(images.shape[0]),
+    }
+    return (
+        {"corruption_generated_top1": result["mean"], "corruption_generated": result},
+        {},
+        settings,
+    )
+
+
+def _official(ctx: _Context) -> _Part:
+    found, note = _official_source(ctx.bundle, ctx.cell)
+    if found is None:
+        return (
+            {"corruption_official_note": f"official corruptions skipped: {note}"},
+            {},
+            {"skipped": note},
+        )
+    result = _corruptions(ctx, found, ctx.cell.eval.official_subset, "official")
+    result["benchmark"] = found.name
+    result["missing"] = list(found.missing)
+    settings = {
+        "benchmark": found.name,
+        "corruptions": list(found.corruptions),
+        "missing": list(found.missing),
+        "severities": list(found.severities),
+        "examples": result["examples"],
+    }
+    return {"corruption_official_top1": result["mean"], "corruption_official": result}, {}, settings
+
+
+def _embedding(ctx: _Context) -> _Part:
+    config = ctx.cell.eval
+    if not callable(getattr(ctx.backbone, "embed", None)):
+        name = type(ctx.backbone).__name__
+        return (
+            {"embedding_note": f"embedding quality skipped: {name} has no embed(x) method"},
+            {},
+            {},
+        )
+    images, labels = ctx.subset(config.embedding_subset, "embedding")
+    z = _embeddings(
+        ctx.backbone,
+        images,
+        ctx.model,
+        batch_size=config.batch_size,
+        device=ctx.device,
+        amp_dtype=ctx.amp_dtype,
+    )
+    settings = {"examples": int(z.shape[0]), "t": config.uniformity_t}
+    try:
+        metrics = embedding_quality(z, labels, t=config.uniformity_t, num_samples=None)
+    except UsageError as exc:  # e.g. no two embeddings of one class in a tiny subsample
+        return {"embedding_note": f"embedding quality skipped: {exc}"}, {}, settings
+    return dict(metrics), {}, settings
+
+
+#: The evaluators after the attacks, in the order they run.
+_PARTS = (
+    ("generated_corruptions", _generated),
+    ("official_corruptions", _official),
+    ("embedding", _embedding),
+)
+
+
 def run_evaluators(
     backbone: nn.Module,
     bundle: DatasetBundle,
@@ -460,7 +611,8 @@ def run_evaluators(
             left as they were.
         bundle: the cell's data set (its test split is evaluated).
         cell: the cell's config: ``eval`` (what runs, sizes, settings), ``seed`` (every draw),
-            ``runtime.amp`` (autocast on CUDA), ``runtime.data_root`` (official corruptions).
+            ``runtime.amp`` (autocast on CUDA), ``runtime.data_root`` (official corruptions),
+            ``runtime.num_workers`` (decoding a streamed test split).
         device: where to run; the backbone must already be there.
         clean: also measure the clean metrics of the full test set (top-1, NLL, and with the
             ``calibration`` evaluator ECE, MCE, OE and reliability bins), as ``mixbench evaluate``
@@ -480,156 +632,45 @@ def run_evaluators(
 
     began = time.perf_counter()
     device = torch.device(device)
-    config = cell.eval
-    wanted = [name for name in EvalConfig.EVALUATORS if name in config.evaluators]
+    wanted = [name for name in EvalConfig.EVALUATORS if name in cell.eval.evaluators]
     if cell.dataset_options.get("validation"):
         # A tuning trial: the test split is a validation split carved from the training set,
         # and only the objective (clean top-1) matters there.
         wanted = []
-    dtype = amp_dtype(device, cell.runtime.amp)
-    beat = _Heartbeat(heartbeat)
-    model = NormalizedModel(backbone, bundle.mean, bundle.std).to(device)
-    test = bundle.test
-    n_test = split_length(test)
+    ctx = _Context(
+        backbone=backbone,
+        model=NormalizedModel(backbone, bundle.mean, bundle.std).to(device),
+        bundle=bundle,
+        cell=cell,
+        device=device,
+        amp_dtype=amp_dtype(device, cell.runtime.amp),
+        beat=_Heartbeat(heartbeat),
+    )
     metrics: dict[str, Any] = {}
     timings: dict[str, float] = {}
     settings: dict[str, Any] = {"evaluators": wanted}
-
-    def timed(name: str, start: float) -> None:
-        _sync(device)
-        timings[f"eval_seconds_{name}"] = time.perf_counter() - start
 
     if clean:
         start = time.perf_counter()
         metrics.update(clean_metrics(backbone, bundle, cell, device, "calibration" in wanted))
         timings["eval_seconds_clean"] = time.perf_counter() - start
-        beat()
-
+        ctx.beat()
     if "fgsm" in wanted or "pgd" in wanted:
-        attack = attack_settings(config, bundle.image_size)
-        chosen = draw_subset(n_test, config.attack_subset, evaluator_generator(cell.seed, "attack"))
-        images, labels = take_examples(test, chosen)
-        result = adversarial_accuracy(
-            model,
-            images,
-            labels,
-            fgsm_eps=attack["fgsm_eps"] if "fgsm" in wanted else None,
-            pgd_eps=attack["pgd_eps"] if "pgd" in wanted else None,
-            pgd_step_size=attack["pgd_step_size"],
-            pgd_steps=attack["pgd_steps"],
-            generator=evaluator_generator(cell.seed, "pgd"),
-            batch_size=config.batch_size,
-            device=device,
-            amp_dtype=dtype,
-            heartbeat=beat,
-        )
-        metrics["attack_clean_top1"] = result["clean_top1"]
-        for name in ("fgsm", "pgd"):
-            if name in wanted:
-                metrics[f"{name}_top1"] = result[f"{name}_top1"]
-                timings[f"eval_seconds_{name}"] = result[f"{name}_seconds"]
-        settings["attack"] = {
-            **{k: v for k, v in attack.items() if k.split("_")[0] in wanted},
-            "examples": result["examples"],
-            "norm": "Linf",
-            "space": "pixel",
-            "random_start": True,
-            "amp": None if dtype is None else str(dtype).replace("torch.", ""),
-        }
-
-    if "generated_corruptions" in wanted:
+        part_metrics, part_timings, settings["attack"] = _attacks(ctx, wanted)
+        metrics.update(part_metrics)
+        timings.update(part_timings)
+    for name, evaluate in _PARTS:
+        if name not in wanted:
+            continue
         start = time.perf_counter()
-        chosen = draw_subset(
-            n_test, config.corruption_subset, evaluator_generator(cell.seed, "corruptions")
-        )
-        images, labels = take_examples(test, chosen)
-        source = GeneratedCorruptionSet(
-            images,
-            labels,
-            seed=cell.seed,
-            corruptions=tuple(config.generated_corruptions),
-            severities=tuple(config.corruption_severities),
-        )
-        result = _corruption_suite(
-            model,
-            source,
-            limit=None,
-            seed=cell.seed,
-            purpose="generated",
-            batch_size=config.batch_size,
-            device=device,
-            amp_dtype=dtype,
-            heartbeat=beat,
-        )
-        metrics["corruption_generated_top1"] = result["mean"]
-        metrics["corruption_generated"] = result
-        settings["generated_corruptions"] = {
-            "corruptions": list(source.corruptions),
-            "severities": list(source.severities),
-            "examples": int(images.shape[0]),
-        }
-        timed("generated_corruptions", start)
-
-    if "official_corruptions" in wanted:
-        start = time.perf_counter()
-        found, note = _official_source(bundle, cell)
-        if found is None:
-            metrics["corruption_official_note"] = f"official corruptions skipped: {note}"
-            settings["official_corruptions"] = {"skipped": note}
-        else:
-            result = _corruption_suite(
-                model,
-                found,
-                limit=config.official_subset,
-                seed=cell.seed,
-                purpose="official",
-                batch_size=config.batch_size,
-                device=device,
-                amp_dtype=dtype,
-                heartbeat=beat,
-            )
-            result["benchmark"] = found.name
-            result["missing"] = list(found.missing)
-            metrics["corruption_official_top1"] = result["mean"]
-            metrics["corruption_official"] = result
-            settings["official_corruptions"] = {
-                "benchmark": found.name,
-                "corruptions": list(found.corruptions),
-                "missing": list(found.missing),
-                "severities": list(found.severities),
-                "examples": result["examples"],
-            }
-        timed("official_corruptions", start)
-
-    if "embedding" in wanted:
-        start = time.perf_counter()
-        if not callable(getattr(backbone, "embed", None)):
-            metrics["embedding_note"] = (
-                f"embedding quality skipped: {type(backbone).__name__} has no embed(x) method"
-            )
-        else:
-            chosen = draw_subset(
-                n_test, config.embedding_subset, evaluator_generator(cell.seed, "embedding")
-            )
-            images, labels = take_examples(test, chosen)
-            z = _embeddings(
-                backbone,
-                images,
-                model,
-                batch_size=config.batch_size,
-                device=device,
-                amp_dtype=dtype,
-            )
-            try:
-                metrics.update(
-                    embedding_quality(z, labels, t=config.uniformity_t, num_samples=None)
-                )
-            except UsageError as exc:
-                metrics["embedding_note"] = f"embedding quality skipped: {exc}"
-            settings["embedding"] = {"examples": int(z.shape[0]), "t": config.uniformity_t}
-        timed("embedding", start)
-        beat()
-
+        part_metrics, part_timings, part_settings = evaluate(ctx)
+        _sync(device)
+        metrics.update(part_metrics)
+        timings.update(part_timings)
+        timings[f"eval_seconds_{name}"] = time.perf_counter() - start
+        if part_settings:
+            settings[name] = part_settings
+        ctx.beat()
     metrics["eval_settings"] = settings
     timings["evaluators_seconds"] = time.perf_counter() - began
     return EvalReport(metrics=metrics, timings=timings)

@@ -187,6 +187,11 @@ class ResultStore:
     ) -> CellRecord | None:
         """Atomically take the next runnable cell among ``keys``, or None.
 
+        The claim is a compare-and-set: the row is updated only if its status and heartbeat
+        are still what was read, so of several processes racing for a cell exactly one wins
+        (PostgreSQL re-checks the condition after a concurrent update commits; SQLite takes the
+        write lock at BEGIN IMMEDIATE), and the losers move on to the next cell.
+
         Runnable: pending or interrupted; running but abandoned (its process on this host is
         gone, or its heartbeat is older than ``stale_after`` seconds); failed when
         ``retry_failed``. The claimed row becomes ``running`` for ``worker``.
@@ -199,8 +204,6 @@ class ResultStore:
                 .where(cells_table.c.key.in_(keys))
                 .where(cells_table.c.status != DONE)
             )
-            if self.dialect == "postgresql":
-                query = query.with_for_update(skip_locked=True)
             rows = [CellRecord.from_row(r) for r in conn.execute(query)]
             order = {k: i for i, k in enumerate(keys)}
             rows.sort(key=lambda r: order[r.key])

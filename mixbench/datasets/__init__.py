@@ -11,8 +11,8 @@ any that installed packages add through the entry point group ``mixbench.dataset
 
 from __future__ import annotations
 
-from mixbench.datasets import cifar, folder, synthetic  # noqa: F401  (they register on import)
-from mixbench.datasets import imagenet, tinyimagenet  # noqa: F401  (they register on import)
+# The data set modules register on import.
+from mixbench.datasets import cifar, folder, imagenet, synthetic, tinyimagenet  # noqa: F401
 from mixbench.datasets.base import (
     DATASETS,
     DatasetBundle,

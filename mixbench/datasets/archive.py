@@ -92,8 +92,10 @@ def _parts(name: str) -> list[str]:
 
 
 def _is_absolute(name: str) -> bool:
-    return PurePosixPath(name).is_absolute() or bool(PureWindowsPath(name).drive) or (
-        name.startswith("\\")
+    return (
+        PurePosixPath(name).is_absolute()
+        or bool(PureWindowsPath(name).drive)
+        or (name.startswith("\\"))
     )
 
 
@@ -119,7 +121,11 @@ def check_link(member: Member, archive: Path) -> None:
             f"{member.link!r}"
         )
     if member.kind == "hardlink":
-        check_member_name(member.link, archive)
+        if ".." in _parts(member.link):
+            raise UsageError(
+                f"refusing to extract {archive}: hard link {member.name!r} -> {member.link!r} "
+                f"has a '..' component"
+            )
         return
     depth = len(_parts(member.name)) - 1  # folders above the link inside the target
     for part in _parts(member.link):

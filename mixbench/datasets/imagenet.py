@@ -82,7 +82,9 @@ def locate(root: Path | None) -> Path:
         root = root / "imagenet"
     for split in ("train", "val"):
         if not (root / split).is_dir():
-            raise UsageError(f"ImageNet folder {root / split} not found: imagenet expects {EXPECTED}")
+            raise UsageError(
+                f"ImageNet folder {root / split} not found: imagenet expects {EXPECTED}"
+            )
     if not class_folders(root / "val"):
         raise UsageError(
             f"ImageNet folder {root / 'val'} has no <wnid>/ class folders: sort the validation "
@@ -111,8 +113,7 @@ def list_with_torchvision(root: Path) -> tuple[list[str], dict[str, list]]:
             listing = ImageNet(str(root), split=split)
         except (RuntimeError, FileNotFoundError, KeyError) as exc:
             raise UsageError(
-                f"torchvision's ImageNet cannot read {root / split} with {root / META_FILE}: "
-                f"{exc}"
+                f"torchvision's ImageNet cannot read {root / split} with {root / META_FILE}: {exc}"
             ) from exc
         if split == "train":
             wnids = list(listing.wnids)
@@ -163,10 +164,9 @@ def imagenet(
     else:
         wnids, splits = list_as_folders(root)
         how = "image folders"
-    train = ImageNetImages(
-        *splits["train"], train=True, image_size=image_size, resize_size=resize_size
-    )
-    test = ImageNetImages(*splits["val"], train=False, image_size=image_size, resize_size=resize_size)
+    sizes = {"image_size": image_size, "resize_size": resize_size}
+    train = ImageNetImages(*splits["train"], train=True, **sizes)
+    test = ImageNetImages(*splits["val"], train=False, **sizes)
     return DatasetBundle(
         name="imagenet",
         num_classes=len(wnids),

@@ -1,4 +1,4 @@
-"""``tinyimagenet``: Tiny-ImageNet (the CS231n release), read from its official layout as distributed.
+"""``tinyimagenet``: Tiny-ImageNet (the CS231n release), read in its official layout as distributed.
 
 The folder ``tiny-imagenet-200/`` of ``tiny-imagenet-200.zip`` holds ``wnids.txt`` (the 200
 WordNet ids), ``train/<wnid>/images/*.JPEG`` (500 images of 64x64 per class) and
@@ -104,9 +104,7 @@ def list_val(folder: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
     """Paths and labels of ``val/images/*`` as listed in ``val/val_annotations.txt``."""
     annotations = folder / "val" / "val_annotations.txt"
     if not annotations.is_file():
-        raise UsageError(
-            f"Tiny-ImageNet file {annotations} not found; expected {EXPECTED}"
-        )
+        raise UsageError(f"Tiny-ImageNet file {annotations} not found; expected {EXPECTED}")
     index = {wnid: i for i, wnid in enumerate(wnids)}
     paths: list[str] = []
     targets: list[int] = []

@@ -208,6 +208,25 @@ def _image_row(subfig: Any, pictures: list[Any], titles: list[str], heading: str
     subfig.suptitle(heading, fontsize=9)
 
 
+def _input_section(subfig: Any, mixed: list[Any], change: torch.Tensor) -> None:
+    """The images the network sees, and where they differ from the clean batch."""
+    b = len(mixed)
+    axes = subfig.subplots(2, b, squeeze=False)
+    top = float(change.max()) or 1.0
+    for i in range(b):
+        axes[0][i].imshow(mixed[i], interpolation="nearest")
+        axes[1][i].imshow(change[i].numpy(), cmap="gray", vmin=0.0, vmax=top)
+        axes[0][i].set_title(str(i), fontsize=7)
+        for ax in (axes[0][i], axes[1][i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("seen", fontsize=7)
+    axes[1][0].set_ylabel("changed", fontsize=7)
+    subfig.suptitle(
+        "input space: the images the network sees, and how much each pixel changed", fontsize=9
+    )
+
+
 def _weights_section(subfig: Any, weights: torch.Tensor, size: tuple[int, int] | None) -> None:
     """The (n, b) weights of the first generated rows, or per-position maps for (.., r, .., b)."""
     b = weights.shape[-1]
@@ -310,24 +329,21 @@ def show_figure(
         for y in labels
     ]
     clean_titles = [f"{i}: {n}" for i, n in enumerate(names)]
+    width = max(8.0, 1.1 * images.shape[0])
+    side = 0.8 * width / images.shape[0]  # inches per image in a row of the batch
     sections: list[tuple[float, Any]] = [
-        (1.6, lambda sf: _image_row(sf, _pictures(x, mean_t, std_t), clean_titles, "the batch"))
+        (
+            side + 0.5,
+            lambda sf: _image_row(sf, _pictures(x, mean_t, std_t), clean_titles, "the batch"),
+        )
     ]
     if seen.input is not None:
-        sections.append(
-            (
-                1.6,
-                lambda sf: _image_row(
-                    sf,
-                    _pictures(seen.input, mean_t, std_t),
-                    [str(i) for i in range(len(names))],
-                    "input space: the images the network sees",
-                ),
-            )
-        )
+        mixed = _pictures(seen.input, mean_t, std_t)
+        change = (seen.input - x).abs().mean(dim=1)
+        sections.append((2 * side + 0.7, lambda sf: _input_section(sf, mixed, change)))
     if seen.hidden is not None:
         stage, clean, mixed = seen.hidden
-        sections.append((2.4, lambda sf: _hidden_section(sf, stage, clean, mixed)))
+        sections.append((2 * side + 0.7, lambda sf: _hidden_section(sf, stage, clean, mixed)))
     if seen.weights is not None:
         height = 3.2 if seen.weights.dim() == 2 else 3.4
         sections.append((height, lambda sf: _weights_section(sf, seen.weights, seen.feature_size)))
@@ -337,7 +353,6 @@ def show_figure(
         if counts
         else f"{draws} draws on this batch: the method mixes nothing; the network sees the batch"
     )
-    width = max(8.0, 1.1 * images.shape[0])
     fig = plt.figure(figsize=(width, sum(h for h, _ in sections) + 0.8), dpi=100)
     subfigs = fig.subfigures(len(sections), 1, height_ratios=[h for h, _ in sections])
     for subfig, (_, draw) in zip(list(getattr(subfigs, "flat", [subfigs])), sections):

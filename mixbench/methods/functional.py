@@ -81,6 +81,26 @@ def _simplex_from_gamma(
     return torch.softmax(log_gamma, dim=-1)
 
 
+def _dirichlet_proportional(
+    alpha: float,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Positive weights proportional, along the last dimension, to a Dirichlet draw.
+
+    Gamma draws, not yet normalised (already normalised for ``alpha < 1``): callers that
+    renormalise anyway (Dense MultiMix's attention weighting) save a pass over the draws.
+    """
+    if alpha == 1.0:
+        return torch.empty(shape, device=device, dtype=dtype).exponential_(generator=generator)
+    concentration = torch.full(shape, alpha, device=device, dtype=dtype)
+    if alpha > 1.0:
+        return torch._standard_gamma(concentration, generator=generator)
+    return _simplex_from_gamma(concentration, generator, small=True)
+
+
 def sample_dirichlet(
     alpha: float,
     shape: Sequence[int],
@@ -108,12 +128,9 @@ def sample_dirichlet(
     if not shape or shape[-1] < 1:
         raise ValueError(f"the last dimension of a Dirichlet draw must be >= 1, got {shape}")
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    if alpha == 1.0:
-        draws = torch.empty(shape, device=device, dtype=work).exponential_(generator=generator)
+    draws = _dirichlet_proportional(alpha, shape, generator, device, work)
+    if alpha >= 1.0:
         draws.div_(draws.sum(-1, keepdim=True))
-    else:
-        concentration = torch.full(shape, alpha, device=device, dtype=work)
-        draws = _simplex_from_gamma(concentration, generator, small=alpha < 1)
     return draws.to(dtype)
 
 
@@ -271,7 +288,12 @@ def paste_box(x: torch.Tensor, box: Box, perm: torch.Tensor) -> torch.Tensor:
 
 
 def sinkhorn(
-    cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100, tol: float = 0.1
+    cost: torch.Tensor,
+    eps: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 0.1,
+    *,
+    check_every: int | None = None,
 ) -> torch.Tensor:
     """Entropic optimal transport plans with uniform marginals, by log-domain Sinkhorn.
 
@@ -287,6 +309,10 @@ def sinkhorn(
     Works in the cost's dtype (float16 and bfloat16 costs are solved in float32, whose range
     ``C / eps`` needs, and the plan is returned in the cost's dtype). No gradient flows
     through the solver. Returns the plan ``P`` (b, r, s).
+
+    ``check_every`` only changes how often the stop rule is read on the host (default: after
+    every iteration on the CPU, every 10 on accelerators, to save synchronisations); the
+    potentials of each iteration are kept, so the plan is the same for every value.
     """
     if cost.dim() != 3:
         raise ValueError(
@@ -296,6 +322,8 @@ def sinkhorn(
         raise ValueError(f"eps must be > 0, got {eps}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    if check_every is not None and check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
     b, r, s = cost.shape
     work = cost.dtype if cost.dtype in (torch.float32, torch.float64) else torch.float32
     with torch.no_grad():
@@ -304,12 +332,29 @@ def sinkhorn(
         # Potentials divided by eps: u = f / eps, v = g / eps.
         u = torch.zeros(b, r, dtype=work, device=cost.device)
         v = torch.zeros(b, s, dtype=work, device=cost.device)
-        for _ in range(int(max_iter)):
-            u_new = log_mu - torch.logsumexp(log_kernel + v.unsqueeze(1), dim=2)
-            v = log_nu - torch.logsumexp(log_kernel + u_new.unsqueeze(2), dim=1)
-            change = (u_new - u).abs_().sum(1).mean() * eps
-            u = u_new
-            if change.item() < tol:
+        # On an accelerator, the stop rule is read every few iterations (one host sync per
+        # block); the potentials of every iteration are kept, so the result is the one that
+        # checking after each iteration gives.
+        block = check_every or (1 if cost.device.type == "cpu" else 10)
+        done = 0
+        while done < max_iter:
+            steps = min(block, int(max_iter) - done)
+            history, changes = [], []
+            for _ in range(steps):
+                u_new = log_mu - torch.logsumexp(log_kernel + v.unsqueeze(1), dim=2)
+                v = log_nu - torch.logsumexp(log_kernel + u_new.unsqueeze(2), dim=1)
+                changes.append((u_new - u).abs_().sum(1).mean() * eps)
+                history.append((u_new, v))
+                u = u_new
+            done += steps
+            if steps == 1:
+                stop = 0 if changes[0].item() < tol else 1
+            else:
+                below = torch.stack(changes) < tol
+                index = torch.arange(steps, device=cost.device)
+                stop = int(torch.where(below, index, steps).min())
+            if stop < steps:
+                u, v = history[stop]
                 break
         plan = (log_kernel + u.unsqueeze(2) + v.unsqueeze(1)).exp_()
     return plan.to(cost.dtype)
@@ -416,11 +461,13 @@ def dense_multimix(
         raise ValueError(f"expected targets ({b}, c), got shape {tuple(targets.shape)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    lam = sample_dirichlet(alpha, (r, n, b), generator=generator, device=features.device)
-    att = attention.transpose(0, 1).to(lam.dtype)  # (r, b)
+    # Gamma draws proportional to L (r, n, b); normalising L first would cancel in W.
+    alpha = _check_alpha(alpha)
+    gamma = _dirichlet_proportional(alpha, (r, n, b), generator, features.device, torch.float32)
+    att = attention.transpose(0, 1).to(gamma.dtype)  # (r, b)
     dead = att.sum(1, keepdim=True) == 0  # positions where every example has zero attention
     att = torch.where(dead, torch.ones_like(att), att)
-    weights = lam.mul_(att.unsqueeze(1))  # (r, n, b)
+    weights = gamma.mul_(att.unsqueeze(1))  # (r, n, b)
     weights.div_(weights.sum(-1, keepdim=True).clamp_min_(torch.finfo(weights.dtype).tiny))
     z_mix = torch.bmm(weights.to(features.dtype), features.permute(2, 0, 1))  # (r, n, d)
     with torch.autocast(features.device.type, enabled=False):

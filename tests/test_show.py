@@ -1,0 +1,147 @@
+"""`mixbench show`: what a method does to one batch, read off a probe network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixbench.cli import main
+from mixbench.datasets import create_dataset
+from mixbench.leaderboard.show import TAG_SCALE, ProbeNet, observe, save_figure, show_figure
+from mixbench.methods import get_method, list_methods
+from mixbench.models import create_model
+
+B = 6
+
+
+@pytest.fixture(scope="module")
+def batch():
+    bundle = create_dataset("synthetic", n_train=10, n_test=B)
+    images, labels = bundle.test.images, bundle.test.labels
+    mean = torch.tensor(bundle.mean).view(1, -1, 1, 1)
+    std = torch.tensor(bundle.std).view(1, -1, 1, 1)
+    return bundle, images, labels, (images.float() / 255 - mean) / std
+
+
+def _net(seed: int = 0):
+    return create_model("preactresnet18", 10, seed=seed, width=4)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_registered_method_gets_a_png(name, batch, tmp_path):
+    bundle, images, labels, _ = batch
+    method = get_method(name)
+    method.seed(0)
+    fig = show_figure(
+        method,
+        _net(),
+        images,
+        labels,
+        mean=bundle.mean,
+        std=bundle.std,
+        class_names=bundle.class_names,
+        title=name,
+        draws=4,
+    )
+    path = tmp_path / f"{name}.png"
+    save_figure(fig, path)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_probe_changes_nothing_the_method_computes(batch):
+    """Tagged features, pooled and classified, give the network's own logits."""
+    _, _, _, x = batch
+    net = _net().eval()
+    probe = ProbeNet(net).eval()
+    feats = probe.features(x)
+    assert feats.shape[1] == net.embed_dim + B
+    assert torch.allclose(probe.head(probe.pool(feats)), net(x), atol=1e-5)
+    assert torch.allclose(probe.weights[0], torch.eye(B), atol=1e-4)
+    assert torch.equal(probe(x), net(x)) and torch.equal(probe.inputs[0], x)
+
+
+def test_erm_mixes_nothing(batch):
+    _, _, labels, x = batch
+    seen = observe(get_method("erm"), _net(), x, labels, draws=3)
+    assert seen.counts == {} and seen.input is None and seen.weights is None
+
+
+def test_mixup_is_seen_in_input_space(batch):
+    _, _, labels, x = batch
+    seen = observe(get_method("mixup"), _net(), x, labels, draws=3)
+    assert seen.counts == {"input": 3} and seen.input.shape == x.shape
+
+
+def test_cutmix_pastes_a_box(batch):
+    _, _, labels, x = batch
+    method = get_method("cutmix", prob=1.0)
+    method.seed(1)
+    seen = observe(method, _net(), x, labels, draws=2)
+    changed = (seen.input != x).any(dim=(0, 1))  # (H, W): which pixels differ somewhere
+    rows, cols = changed.nonzero().unbind(1)
+    box = torch.zeros_like(changed)
+    box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+    assert torch.equal(changed, box)  # one rectangle
+
+
+def test_manifold_mixup_is_seen_in_hidden_space(batch):
+    _, _, labels, x = batch
+    seen = observe(get_method("manifold_mixup", layers=(2,)), _net(), x, labels, draws=2)
+    assert seen.counts == {"hidden": 2}
+    stage, clean, mixed = seen.hidden
+    assert stage == 2 and clean.shape == mixed.shape
+
+
+def test_multimix_weights_are_read_back_exactly(batch):
+    _, _, labels, x = batch
+    method = get_method("multimix", prob=1.0, n=7)
+    seen = observe(method, _net(), x, labels, draws=1)
+    w = seen.weights
+    assert w.shape == (7, B) and seen.counts == {"embedding": 1}
+    assert (w >= -1e-4).all() and torch.allclose(w.sum(1), torch.ones(7), atol=1e-3)
+    # The same draws from the functional core give the same weights.
+    from mixbench.methods.functional import multimix
+
+    replay = get_method("multimix", prob=1.0, n=7)
+    float(torch.rand((), generator=replay.generator("cpu")))  # the coin
+    z = torch.eye(B)
+    _, _, expected = multimix(z, z, 7, 1.0, replay.generator("cpu"))
+    assert torch.allclose(w, expected, atol=TAG_SCALE * 10)
+
+
+def test_dense_multimix_weights_per_position(batch):
+    _, _, labels, x = batch
+    method = get_method("dense_multimix", prob=1.0, n=3)
+    seen = observe(method, _net(), x, labels, draws=1)
+    h, w = seen.feature_size
+    assert seen.weights.shape == (h * w, 3, B)
+    assert torch.allclose(seen.weights.sum(-1), torch.ones(h * w, 3), atol=1e-3)
+
+
+def test_alignmixup_mixes_pairs(batch):
+    _, _, labels, x = batch
+    method = get_method("alignmixup", align_prob=1.0)
+    seen = observe(method, _net(), x, labels, draws=1)
+    w = seen.weights
+    assert w.shape == (B, B)
+    assert ((w > 1e-3).sum(1) <= 2).all() and torch.allclose(w.sum(1), torch.ones(B), atol=1e-3)
+
+
+def test_show_command_writes_the_same_png_twice(tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "deeper" / "b.png"
+    args = ["show", "mixup", "--param", "alpha=0.4", "--seed", "3"]
+    assert main([*args, "--out", str(a)]) == 0
+    assert main([*args, "--out", str(b)]) == 0
+    assert a.read_bytes()[:4] == b"\x89PNG" and a.read_bytes() == b.read_bytes()
+
+
+def test_show_refuses_bad_input_with_one_line(tmp_path, capsys):
+    out = str(tmp_path / "x.png")
+    assert main(["show", "mixup", "--out", out, "--param", "beta=1"]) == 2
+    assert "has no parameter 'beta'" in capsys.readouterr().err
+    assert main(["show", "mixup", "--out", out, "--param", "alpha"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["show", "mixupp", "--out", out]) == 2
+    assert "mixup" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

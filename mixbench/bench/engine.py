@@ -302,7 +302,7 @@ def train_cell(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         progress.train_seconds += timer.value()
-        progress.train_images += len(train_loader) * schedule.batch_size * world_size
+        progress.train_images += len(train_loader) * train_loader.batch_size * world_size
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
 

@@ -235,6 +235,11 @@ class DataLoaderBatches:
         self.loader, self.sampler, self.device = loader, sampler, device
         self.scale, self.shift = scale, shift
 
+    @property
+    def batch_size(self) -> int:
+        """Images per batch (per process)."""
+        return int(self.loader.batch_size)
+
     def set_epoch(self, epoch: int) -> None:
         """Fix the order and augmentation of the next iteration to those of ``epoch``."""
         self.sampler.set_epoch(epoch)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,9 @@ def _pictures(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> list[An
     return [p.permute(1, 2, 0).numpy() for p in pixels]
 
 
-def _image_row(subfig: Any, pictures: list[Any], titles: list[str], heading: str) -> None:
+def _image_row(
+    subfig: Any, pictures: list[Any], titles: list[str], heading: str = "the batch"
+) -> None:
     axes = subfig.subplots(1, len(pictures), squeeze=False)[0]
     for ax, picture, title in zip(axes, pictures, titles):
         ax.imshow(picture, interpolation="nearest")
@@ -331,22 +334,25 @@ def show_figure(
     clean_titles = [f"{i}: {n}" for i, n in enumerate(names)]
     width = max(8.0, 1.1 * images.shape[0])
     side = 0.8 * width / images.shape[0]  # inches per image in a row of the batch
+    # (height in inches, drawing function of a subfigure); partial binds the values now.
     sections: list[tuple[float, Any]] = [
         (
             side + 0.5,
-            lambda sf: _image_row(sf, _pictures(x, mean_t, std_t), clean_titles, "the batch"),
+            partial(_image_row, pictures=_pictures(x, mean_t, std_t), titles=clean_titles),
         )
     ]
     if seen.input is not None:
-        mixed = _pictures(seen.input, mean_t, std_t)
         change = (seen.input - x).abs().mean(dim=1)
-        sections.append((2 * side + 0.7, lambda sf: _input_section(sf, mixed, change)))
+        pictures = _pictures(seen.input, mean_t, std_t)
+        sections.append((2 * side + 0.7, partial(_input_section, mixed=pictures, change=change)))
     if seen.hidden is not None:
         stage, clean, mixed = seen.hidden
-        sections.append((2 * side + 0.7, lambda sf: _hidden_section(sf, stage, clean, mixed)))
+        hidden = partial(_hidden_section, stage=stage, clean=clean, mixed=mixed)
+        sections.append((2 * side + 0.7, hidden))
     if seen.weights is not None:
         height = 3.2 if seen.weights.dim() == 2 else 3.4
-        sections.append((height, lambda sf: _weights_section(sf, seen.weights, seen.feature_size)))
+        weights = partial(_weights_section, weights=seen.weights, size=seen.feature_size)
+        sections.append((height, weights))
     counts = ", ".join(f"{kind} mix in {n}" for kind, n in sorted(seen.counts.items()))
     summary = (
         f"{draws} draws on this batch: {counts}"

@@ -18,6 +18,11 @@ from typing import Any, NoReturn
 
 from mixbench.errors import UsageError
 
+# Idle OpenMP threads that spin slow every process down by orders of magnitude when several
+# share the cores (workers, DDP on the CPU, a busy machine). Set before torch is imported; an
+# explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 EXIT_USAGE = 2
 
 # Training-set sizes of the standard data sets, for --dry-run estimates (no data needed).
@@ -222,7 +227,7 @@ def matrix_argv(args: argparse.Namespace) -> list[str]:
         out += ["--seeds", ",".join(str(s) for s in args.seeds)]
     if args.epochs is not None:
         out += ["--epochs", str(args.epochs)]
-    for name in ("data_root", "device", "param_set"):
+    for name in ("data_root", "device", "param_set", "tuning_storage"):
         if getattr(args, name):
             out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.download:
@@ -449,8 +454,15 @@ def _print_dry_run(cells: list[Any]) -> int:
         unknown |= images is None
         changed = {k: v for k, v in c.params.items() if defaults(c.method).get(k) != v}
         rows.append(
-            [c.method, format_params(changed), c.dataset, c.model, c.seed, c.schedule.epochs,
-             f"{images:,}" if images else "?"]  # fmt: skip
+            [
+                c.method,
+                format_params(changed),
+                c.dataset,
+                c.model,
+                c.seed,
+                c.schedule.epochs,
+                f"{images:,}" if images else "?",
+            ]  # fmt: skip
         )
     headers = ["method", "non-default parameters", "dataset", "model", "seed", "epochs",
                "train images"]  # fmt: skip
@@ -628,15 +640,19 @@ def make_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="optuna search over a method's declared search space")
     add_matrix_arguments(tune)
     tune.add_argument("--method", help="the method to tune")
-    tune.add_argument("--all-methods", action="store_true",
-                      help="tune every method of the matrix with the same budget")
+    tune.add_argument(
+        "--all-methods",
+        action="store_true",
+        help="tune every method of the matrix with the same budget",
+    )
     tune.add_argument("--dataset", help="data set (default: the preset's first)")
     tune.add_argument("--model", help="model (default: the preset's first)")
     tune.add_argument("--trials", type=int, help="trials per method")
     tune.add_argument("--budget", type=int, help="trials per method with --all-methods")
     tune.add_argument("--storage", help="optuna storage URL (default: sqlite:///OUT/tuning.db)")
-    tune.add_argument("--validation", type=int,
-                      help="size of the validation split carved from the training set")
+    tune.add_argument(
+        "--validation", type=int, help="size of the validation split carved from the training set"
+    )
     tune.set_defaults(func=_lazy("mixbench.bench.tuning", "cmd_tune"))
 
     evaluate = sub.add_parser("evaluate", help="run every evaluator on a saved checkpoint")
@@ -666,9 +682,30 @@ def make_parser() -> argparse.ArgumentParser:
         "--json", type=Path, dest="json_path", metavar="FILE", help="also write the results as JSON"
     )
     perf.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    perf.add_argument("--steps", type=int, default=5, help="timed steps per method")
-    perf.add_argument("--warmup", type=int, default=2, help="warm-up steps per method")
-    perf.add_argument("--only", type=_csv, help="run only these benchmarks (e.g. methods)")
+    perf.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        help="timed steps per method; timed rounds of the engine and end_to_end benchmarks",
+    )
+    perf.add_argument("--warmup", type=int, default=2, help="untimed steps or rounds first")
+    perf.add_argument(
+        "--only",
+        type=_csv,
+        help="run only these benchmarks: methods, loader, engine, end_to_end (comma-separated)",
+    )
+    perf.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="image folder (train/<class>/ plus val/ or test/, e.g. the CIFAR-10 JPEGs) for the "
+        "loader and end_to_end benchmarks (default: synthetic images written as JPEG files)",
+    )
+    perf.add_argument(
+        "--threads", type=int, help="torch intra-op threads during the benchmarks (default: as set)"
+    )
+    perf.add_argument(
+        "--quick", action="store_true", help="tiny sizes: check that the benchmarks run (seconds)"
+    )
     perf.set_defaults(func=cmd_perf)
     return parser
 

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# OpenMP threads that spin while waiting slow small networks down by orders of magnitude when
+# several processes share two cores (the multi-process tests); set before torch loads OpenMP,
+# and inherited by the subprocesses the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -35,12 +35,18 @@ def test_every_shipped_preset_loads():
 
 def test_paper_preset_is_the_union_of_its_parts():
     parts = load_matrices("paper")
-    assert [m.name for m in parts] == ["paper-cifar10", "paper-cifar100"]
+    assert [m.name for m in parts] == [
+        "paper-cifar10",
+        "paper-cifar100",
+        "paper-tinyimagenet",
+        "paper-imagenet",
+    ]
     cells = [c for m in parts for c in m.cells()]
-    assert {c.dataset for c in cells} == {"cifar10", "cifar100"}
-    assert {c.model for c in cells} == {"preactresnet18", "wrn16_8"}
+    assert {c.dataset for c in cells} == {"cifar10", "cifar100", "tinyimagenet", "imagenet"}
+    assert {c.model for c in cells} == {"preactresnet18", "wrn16_8", "resnet50"}
     assert {c.seed for c in cells} == {0, 1, 2}
-    assert len(cells) == len(list_methods()) * 2 * 2 * 3
+    # CIFAR-10/100 with two networks each, Tiny-ImageNet and ImageNet with one.
+    assert len(cells) == len(list_methods()) * 6 * 3
     alone = {c.key for c in load_preset("paper-cifar10").cells()}
     assert alone <= {c.key for c in cells}
     sched = load_preset("paper-cifar10").schedule

@@ -22,9 +22,11 @@ def test_two_process_cell_metrics_match_single_process_evaluation(tmp_path):
                    "--set", "dataset_options.synthetic.n_test=130",
                    "--out", str(out), "--nproc-per-node", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    key, metrics = sqlite3.connect(out / "results.db").execute(
-        "SELECT key, metrics FROM cells WHERE status='done'"
-    ).fetchone()
+    key, metrics = (
+        sqlite3.connect(out / "results.db")
+        .execute("SELECT key, metrics FROM cells WHERE status='done'")
+        .fetchone()
+    )
     metrics = json.loads(metrics)
     folder = out / "cells" / key
     (checkpoint,) = folder.glob("checkpoint_*.pt")

@@ -46,7 +46,7 @@ METRIC_KEYS = {
 def tiny_run(tmp_path_factory) -> Path:
     """One ERM cell of the tiny smoke matrix, trained for an epoch, evaluators included."""
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    cheap = ["--set", "eval.corruption_subset=16", "--set", "eval.corruption_severities=[1,3,5]"]
+    cheap = ["--set", "eval.corruption_subset=16", "--set", "eval.attack_subset=128"]
     args = ["run", "--preset", "smoke", "--methods", "erm", "--out", str(out), *TINY, *cheap]
     assert main(args) == 0
     return out

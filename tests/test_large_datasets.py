@@ -113,8 +113,10 @@ def test_tinyimagenet_reads_the_official_layout_in_sorted_wnid_order(tmp_path, p
     index = {w: i for i, w in enumerate(sorted(TINY_WNIDS))}
     expected = [index[TINY_WNIDS[(i * 2) % 3]] for i in range(6)]
     assert bundle.test.labels.tolist() == expected
-    for images, labels in ((bundle.train.images, bundle.train.labels), (bundle.test.images,
-                                                                         bundle.test.labels)):
+    for images, labels in (
+        (bundle.train.images, bundle.train.labels),
+        (bundle.test.images, bundle.test.labels),
+    ):
         for image, label in zip(images, labels):
             colour = torch.tensor(COLOURS[sorted(TINY_WNIDS)[label]], dtype=torch.float32)
             mean = image.float().mean(dim=(1, 2))
@@ -309,8 +311,11 @@ TAR_ONLY = {
     "hardlink_absolute": [("top/hard", b"/etc/passwd", "hardlink")],
     "fifo": [("top/pipe", b"", "fifo")],
     # each link stays inside on its own, but the chain leads out: caught at extraction
-    "chain": [("top/sub/up", b"..", "symlink"), ("top/sub/esc", b"up/../..", "symlink"),
-              ("top/sub/esc/x", b"x", "file")],  # fmt: skip
+    "chain": [
+        ("top/sub/up", b"..", "symlink"),
+        ("top/sub/esc", b"up/../..", "symlink"),
+        ("top/sub/esc/x", b"x", "file"),
+    ],  # fmt: skip
 }
 
 
@@ -504,6 +509,16 @@ def test_under_ddp_each_process_gets_its_own_shard_and_random_stream():
 # ---------------------------------------------------------------- the engine on both
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU two spinning OpenMP threads can make
+    a tiny network's step 50 times slower."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _run_every_method(tmp_path: Path, args: list[str]) -> list[tuple[str, dict]]:
     out = tmp_path / "out"
     # channels_last is off: on the CPU, oneDNN's backward of a 1x1 stride-2 convolution with
@@ -512,15 +527,17 @@ def _run_every_method(tmp_path: Path, args: list[str]) -> list[tuple[str, dict]]
                  "--set", "runtime.channels_last=false",
                  "--no-progress", "--no-leaderboard", "--out", str(out)])  # fmt: skip
     assert code == 0
-    rows = sqlite3.connect(out / "results.db").execute(
-        "SELECT method, status, metrics, timings FROM cells ORDER BY method"
-    ).fetchall()
+    rows = (
+        sqlite3.connect(out / "results.db")
+        .execute("SELECT method, status, metrics, timings FROM cells ORDER BY method")
+        .fetchall()
+    )
     assert [(m, s) for m, s, _, _ in rows] == [(m, "done") for m in sorted(list_methods())]
     return [(m, {**json.loads(metrics), **json.loads(t)}) for m, _, metrics, t in rows]
 
 
 @pytest.mark.slow
-def test_every_method_trains_and_evaluates_on_tiny_imagenet(tmp_path):
+def test_every_method_trains_and_evaluates_on_tiny_imagenet(tmp_path, one_thread):
     make_tiny_imagenet(tmp_path / "data", per_class=4, val_per_class=2)
     results = _run_every_method(tmp_path, [
         "--preset", "paper-tinyimagenet", "--data-root", str(tmp_path / "data"),
@@ -539,7 +556,7 @@ def test_every_method_trains_and_evaluates_on_tiny_imagenet(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_method_trains_and_evaluates_on_imagenet_folders(tmp_path):
+def test_every_method_trains_and_evaluates_on_imagenet_folders(tmp_path, one_thread):
     make_imagenet(tmp_path / "data", train=3, val=1, classes=3)  # 9 training, 3 val images
     results = _run_every_method(tmp_path, [
         "--preset", "paper-imagenet", "--data-root", str(tmp_path / "data"),
@@ -551,3 +568,25 @@ def test_every_method_trains_and_evaluates_on_imagenet_folders(tmp_path):
     for method, result in results:
         assert 0.0 <= result["top1"] <= 1.0 and result["nll"] > 0, method
         assert result["train_images"] == 8, method  # 2 steps of 4 images (last one dropped)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("MIXBENCH_TEST_COMPILE"),
+    reason="torch.compile takes about a minute per cell on 2 CPU cores (it trains: run with "
+    "MIXBENCH_TEST_COMPILE=1)",
+)
+def test_compiled_model_trains_through_the_engine(tmp_path, one_thread):
+    out = tmp_path / "out"
+    code = main(["run", "--preset", "smoke", "--methods", "erm", "--seeds", "0", "--epochs", "1",
+                 "--set", "dataset_options.synthetic.n_train=64",
+                 "--set", "dataset_options.synthetic.n_test=32",
+                 "--set", "schedule.batch_size=32", "--set", "model_options.preactresnet18.width=8",
+                 "--set", 'eval.evaluators=["calibration"]', "--set", "runtime.compile=true",
+                 "--device", "cpu", "--no-progress", "--no-leaderboard",
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    status, timings = (
+        sqlite3.connect(out / "results.db").execute("SELECT status, timings FROM cells").fetchone()
+    )
+    assert status == "done" and json.loads(timings)["train_images"] == 64

@@ -247,7 +247,10 @@ def train_cell(
 
     # Model and method; the model's initial weights come from the cell's seed.
     backbone = create_model(cell.model, bundle.num_classes, seed=cell.seed, **cell.model_options)
-    memory_format = torch.channels_last if cell.runtime.channels_last else torch.preserve_format
+    # channels_last only where it pays off and is safe: on the CPU, torch 2.14's backward of a
+    # 1x1 stride-2 convolution in channels_last corrupts memory for narrow networks.
+    channels_last = cell.runtime.channels_last and device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     backbone = backbone.to(device, memory_format=memory_format)
     method = get_method(cell.method, **cell.params)
     module: nn.Module = TrainingModule(backbone, method)
@@ -268,7 +271,7 @@ def train_cell(
 
     def update(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
-        if cell.runtime.channels_last:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         module.train()
         with autocast():
@@ -293,20 +296,23 @@ def train_cell(
         method.seed(epoch_seed(cell.seed, epoch), rank)
         torch.manual_seed(epoch_seed(cell.seed, epoch) * 131 + rank)
 
-    # Timer: training time only (data and step), paused before evaluation runs.
+    # Timer: training time only (data and step), paused before evaluation runs; on a GPU the
+    # queued work is waited for first so that the last steps are counted.
+    if device.type == "cuda":
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: torch.cuda.synchronize(device))
     timer = Timer(average=False)
     timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _account(engine: Engine) -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         progress.train_seconds += timer.value()
         progress.train_images += len(train_loader) * train_loader.batch_size * world_size
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, TerminateOnNan())
+    # Reading the loss synchronises with a GPU: there, check (and show) it every few steps.
+    every = 1 if device.type == "cpu" else 10
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), TerminateOnNan())
 
-    evaluator = Engine(_eval_step(backbone, autocast, cell.runtime.channels_last))
+    evaluator = Engine(_eval_step(backbone, autocast, channels_last))
     evaluator.logger.setLevel(logging.WARNING)
     attach_metrics(evaluator, bundle.num_classes, cell.eval.calibration_bins)
 
@@ -377,7 +383,11 @@ def train_cell(
             persist=False,
             desc=f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}",
         )
-        bar.attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
+        bar.attach(
+            trainer,
+            output_transform=lambda loss: {"loss": float(loss)},
+            event_name=Events.ITERATION_COMPLETED(every=every),
+        )
 
     write_cell_file(workdir, cell)
     resumed_from = load_checkpoint(workdir, to_save)

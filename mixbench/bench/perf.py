@@ -1,8 +1,14 @@
-"""``mixbench perf``: every speed benchmark, offline on synthetic data, in one JSON file.
+"""``mixbench perf``: every speed benchmark in one run, in one JSON file.
 
 Each benchmark measures ratios within one run (the machines are shared and noisy, so absolute
 times are only indicative). Benchmarks register in ``BENCHMARKS``: a name and a function
-``(device, steps, warmup) -> dict`` whose result becomes that name's section of the JSON.
+``(PerfOptions) -> dict`` whose result becomes that name's section of the JSON:
+
+- ``methods``: each method's training step against ERM's (:mod:`mixbench.bench.perf_methods`);
+- ``loader``, ``engine``, ``end_to_end``: the data path (:mod:`mixbench.bench.perf_data`).
+
+Without ``--data-root`` the loader and end-to-end benchmarks read the ``synthetic`` data set
+written as JPEG files into a temporary folder; with it, that image folder.
 """
 
 from __future__ import annotations
@@ -10,21 +16,92 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mixbench.errors import UsageError
 from mixbench.fileio import atomic_write_text
 
 
-def _methods(device: str, steps: int, warmup: int) -> dict[str, Any]:
+@dataclass
+class PerfOptions:
+    """What every benchmark is told: device, sizes, the data and a scratch folder.
+
+    ``quick`` shrinks every benchmark to seconds (to check that it runs, not to measure).
+    ``scratch`` is a temporary folder removed after the run; ``shared`` holds what one
+    benchmark prepares for another (the JPEG folder).
+    """
+
+    device: str
+    steps: int = 5
+    warmup: int = 2
+    data_root: Path | None = None
+    quick: bool = False
+    scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+def _methods(opts: PerfOptions) -> dict[str, Any]:
     from mixbench.bench.perf_methods import perf_methods
 
-    return perf_methods(device=device, steps=steps, warmup=warmup)
+    if opts.quick:
+        return perf_methods(
+            device=opts.device, steps=1, warmup=0, width=4, batch_size=8, progress=False
+        )
+    return perf_methods(device=opts.device, steps=opts.steps, warmup=opts.warmup)
 
 
-BENCHMARKS: dict[str, Callable[[str, int, int], dict[str, Any]]] = {
+def image_folder(opts: PerfOptions) -> Path:
+    """The image folder of the data benchmarks: ``--data-root``, or the synthetic data set
+    written as JPEG files into the scratch folder (once per run)."""
+    from mixbench.bench.perf_data import check_image_folder, write_jpeg_folder
+
+    if opts.data_root is not None:
+        return check_image_folder(opts.data_root)
+    if "folder" not in opts.shared:
+        sizes = {"n_train": 512, "n_test": 64} if opts.quick else {}
+        print("perf: writing the synthetic images as JPEG files ...", file=sys.stderr)
+        opts.shared["folder"] = write_jpeg_folder(opts.scratch / "synthetic-jpeg", **sizes)
+    return opts.shared["folder"]
+
+
+def _loader(opts: PerfOptions) -> dict[str, Any]:
+    from mixbench.bench.perf_data import perf_loader
+
+    sizes: dict[str, Any] = {}
+    if opts.quick:
+        sizes = {"batch_size": 32, "warmup_batches": 1, "min_batches": 2, "min_seconds": 0.0}
+    return perf_loader(image_folder(opts), device=opts.device, **sizes)
+
+
+def _engine(opts: PerfOptions) -> dict[str, Any]:
+    from mixbench.bench.perf_data import perf_engine
+
+    if opts.quick:
+        sizes = {"rounds": 1, "warmup": 0, "steps_per_epoch": 2, "batch_size": 8, "width": 4}
+    else:
+        sizes = {"rounds": opts.steps, "warmup": opts.warmup}
+    return perf_engine(device=opts.device, workdir=opts.scratch, **sizes)
+
+
+def _end_to_end(opts: PerfOptions) -> dict[str, Any]:
+    from mixbench.bench.perf_data import perf_end_to_end
+
+    if opts.quick:
+        sizes = {"rounds": 1, "warmup": 0, "steps": 2, "batch_size": 8, "width": 4}
+    else:
+        sizes = {"rounds": opts.steps, "warmup": opts.warmup}
+    return perf_end_to_end(image_folder(opts), device=opts.device, **sizes)
+
+
+BENCHMARKS: dict[str, Callable[[PerfOptions], dict[str, Any]]] = {
     "methods": _methods,
+    "loader": _loader,
+    "engine": _engine,
+    "end_to_end": _end_to_end,
 }
 
 
@@ -42,6 +119,8 @@ def _print_section(name: str, section: dict[str, Any]) -> None:
 
 def run_perf(args: argparse.Namespace) -> int:
     """Run the selected benchmarks, print them, and write ``--json FILE`` if asked."""
+    import torch
+
     from mixbench.bench.engine import resolve_device
 
     device = str(resolve_device(args.device))
@@ -51,11 +130,31 @@ def run_perf(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
     if args.steps < 1 or args.warmup < 0:
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    data_root = getattr(args, "data_root", None)
     result: dict[str, Any] = {"device": device}
-    for name in names:
-        print(f"running benchmark {name!r} on {device} ...", file=sys.stderr)
-        result[name] = BENCHMARKS[name](device, args.steps, args.warmup)
-        _print_section(name, result[name])
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    result["threads"] = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory(prefix="mixbench-perf-") as scratch:
+            opts = PerfOptions(
+                device=device,
+                steps=args.steps,
+                warmup=args.warmup,
+                data_root=Path(data_root).expanduser() if data_root else None,
+                quick=bool(getattr(args, "quick", False)),
+                scratch=Path(scratch),
+            )
+            for name in names:
+                print(f"running benchmark {name!r} on {device} ...", file=sys.stderr)
+                result[name] = BENCHMARKS[name](opts)
+                _print_section(name, result[name])
+    finally:
+        torch.set_num_threads(saved_threads)
     if args.json_path is not None:
         atomic_write_text(args.json_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
     return 0

@@ -40,7 +40,9 @@ class DenseMultiMix(MultiMixBase):
     the Dirichlet weights on the device, or the fallback's ``lam`` and ``perm``.
     """
 
-    description = "Dense MultiMix: attention-weighted interpolation of feature-map positions"
+    description = (
+        "Dense MultiMix: attention-weighted mixing of feature-map positions (Venkataramanan et al.)"
+    )
     paper = "Venkataramanan et al., NeurIPS 2023, arXiv:2311.05538"
     params = {
         **MULTIMIX_PARAMS,

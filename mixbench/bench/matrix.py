@@ -86,13 +86,14 @@ def run_matrix(
     retry_failed: bool = False,
     worker: str | None = None,
     nproc_per_node: int = 1,
-    log: Any = sys.stderr,
+    log: Any = None,
 ) -> MatrixSummary:
     """Run every cell of ``cells`` (a matrix) not done yet; returns a summary from the store.
 
     The data sets are loaded and the output folder checked before anything is written, so that
     bad input leaves the results database untouched.
     """
+    log = log or sys.stderr
     bundle_cache: dict[Any, Any] = {}
     validate_matrix(cells, bundle_cache)
     check_out_dir(out_dir)

@@ -217,7 +217,7 @@ def learning_curves(table: Table, path: Path) -> bool:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(_title(table, "learning curves"), fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
     return True
 

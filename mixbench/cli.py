@@ -259,10 +259,18 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path
         gpus_per_task=args.slurm_gpus_per_task,
         cpus_per_task=args.slurm_cpus_per_task,
     )
-    # The URL travels in the environment, not on command lines or in submitit's job files.
-    os.environ[DB_ENV] = db_url
+    # The URL travels in the environment (copied into the jobs when they are submitted), not
+    # on command lines or in submitit's job files.
     argv = [*matrix_argv(args), "--out", str(out_dir), "--no-progress"]
-    jobs = launch_workers(args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm)
+    previous = os.environ.get(DB_ENV)
+    os.environ[DB_ENV] = db_url
+    try:
+        jobs = launch_workers(args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm)
+    finally:
+        if previous is None:
+            os.environ.pop(DB_ENV, None)
+        else:
+            os.environ[DB_ENV] = previous
     print(
         f"launched {len(jobs)} {args.launcher} worker(s); logs in {out_dir}/launcher-logs",
         file=sys.stderr,

@@ -170,7 +170,7 @@ def test_dry_run_needs_no_data(capsys, tmp_path):
     )
     out = capsys.readouterr().out
     n = 2 * len(list_methods())
-    assert f"{n} cells, about {n * 4 * 2560:,} training images" in out
+    assert f"{n} cells, about {n * 4 * 2048:,} training images" in out
 
 
 def test_unreadable_preset_file(tmp_path, capsys):

@@ -128,12 +128,24 @@ class ResultStore:
             sa.event.listen(self.engine, "connect", _sqlite_on_connect)
             sa.event.listen(self.engine, "begin", _sqlite_on_begin)
         try:
-            metadata.create_all(self.engine)
+            self._create_tables()
         except sa.exc.OperationalError as exc:
             reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
             raise UsageError(
                 f"cannot reach database {redact_url(url)}: {reason}; check the URL and the server"
             ) from None
+
+    def _create_tables(self) -> None:
+        # Several workers starting at once on a new PostgreSQL database race to create the
+        # table; the losers see "already exists" and find it there on the next try.
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                return
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def _engine_options(self) -> dict[str, Any]:
         if self.dialect == "sqlite":

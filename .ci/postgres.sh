@@ -6,7 +6,8 @@
 set -euo pipefail
 action=${1:?start or stop}
 dir=${2:?data folder}
-port=${MIXBENCH_PG_PORT:-54329}
+# A free local port unless one is given.
+port=${MIXBENCH_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 find_bin() {
     ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1

@@ -249,3 +249,16 @@ def test_fractions_of_255():
     assert fraction_of_255(8 / 255) == "8/255"
     assert fraction_of_255(0.5 / 255) == "0.5/255"
     assert fraction_of_255(0.01) == "0.01"
+
+
+def test_rows_say_whether_parameters_were_tuned():
+    from mixbench.leaderboard.markdown import describe_params
+
+    default = _record("mixup", 0, 0.8)
+    tuned = _record("mixup", 0, 0.82, params={"alpha": 0.3})
+    tuned["config"]["param_set"] = "best:smoke/synthetic/preactresnet18/mixup"
+    (table,) = build_tables([default, tuned])
+    texts = [describe_params(r) for r in table.rows]
+    assert texts[0] == "alpha=0.3 (tuned: study `smoke/synthetic/preactresnet18/mixup`)"
+    assert texts[1] == "alpha=1.0"
+    assert "(tuned: study" in render_table(table)

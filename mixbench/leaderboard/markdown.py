@@ -64,6 +64,16 @@ def _metric_pct(name: str) -> tuple[Callable[[Row, Table], float | None], Callab
     return (lambda r, t: r.mean(name)), (lambda r, t: _pct(r.mean(name)))
 
 
+def describe_params(row: Row) -> str:
+    """The row's parameters and where they came from: defaults, the paper's set, or tuning."""
+    text = format_params(row.params)
+    if row.param_set.startswith("best:"):
+        return f"{text} (tuned: study `{row.param_set[5:]}`)"
+    if row.param_set != "default":
+        return f"{text} ({row.param_set} set)"
+    return text
+
+
 def format_params(params: dict[str, Any]) -> str:
     """``alpha=1.0, prob=0.5``; a dash for a method without parameters."""
     if not params:
@@ -145,7 +155,7 @@ def render_table(table: Table) -> str:
             best[col.header] = max(values) if col.higher_is_better else min(values)
     body = []
     for row in table.rows:
-        line = [f"`{row.method}`", format_params(row.params), str(len(row.seeds))]
+        line = [f"`{row.method}`", describe_params(row), str(len(row.seeds))]
         for col in columns:
             text = col.text(row, table)
             value = col.value(row, table)

@@ -18,11 +18,6 @@ from typing import Any, NoReturn
 
 from mixbench.errors import UsageError
 
-# Idle OpenMP threads that spin slow every process down by orders of magnitude when several
-# share the cores (workers, DDP on the CPU, a busy machine). Set before torch is imported; an
-# explicit setting in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 EXIT_USAGE = 2
 
 # Training-set sizes of the standard data sets, for --dry-run estimates (no data needed).
@@ -241,7 +236,13 @@ def matrix_argv(args: argparse.Namespace) -> list[str]:
 
 def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path) -> int:
     """Validate and register the matrix, launch workers, wait, write the leaderboard."""
-    from mixbench.bench.launch import SlurmOptions, launch_workers, wait_for
+    from mixbench.bench.launch import (
+        SlurmOptions,
+        environment,
+        launch_workers,
+        shared_cpu_environment,
+        wait_for,
+    )
     from mixbench.bench.matrix import check_out_dir, default_db_url, validate_matrix
     from mixbench.bench.store import DONE, FAILED, ResultStore
 
@@ -262,15 +263,11 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path
     # The URL travels in the environment (copied into the jobs when they are submitted), not
     # on command lines or in submitit's job files.
     argv = [*matrix_argv(args), "--out", str(out_dir), "--no-progress"]
-    previous = os.environ.get(DB_ENV)
-    os.environ[DB_ENV] = db_url
-    try:
+    env = {DB_ENV: db_url}
+    if args.launcher == "local":
+        env.update(shared_cpu_environment(args.workers))
+    with environment(env):
         jobs = launch_workers(args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm)
-    finally:
-        if previous is None:
-            os.environ.pop(DB_ENV, None)
-        else:
-            os.environ[DB_ENV] = previous
     print(
         f"launched {len(jobs)} {args.launcher} worker(s); logs in {out_dir}/launcher-logs",
         file=sys.stderr,

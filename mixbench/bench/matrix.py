@@ -112,7 +112,10 @@ def run_matrix(
     if nproc_per_node > 1 or launched_by_torchrun():
         backend = "nccl" if _cuda_requested(cells) else "gloo"
         spawn = {} if launched_by_torchrun() else {"nproc_per_node": nproc_per_node}
-        with idist.Parallel(backend=backend, **spawn) as parallel:
+        from mixbench.bench.launch import environment, shared_cpu_environment
+
+        cpu_env = {} if backend == "nccl" else shared_cpu_environment(nproc_per_node)
+        with environment(cpu_env), idist.Parallel(backend=backend, **spawn) as parallel:
             parallel.run(_matrix_loop, cells, out_dir, url, retry_failed, worker, None)
     else:
         _matrix_loop(0, cells, out_dir, url, retry_failed, worker, bundle_cache, log)

@@ -325,6 +325,23 @@ def _store_url(args: argparse.Namespace) -> str:
     return default_db_url(args.out)
 
 
+# What `mixbench status --json` shows of each cell (plus the metrics of finished ones).
+STATUS_FIELDS = (
+    "key",
+    "preset",
+    "method",
+    "dataset",
+    "model",
+    "seed",
+    "status",
+    "worker",
+    "attempts",
+    "started_at",
+    "heartbeat",
+    "error",
+)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """``mixbench status``: every cell of a results database and where it stands."""
     import datetime as dt
@@ -339,21 +356,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         store.close()
     cells = [
-        {
-            "key": r.key,
-            "preset": r.preset,
-            "method": r.method,
-            "dataset": r.dataset,
-            "model": r.model,
-            "seed": r.seed,
-            "status": r.status,
-            "worker": r.worker,
-            "attempts": r.attempts,
-            "started_at": r.started_at,
-            "heartbeat": r.heartbeat,
-            "error": r.error,
-            "metrics": r.metrics if r.status == "done" else None,
-        }
+        {name: getattr(r, name) for name in STATUS_FIELDS}
+        | {"metrics": r.metrics if r.status == "done" else None}
         for r in records
     ]
     if args.json:

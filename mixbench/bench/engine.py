@@ -198,25 +198,6 @@ def write_cell_file(workdir: Path, cell: CellConfig) -> None:
     atomic_write_text(workdir / CELL_FILE, json.dumps(to_dict(cell), indent=2, sort_keys=True))
 
 
-def software_versions() -> dict[str, Any]:
-    """Versions of mixbench and the libraries that decide its numbers."""
-    import platform
-
-    import ignite
-    import torchvision
-
-    import mixbench
-
-    return {
-        "mixbench": mixbench.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "ignite": ignite.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-    }
-
-
 def train_cell(
     cell: CellConfig,
     workdir: Path,

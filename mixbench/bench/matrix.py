@@ -156,7 +156,8 @@ def _matrix_loop(
     log: Any = None,
 ) -> None:
     """Claim, train, record, until no runnable cell is left (every rank runs this loop)."""
-    from mixbench.bench.engine import CellFailed, software_versions, train_cell
+    from mixbench.bench.engine import CellFailed, train_cell
+    from mixbench.bench.provenance import software_versions
 
     log = log or sys.stderr
     rank, distributed = idist.get_rank(), idist.get_world_size() > 1

@@ -506,6 +506,34 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_table(args: argparse.Namespace) -> int:
+    """``mixbench sweep-table``: one preset's cells as a parameter-sweep page (Markdown)."""
+    from mixbench.fileio import atomic_write_text
+    from mixbench.leaderboard import build_tables
+    from mixbench.leaderboard.sweep import render_sweep_page
+
+    if args.from_path is not None:
+        from mixbench.bench.transfer import read_results_path
+
+        records = read_results_path(args.from_path)
+    elif args.db:
+        from mixbench.leaderboard import records_from_store
+
+        records = records_from_store(args.db)
+    else:
+        raise UsageError("sweep-table needs --from PATH (exported .jsonl) or --db URL")
+    tables = [t for t in build_tables(records) if t.preset == args.preset]
+    if not tables:
+        presets = sorted({str(r.get("preset")) for r in records})
+        raise UsageError(
+            f"no finished cells of preset {args.preset!r} in the results; "
+            f"presets found: {', '.join(presets) or 'none'}"
+        )
+    atomic_write_text(args.out, render_sweep_page(tables, args.preset))
+    print(args.out)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     """``mixbench methods``: the registered methods, as a table or JSON."""
     from tabulate import tabulate
@@ -606,6 +634,20 @@ def make_parser() -> argparse.ArgumentParser:
         help="build from exported cells instead: a .jsonl file or a folder of them",
     )
     lb.set_defaults(func=cmd_leaderboard)
+
+    sweep = sub.add_parser(
+        "sweep-table", help="write one preset's cells as a parameter-sweep page (Markdown)"
+    )
+    sweep.add_argument("--preset", required=True, help="the sweep's preset, e.g. sweep-multimix")
+    sweep.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
+    sweep.add_argument(
+        "--from",
+        dest="from_path",
+        type=Path,
+        help="exported cells: a .jsonl file or a folder of them",
+    )
+    sweep.add_argument("--db", help="or a results database URL")
+    sweep.set_defaults(func=cmd_sweep_table)
 
     worker = sub.add_parser("worker", help="claim and run cells of a shared database")
     add_matrix_arguments(worker)

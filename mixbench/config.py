@@ -325,7 +325,8 @@ def _method_param_set(
     param set recorded in the cell.
 
     ``default``: none (the declared defaults), recorded as ``default``. A named set such as
-    ``paper``: the method's ``param_sets[name]`` (none if it declares no such set). ``best``
+    ``paper``: the method's ``param_sets[name]``; a method that declares no such set runs (and
+    records) its defaults, so its cells are shared with a ``default`` run. ``best``
     (``best@STORAGE_URL`` once the command line has added the storage): the best trial of the
     method's tuning study (:func:`mixbench.bench.tuning.best_param_set`), recorded as
     ``best:<study name>``; ``default`` when the method has no search space or no study.
@@ -339,7 +340,9 @@ def _method_param_set(
     if name == "default":
         return {}, name
     sets = getattr(cls, "param_sets", {}) or {}
-    return dict(sets.get(name, {})), name
+    if name not in sets:  # e.g. ERM under ``--param-set paper``: its cells are the default ones
+        return {}, "default"
+    return dict(sets[name]), name
 
 
 # -- (de)serialisation ------------------------------------------------------------------

@@ -544,3 +544,50 @@ def test_generated_examples_are_cheap_for_multimix() -> None:
         calls.clear()
         make(name, {"prob": 1.0}).loss(model, images, labels).backward()
         assert len(calls) == 1
+
+
+@pytest.mark.parametrize("name", ["multimix", "dense_multimix"])
+@pytest.mark.parametrize("prob", [0.25, 0.5, 1.0])
+def test_prob_is_the_share_of_mixed_batches(name: str, prob: float, monkeypatch) -> None:
+    """Each batch draws one coin; it gets the mixed loss exactly when the coin is below prob."""
+    model, (images, labels) = tiny_net(), batch(b=4, size=8)
+    method = make(name, {"prob": prob}, 11)
+    g = stream(method)
+    branches: list[str] = []
+    cls = type(method)
+    monkeypatch.setattr(
+        cls, "mixed_loss", lambda self, *a: branches.append("mix") or torch.zeros(())
+    )
+    monkeypatch.setattr(
+        cls, "fallback_loss", lambda self, *a: branches.append("fallback") or torch.zeros(())
+    )
+    monkeypatch.setattr(type(model), "features", lambda self, x: x)  # no network needed
+    for _ in range(400):
+        method.loss(model, images, labels)
+    expected = ["mix" if coin(g) < prob else "fallback" for _ in range(400)]
+    assert branches == expected
+    share = branches.count("mix") / 400
+    assert abs(share - prob) <= 4 * math.sqrt(prob * (1 - prob) / 400) + 1e-9
+
+
+def test_dense_multimix_subset_m() -> None:
+    """With m < b, a random subset of m examples (features, attention, labels) is mixed."""
+    model, (images, labels) = tiny_net(), batch()
+    n, m = 12, 3
+    method = make("dense_multimix", {"prob": 1.0, "n": n, "m": m}, 7)
+    g = stream(method)
+    coin(g)
+    keep = torch.randperm(8, generator=g)[:m]
+    feats = model.features(images)
+    b, d, h, w = feats.shape
+    r = h * w
+    f = feats.reshape(b, d, r)
+    score = torch.einsum("bdr,bd->br", f.detach(), f.detach().mean(2))
+    a = torch.relu(score) / torch.relu(score).sum(1, keepdim=True)
+    f, a, y = f[keep], a[keep], F.one_hot(labels, 10).float()[keep]
+    lam = fn.sample_dirichlet(1.0, (r, n, m), generator=g).transpose(0, 1)  # (n, r, m)
+    weights = lam * a.T.unsqueeze(0)
+    weights = weights / weights.sum(-1, keepdim=True)
+    z_mix = torch.einsum("kji,idj->kjd", weights, f)
+    expected = -((weights @ y) * torch.log_softmax(model.head(z_mix), -1)).sum(-1).mean()
+    torch.testing.assert_close(method.loss(model, images, labels), expected, rtol=1e-4, atol=1e-5)

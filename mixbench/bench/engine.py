@@ -384,6 +384,7 @@ def train_cell(
             )
 
     result = _collect_result(last_metrics, progress, resumed_from, schedule)
+    result.metrics["data"] = describe_data(bundle)
     # Post-training evaluators (robustness, corruptions, embedding quality): issue 5.
     if rank == 0:  # only rank 0 records results; the others wait at the next cell's broadcast
         from mixbench.bench.evaluate import run_evaluators
@@ -392,6 +393,17 @@ def train_cell(
         result.metrics.update(report.metrics)
         result.timings.update(report.timings)
     return result
+
+
+def describe_data(bundle: Any) -> dict[str, Any]:
+    """What a cell trained and was evaluated on, stored with its metrics for the leaderboard."""
+    return {
+        "name": bundle.display_name,
+        "num_classes": bundle.num_classes,
+        "image_size": list(bundle.image_size),
+        "train_images": len(bundle.train),
+        "test_images": len(bundle.test),
+    }
 
 
 def _eval_step(

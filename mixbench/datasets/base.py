@@ -65,6 +65,12 @@ class DatasetBundle:
     train: Split
     test: Split
     description: str = ""
+    label: str = ""
+
+    @property
+    def display_name(self) -> str:
+        """How results and the leaderboard name the data set (``CIFAR-10``); else ``name``."""
+        return self.label or self.name
 
 
 DatasetFactory = Callable[..., DatasetBundle]

@@ -58,6 +58,7 @@ def load_cifar(name: str, cls: type[CIFAR10], root: Path | None, download: bool)
         train=train_images,
         test=_to_tensors(test),
         description=f"{'CIFAR-10' if cls is CIFAR10 else 'CIFAR-100'} (torchvision binary release)",
+        label="CIFAR-10" if cls is CIFAR10 else "CIFAR-100",
     )
 
 

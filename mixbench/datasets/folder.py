@@ -181,6 +181,7 @@ def imagefolder(
     download: bool = False,
     image_size: int | Sequence[int] | None = None,
     in_memory: bool = True,
+    name: str | None = None,
 ) -> DatasetBundle:
     """Any folder of class folders: ``ROOT/train/<class>/`` plus ``ROOT/val/`` or ``ROOT/test/``.
 
@@ -190,6 +191,8 @@ def imagefolder(
             size is used.
         in_memory: decode into uint8 tensors once (cached) rather than serving files through a
             ``DataLoader``.
+        name: how results and the leaderboard name the data (e.g. ``CIFAR-10`` for the
+            CIFAR-10 JPEGs); by default the folder's name.
     """
     root = require_root("imagefolder", root, EXPECTED)
     size = parse_image_size(image_size)
@@ -223,4 +226,5 @@ def imagefolder(
         train=train,
         test=test,
         description=f"image folder {root} ({len(classes)} classes, {size[0]}x{size[1]})",
+        label=name or root.name,
     )

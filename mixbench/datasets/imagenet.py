@@ -178,4 +178,5 @@ def imagenet(
         test=test,
         description=f"ImageNet ({root}, {how}, {len(wnids)} classes, {len(train)} training and "
         f"{len(test)} validation images, crops {image_size}x{image_size})",
+        label="ImageNet",
     )

@@ -123,4 +123,5 @@ def synthetic(
         test=test,
         description=f"synthetic Gabor patches ({num_classes} classes, {size[0]}x{size[1]}, "
         f"seed {seed}, noise {noise})",
+        label="synthetic gratings",
     )

@@ -161,4 +161,5 @@ def tinyimagenet(root: Path | None, *, download: bool = False) -> DatasetBundle:
         test=test,
         description=f"Tiny-ImageNet ({folder}, {len(wnids)} classes, {len(train)} training and "
         f"{len(test)} validation images, 64x64)",
+        label="Tiny-ImageNet",
     )

@@ -43,7 +43,7 @@ def top1_bar_chart(table: Table, path: Path) -> None:
     if values:
         low = max(0.0, min(values) - 10)
         ax.set_ylim(low, min(100.0, max(values) + 5))
-    ax.set_title(f"{table.preset} · {table.dataset} · {table.model}")
+    ax.set_title(f"{table.preset} · {table.display_dataset} · {table.model}")
     ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA))
@@ -63,7 +63,7 @@ def _labels(table: Table) -> list[str]:
 
 
 def _title(table: Table, what: str) -> str:
-    return f"{what} · {table.preset} · {table.dataset} · {table.model}"
+    return f"{what} · {table.preset} · {table.display_dataset} · {table.model}"
 
 
 def reliability_diagrams(table: Table, path: Path) -> bool:

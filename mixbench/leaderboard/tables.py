@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from mixbench.config import config_hash
@@ -102,10 +104,20 @@ class Table:
     finished: list[float] = field(default_factory=list)
     eval_settings: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    data_name: str = ""
+    data: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
-        return f"{self.preset}-{self.dataset}-{self.model}-{self.schedule_key}"
+        """A file-name-safe name of the table (its plots are named after it)."""
+        data = re.sub(r"[^A-Za-z0-9]+", "", self.data_name.lower())
+        dataset = f"{self.dataset}-{data}" if data and data != self.dataset else self.dataset
+        return f"{self.preset}-{dataset}-{self.model}-{self.schedule_key}"
+
+    @property
+    def display_dataset(self) -> str:
+        """The data set as users know it (``CIFAR-10``), else its registry name."""
+        return self.data_name or self.dataset
 
     def reference(self) -> Row | None:
         """The ERM row with default parameters, if any (the baseline of the ERM column)."""
@@ -126,16 +138,35 @@ def table_key(config: dict[str, Any]) -> str:
     return config_hash(shared)[:8]
 
 
+def data_name(record: dict[str, Any]) -> str:
+    """How a cell names its data: stored by the engine (``metrics["data"]["name"]``); for
+    older image-folder cells, the folder's name; else empty (the registry name is shown)."""
+    data = (record.get("metrics") or {}).get("data")
+    if isinstance(data, dict) and data.get("name"):
+        return str(data["name"])
+    config = record.get("config") or {}
+    root = (config.get("runtime") or {}).get("data_root")
+    if config.get("dataset") == "imagefolder" and root:
+        return PurePath(str(root)).name
+    return ""
+
+
 def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     """Group finished cells (dicts with config, metrics, timings...) into sorted tables."""
     tables: dict[tuple[str, ...], Table] = {}
     rows: dict[tuple[str, ...], Row] = {}
+    seen: set[str] = set()
     for rec in records:
         if rec.get("status", "done") != "done" or not rec.get("metrics"):
             continue
+        if rec.get("key"):  # the same cell from two exports counts once
+            if rec["key"] in seen:
+                continue
+            seen.add(rec["key"])
         config = rec["config"]
         skey = table_key(config)
-        tkey = (rec["preset"], rec["dataset"], rec["model"], skey)
+        name = data_name(rec)
+        tkey = (rec["preset"], rec["dataset"], name, rec["model"], skey)
         table = tables.get(tkey)
         if table is None:
             table = tables[tkey] = Table(
@@ -147,6 +178,7 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 schedule=config["schedule"],
                 eval=config["eval"],
                 schedule_key=skey,
+                data_name=name,
             )
         params_text = json.dumps(rec["params"], sort_keys=True)
         rkey = (*tkey, rec["method"], params_text)
@@ -173,6 +205,9 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
             row.reliability.append(metrics["reliability"])
         if isinstance(metrics.get("history"), list):
             row.history.append(metrics["history"])
+        data = metrics.get("data")
+        if isinstance(data, dict) and data not in table.data:
+            table.data.append(data)
         settings = metrics.get("eval_settings")
         if isinstance(settings, dict) and settings not in table.eval_settings:
             table.eval_settings.append(settings)
@@ -186,10 +221,14 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
             table.versions.append(rec["versions"])
         if rec.get("finished_at"):
             table.finished.append(float(rec["finished_at"]))
-    out = sorted(tables.values(), key=lambda t: (t.preset, t.dataset, t.model, t.schedule_key))
+    out = sorted(
+        tables.values(),
+        key=lambda t: (t.preset, t.dataset, t.data_name, t.model, t.schedule_key),
+    )
     for table in out:
         table.rows.sort(key=lambda r: (r.method, json.dumps(r.params, sort_keys=True)))
         table.hosts.sort()
         table.notes.sort()
         table.eval_settings.sort(key=lambda s: json.dumps(s, sort_keys=True))
+        table.data.sort(key=lambda d: json.dumps(d, sort_keys=True))
     return out

@@ -59,7 +59,8 @@ def list_methods(filter: str = "*", exclude: str | None = None) -> list[str]:
 
 
 def method_info(name: str) -> dict[str, Any]:
-    """Name, description, paper and declared parameters (default and type) of a method."""
+    """Name, description, paper, declared parameters (default and type) and named parameter
+    sets (such as ``paper``) of a method."""
     cls = get_method_class(name)
     return {
         "name": name,
@@ -70,6 +71,7 @@ def method_info(name: str) -> dict[str, Any]:
             | ({"choices": list(p.choices)} if p.choices else {})
             for key, p in cls.params.items()
         },
+        "param_sets": {name: dict(values) for name, values in cls.param_sets.items()},
     }
 
 

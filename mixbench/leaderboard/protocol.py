@@ -1,0 +1,147 @@
+"""What stands under a leaderboard table's heading: how its numbers were produced.
+
+Data set (named as users know it), network, schedule, seeds, hardware, software versions and
+source commit, dates, and a plain warning when the runs are far shorter than the papers'
+protocols. Everything comes from the stored results (never from the machine that renders the
+leaderboard, never from "now"), so regenerating a leaderboard gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from mixbench.leaderboard.tables import Table
+
+#: Training epochs of the papers' protocols (AlignMixup's, which MultiMix follows), by data set.
+PAPER_EPOCHS = {"CIFAR-10": 2000, "CIFAR-100": 2000, "Tiny-ImageNet": 1200, "ImageNet": 300}
+
+
+def date_text(ts: float) -> str:
+    """A UTC date, ``2026-11-24``."""
+    return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+def _plural(n: int, word: str) -> str:
+    suffix = "" if n == 1 else ("es" if word.endswith("s") else "s")
+    return f"{n:,} {word}{suffix}"
+
+
+def seeds_of(table: Table) -> list[int]:
+    """Every seed that some row of the table has, sorted."""
+    return sorted({seed for row in table.rows for seed in row.seeds})
+
+
+def hardware_of(table: Table) -> list[dict[str, Any]]:
+    """The distinct machines (as stored with the cells' versions) behind a table."""
+    seen: list[dict[str, Any]] = []
+    for versions in table.versions:
+        hw = versions.get("hardware")
+        if isinstance(hw, dict) and hw not in seen:
+            seen.append(hw)
+    return seen
+
+
+def describe_hardware(hw: dict[str, Any]) -> str:
+    """``AMD EPYC, 2 CPUs, no GPU`` or ``NVIDIA H100 80GB HBM3 x1, AMD EPYC, 16 CPUs``."""
+    cpu = f"{hw.get('cpu', 'unknown CPU')}, {_plural(int(hw.get('cpus') or 0), 'CPU')}"
+    if hw.get("gpu"):
+        return f"{hw['gpu']} x{hw.get('gpus') or 1}, {cpu}"
+    return f"{cpu}, no GPU"
+
+
+def describe_software(versions: dict[str, Any]) -> str:
+    """``mixbench 0.1.0 (commit 1a2b3c4), torch 2.14.1, torchvision 0.29.1, ignite 0.5.5, ...``."""
+    commit = versions.get("commit")
+    where = ""
+    if commit:
+        where = f" (commit {commit[:7]}{', with local changes' if versions.get('dirty') else ''})"
+    parts = [f"mixbench {versions.get('mixbench')}{where}"]
+    for name in ("torch", "torchvision", "ignite", "python"):
+        if versions.get(name):
+            parts.append(f"{'Python' if name == 'python' else name} {versions[name]}")
+    if versions.get("cuda"):
+        parts.append(f"CUDA {versions['cuda']}")
+    return ", ".join(parts)
+
+
+def describe_data(table: Table) -> str:
+    """``CIFAR-10 (`imagefolder` folder, train_subset=10000; 10 classes, 10,000 training ...)``."""
+    options = ", ".join(f"{k}={v}" for k, v in sorted(table.dataset_options.items()))
+    source = f"`{table.dataset}`" + (f", {options}" if options else "")
+    facts = ""
+    if table.data:
+        d = table.data[0]
+        size = "x".join(str(s) for s in d.get("image_size", []))
+        facts = (
+            f"; {_plural(int(d['num_classes']), 'class')}, "
+            f"{int(d['train_images']):,} training and {int(d['test_images']):,} test images"
+            + (f", {size}" if size else "")
+        )
+        if len(table.data) > 1:
+            facts += f" (the cells disagree: {len(table.data)} different descriptions stored)"
+    if table.display_dataset == table.dataset:
+        return f"`{table.dataset}`" + (f" ({options}{facts})" if options or facts else "")
+    return f"{table.display_dataset} ({source}{facts})"
+
+
+def short_run_warning(table: Table) -> str | None:
+    """A plain sentence when the table's runs are far shorter than the papers' protocol."""
+    epochs = int(table.schedule["epochs"])
+    paper = PAPER_EPOCHS.get(table.display_dataset)
+    reference = paper if paper is not None else min(PAPER_EPOCHS.values())
+    if epochs >= reference:
+        return None
+    machines = hardware_of(table)
+    on_cpu = bool(machines) and all(not hw.get("gpu") for hw in machines)
+    kind = "Short CPU runs" if on_cpu else "Short runs"
+    train = f" on {int(table.data[0]['train_images']):,} training images" if table.data else ""
+    if paper is not None:
+        papers = f"the papers' protocol for {table.display_dataset} is {paper:,} epochs on GPUs"
+    else:
+        papers = f"the papers' protocols train for {reference:,} to 2,000 epochs on GPUs"
+    where = " on a CPU" if on_cpu else ""
+    return (
+        f"**{kind}, not the papers' protocol.** {_plural(epochs, 'epoch')}{train}{where}; "
+        f"{papers}. These numbers compare the methods with each other under one short "
+        "protocol; they are not comparable with published results."
+    )
+
+
+def describe_table(table: Table) -> str:
+    """The protocol block under a table's heading: all from the stored results."""
+    s = table.schedule
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(table.model_options.items()))
+    model = f"{table.model} ({opts})" if opts else table.model
+    seeds = seeds_of(table)
+    schedule = (
+        f"{_plural(int(s['epochs']), 'epoch')}, batch {s['batch_size']}, SGD lr {s['lr']} "
+        f"(momentum {s['momentum']}{', Nesterov' if s['nesterov'] else ''}, "
+        f"weight decay {s['weight_decay']}), {s['schedule']} schedule"
+    )
+    lines = []
+    warning = short_run_warning(table)
+    if warning:
+        lines += [warning, ""]
+    lines += [
+        f"- data set: {describe_data(table)}",
+        f"- network: `{model}`",
+        f"- schedule: {schedule}",
+        f"- seeds: {_plural(len(seeds), 'seed')} ({', '.join(str(x) for x in seeds)})",
+    ]
+    machines = hardware_of(table)
+    if machines:
+        lines.append(f"- hardware: {'; '.join(describe_hardware(hw) for hw in machines)}")
+    software = []
+    for versions in table.versions:
+        text = describe_software(versions)
+        if text not in software:
+            software.append(text)
+    if software:
+        lines.append(f"- software: {'; '.join(sorted(software))}")
+    if table.hosts:
+        lines.append(f"- hosts: {', '.join(table.hosts)}")
+    if table.finished:
+        first, last = date_text(min(table.finished)), date_text(max(table.finished))
+        lines.append(f"- finished: {first}" + (f" to {last}" if last != first else ""))
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""What the published pages say: the sweep table, the leaderboard's protocol block and its
+paper reference section, and that the committed pages equal what mixbench regenerates from
+the committed results (so they can never drift from their data or be edited by hand)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mixbench.cli import main
+from mixbench.config import load_preset, to_dict
+from mixbench.leaderboard import build_tables
+from mixbench.leaderboard.markdown import render_leaderboard
+from mixbench.leaderboard.sweep import base_setting, render_sweep_page, swept_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = {"cpu": "Test CPU", "cpus": 2, "torch_threads": 2, "gpu": None, "gpus": 0}
+VERSIONS = {
+    "mixbench": "0.1.0",
+    "commit": "0123456789abcdef0123456789abcdef01234567",
+    "dirty": False,
+    "torch": "2.14.1",
+    "torchvision": "0.29.1",
+    "ignite": "0.5.5",
+    "python": "3.11.7",
+    "cuda": None,
+    "hardware": CPU,
+}
+DATA = {"name": "CIFAR-10", "num_classes": 10, "image_size": [32, 32], "train_images": 10000,
+        "test_images": 10000}  # fmt: skip
+
+
+def _records(preset: str, top1_of, *, seeds=(0,), versions=VERSIONS, data=DATA, **overrides):
+    matrix = load_preset(preset)
+    matrix.seeds = list(seeds)
+    for key, value in overrides.items():
+        setattr(matrix, key, value)
+    out = []
+    for i, cell in enumerate(matrix.cells()):
+        out.append(
+            {
+                "key": cell.key,
+                "preset": cell.preset,
+                "method": cell.method,
+                "dataset": cell.dataset,
+                "model": cell.model,
+                "seed": cell.seed,
+                "params": cell.params,
+                "config": to_dict(cell),
+                "status": "done",
+                "metrics": {
+                    "top1": top1_of(cell),
+                    "best_top1": top1_of(cell) + 0.01,
+                    "nll": 1.0,
+                    "ece": 0.05,
+                    "oe": 0.01,
+                    "data": data,
+                },
+                "timings": {"train_seconds": 600.0, "train_images_per_s": 500.0},
+                "versions": versions,
+                "host": "h",
+                "finished_at": 1_795_000_000.0 + 3600 * i,
+            }
+        )
+    return out
+
+
+def _sweep_top1(cell) -> float:
+    if cell.method in ("erm", "mixup"):
+        return {"erm": 0.775, "mixup": 0.768}[cell.method]
+    p = cell.params
+    return 0.70 + 0.05 * p["clean_weight"] + 0.01 * (p["alpha"] < 1) + 0.001 * cell.seed
+
+
+def test_sweep_page_has_a_column_per_swept_parameter_and_one_row_per_setting() -> None:
+    records = _records("sweep-multimix", _sweep_top1)
+    (table,) = build_tables(records)
+    assert swept_parameters(table) == ["alpha", "m", "prob", "fallback", "clean_weight"]
+    multimix = [r for r in table.rows if r.method == "multimix"]
+    assert base_setting(multimix, swept_parameters(table)) == {
+        "alpha": "1.0", "m": "0", "prob": "0.5", "fallback": "mixup", "clean_weight": "0.0"
+    }  # fmt: skip
+    page = render_sweep_page([table], "sweep-multimix")
+    lines = [line for line in page.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:8] == ["method", "alpha", "m", "prob", "fallback", "clean_weight", "seeds",
+                          "top-1 (%)"]  # fmt: skip
+    body = lines[2:]
+    assert len(body) == 20  # 9 settings x 2 methods, plus erm and mixup
+    assert body[0].startswith("| `erm`") and body[1].startswith("| `mixup` (alpha=1.0)")
+    cells = {tuple(c.strip() for c in line.strip("|").split("|")) for line in body}
+    # the base row, then the variants: the changed value in bold, one decimal, one seed
+    assert ("`multimix` (base)", "1.0", "0", "0.5", "mixup", "0.0", "1", "70.0", "-7.5", "71.0",
+            "5.0") in cells  # fmt: skip
+    assert ("`dense_multimix`", "1.0", "0", "0.5", "mixup", "**1.0**", "1", "75.0", "-2.5",
+            "76.0", "5.0") in cells  # fmt: skip
+    assert ("`multimix`", "**0.05**", "0", "0.5", "mixup", "0.0", "1", "71.0", "-6.5", "72.0",
+            "5.0") in cells  # fmt: skip
+    assert (
+        "Not swept, the same in every row: attention=similarity, fallback_alpha=1.0, n=1000."
+        in page
+    )
+    assert "- `m`: mix a random subset of m examples" in page
+
+
+def test_sweep_page_pools_seeds_as_mean_and_std() -> None:
+    records = _records("sweep-multimix", _sweep_top1, seeds=(0, 1, 2))
+    page = render_sweep_page(build_tables(records), "sweep-multimix")
+    # seeds add 0.0, 0.1, 0.2 points: mean 70.1, std 0.1
+    assert re.search(r"`multimix` \(base\) .*\| 3 +\| 70\.1 ± 0\.1 ", page)
+
+
+def test_sweep_table_command(tmp_path, capsys) -> None:
+    import json
+
+    results = tmp_path / "results"
+    results.mkdir()
+    with open(results / "sweep.jsonl", "w") as f:
+        for rec in _records("sweep-multimix", _sweep_top1):
+            f.write(json.dumps(rec) + "\n")
+    out = tmp_path / "docs" / "sweep.md"
+    args = ["sweep-table", "--from", str(results), "--preset", "sweep-multimix", "--out", str(out)]
+    assert main(args) == 0
+    first = out.read_bytes()
+    assert main(args) == 0 and out.read_bytes() == first
+    assert main([*args[:3], "--preset", "short", "--out", str(tmp_path / "x.md")]) == 2
+    err = capsys.readouterr().err
+    assert "no finished cells of preset 'short'" in err and "sweep-multimix" in err
+    assert not (tmp_path / "x.md").exists()
+
+
+def test_leaderboard_states_the_protocol_and_warns_of_short_cpu_runs() -> None:
+    records = _records("short", lambda c: 0.8, seeds=(0, 1, 2), methods=["erm", "mixup"])
+    records[-1]["versions"] = {**VERSIONS, "dirty": True}
+    text = render_leaderboard(build_tables(records), {})
+    assert "## `short` · CIFAR-10 · preactresnet18" in text
+    assert (
+        "**Short CPU runs, not the papers' protocol.** 30 epochs on 10,000 training images on a "
+        "CPU; the papers' protocol for CIFAR-10 is 2,000 epochs on GPUs." in text
+    )
+    assert "- data set: CIFAR-10 (`imagefolder`, train_subset=10000; 10 classes, 10,000 " in text
+    assert "- seeds: 3 seeds (0, 1, 2)" in text
+    assert "- hardware: Test CPU, 2 CPUs, no GPU" in text
+    assert "mixbench 0.1.0 (commit 0123456), torch 2.14.1" in text
+    assert "mixbench 0.1.0 (commit 0123456, with local changes)" in text
+    assert "- finished: 2026-11-18 to 2026-11-18" not in text and "- finished: 2026-11-18" in text
+
+
+def test_long_gpu_runs_get_no_warning() -> None:
+    gpu = {**VERSIONS, "hardware": {**CPU, "gpu": "NVIDIA H100", "gpus": 1}}
+    records = _records(
+        "paper-cifar10", lambda c: 0.95, versions=gpu, methods=["erm"], models=["preactresnet18"]
+    )
+    text = render_leaderboard(build_tables(records), {})
+    assert "Short" not in text
+    assert "- hardware: NVIDIA H100 x1, Test CPU, 2 CPUs" in text
+
+
+def test_paper_reference_puts_mixbench_beside_the_published_number() -> None:
+    records = _records(
+        "paper-cifar10",
+        lambda c: 0.96 + 0.001 * c.seed,
+        seeds=(0, 1),
+        methods=["alignmixup"],
+        models=["preactresnet18"],
+    )
+    text = render_leaderboard(build_tables(records), {})
+    section = text[text.index("## Paper reference") :]
+    rows = {line.split("|")[1].strip() + line.split("|")[2].strip(): line
+            for line in section.splitlines() if line.startswith("| CIFAR")}  # fmt: skip
+    ran = rows["CIFAR-10`preactresnet18`"]
+    assert "97.05" in ran and "96.05 ± 0.07" in ran and "97.05 ± 0.07" in ran
+    assert "`mixbench run --preset paper-cifar10`" in ran
+    not_run = rows["CIFAR-100`wrn16_8`"]
+    assert "81.23" in not_run and not_run.rstrip("| ").endswith("—")
+
+
+# -- the committed pages equal what mixbench regenerates from the committed results ------------
+
+
+def _regenerate(tmp_path: Path) -> Path:
+    results = ROOT / "results"
+    if not any(results.glob("*.jsonl")):
+        pytest.fail("results/*.jsonl are missing: the published pages have no data behind them")
+    out = tmp_path / "board"
+    assert main(["leaderboard", "--from", str(results), "--out", str(out)]) == 0
+    return out
+
+
+def test_committed_leaderboard_is_what_mixbench_writes(tmp_path) -> None:
+    out = _regenerate(tmp_path)
+    committed = (ROOT / "LEADERBOARD.md").read_text(encoding="utf-8")
+    assert (out / "LEADERBOARD.md").read_text(encoding="utf-8") == committed, (
+        "LEADERBOARD.md differs from `mixbench leaderboard --from results/ --out .`"
+    )
+    plots = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert plots == sorted(p.name for p in (ROOT / "plots").glob("*.png"))
+    for name in re.findall(r"\]\(plots/([^)]+)\)", committed):
+        assert (ROOT / "plots" / name).is_file()
+
+
+def test_committed_sweep_page_is_what_mixbench_writes(tmp_path) -> None:
+    out = tmp_path / "sweep.md"
+    args = ["sweep-table", "--from", str(ROOT / "results"), "--preset", "sweep-multimix"]
+    assert main([*args, "--out", str(out)]) == 0
+    committed = ROOT / "docs" / "multimix-sweep.md"
+    assert out.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
+
+
+def test_copied_results_rebuild_the_same_leaderboard(tmp_path) -> None:
+    """A fresh machine with only the committed results gets the same page (no store needed)."""
+    copy = tmp_path / "results"
+    shutil.copytree(ROOT / "results", copy)
+    out = tmp_path / "board"
+    assert main(["leaderboard", "--from", str(copy), "--out", str(out)]) == 0
+    assert (out / "LEADERBOARD.md").read_text() == (ROOT / "LEADERBOARD.md").read_text()

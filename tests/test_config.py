@@ -118,3 +118,19 @@ def test_negative_epochs_refused():
 def test_config_hash_canonical():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": (1, 2), "a": 1})
     assert to_dict(load_preset("smoke"))["schedule"]["epochs"] == 4
+
+
+def test_param_set_paper_takes_each_methods_paper_set_and_shares_the_others_cells() -> None:
+    from mixbench.methods import get_method_class
+
+    default = {c.method: c for c in load_preset("smoke").cells()}
+    matrix = load_preset("smoke")
+    matrix.param_set = "paper"
+    paper = {c.method: c for c in matrix.cells()}
+    for name in ("multimix", "dense_multimix"):
+        assert paper[name].param_set == "paper"
+        assert paper[name].params == get_method_class(name).param_sets["paper"]
+    for name in ("erm", "mixup", "cutmix", "manifold_mixup", "alignmixup"):
+        # no paper set declared: the defaults, recorded as such, so the cells are the same
+        assert paper[name].param_set == "default"
+        assert paper[name].key == default[name].key

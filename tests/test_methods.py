@@ -591,3 +591,31 @@ def test_dense_multimix_subset_m() -> None:
     z_mix = torch.einsum("kji,idj->kjd", weights, f)
     expected = -((weights @ y) * torch.log_softmax(model.head(z_mix), -1)).sum(-1).mean()
     torch.testing.assert_close(method.loss(model, images, labels), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SEVEN)
+def test_named_parameter_sets_are_complete_and_valid(name: str) -> None:
+    """Every declared set (e.g. ``paper``) names every parameter with a valid value."""
+    from mixbench.methods.base import resolve_params
+
+    cls = get_method_class(name)
+    for set_name, values in cls.param_sets.items():
+        assert set(values) == set(cls.params), (name, set_name)
+        assert resolve_params(cls, values) == values
+
+
+def test_the_paper_set_is_methods_md() -> None:
+    paper = {
+        "n": 1000,
+        "alpha": 1.0,
+        "m": 0,
+        "prob": 0.5,
+        "fallback": "mixup",
+        "fallback_alpha": 1.0,
+        "clean_weight": 0.0,
+    }
+    assert get_method_class("multimix").param_sets["paper"] == paper
+    assert get_method_class("dense_multimix").param_sets["paper"] == {
+        **paper,
+        "attention": "similarity",
+    }

@@ -16,7 +16,7 @@ from mixbench.methods.functional import (
     soft_cross_entropy,
 )
 from mixbench.methods.mixup import num_classes_of
-from mixbench.methods.multimix import MULTIMIX_PARAMS, MultiMixBase
+from mixbench.methods.multimix import MULTIMIX_PAPER_SET, MULTIMIX_PARAMS, MultiMixBase
 
 
 @register_method("dense_multimix")
@@ -53,6 +53,7 @@ class DenseMultiMix(MultiMixBase):
             choices=("similarity", "softmax", "none"),
         ),
     }
+    param_sets = {"paper": {**MULTIMIX_PAPER_SET, "attention": "similarity"}}
 
     def mixed_loss(
         self, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor

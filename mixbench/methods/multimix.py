@@ -20,7 +20,7 @@ from mixbench.methods.functional import (
 )
 from mixbench.methods.mixup import input_mixup_loss, num_classes_of, require_staged
 
-__all__ = ["MULTIMIX_PARAMS", "MultiMix", "MultiMixBase"]
+__all__ = ["MULTIMIX_PAPER_SET", "MULTIMIX_PARAMS", "MultiMix", "MultiMixBase"]
 
 MULTIMIX_PARAMS: dict[str, Param] = {
     "n": Param(
@@ -72,6 +72,18 @@ MULTIMIX_PARAMS: dict[str, Param] = {
         minimum=0.0,
         search=("float", 0.0, 1.0, False),
     ),
+}
+
+#: The settings of the MultiMix paper as given in ``methods.md`` (n, alpha, the whole batch,
+#: prob 0.5 with an input-mixup fallback, mixed examples only): ``--param-set paper``.
+MULTIMIX_PAPER_SET: dict[str, object] = {
+    "n": 1000,
+    "alpha": 1.0,
+    "m": 0,
+    "prob": 0.5,
+    "fallback": "mixup",
+    "fallback_alpha": 1.0,
+    "clean_weight": 0.0,
 }
 
 
@@ -147,6 +159,7 @@ class MultiMix(MultiMixBase):
     )
     paper = "Venkataramanan et al., NeurIPS 2023, arXiv:2311.05538"
     params = dict(MULTIMIX_PARAMS)
+    param_sets = {"paper": dict(MULTIMIX_PAPER_SET)}
 
     def mixed_loss(
         self, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor

@@ -619,3 +619,35 @@ def test_the_paper_set_is_methods_md() -> None:
         **paper,
         "attention": "similarity",
     }
+
+
+def test_multimix_with_a_sparse_dirichlet_is_the_clean_loss() -> None:
+    """As alpha -> 0 each interpolation vector is one-hot: every generated example is one clean
+    example with its label, so the loss tends to the clean cross-entropy (a check of the
+    weights' orientation: mixing rows and columns up would not have this limit)."""
+    model, (images, labels) = tiny_net(), batch()
+    with torch.no_grad():
+        model.head.weight.mul_(10)  # confident logits: the clean loss is far from ln(10)
+        clean = F.cross_entropy(model.head(model.pool(model.features(images))), labels)
+        sparse = make("multimix", {"prob": 1.0, "n": 4000, "alpha": 0.002}, 3)
+        flat = make("multimix", {"prob": 1.0, "n": 4000, "alpha": 1.0}, 3)
+        # the control: mixing whole batches (alpha = 1) is far from the clean loss
+        assert abs(float(flat.loss(model, images, labels)) - float(clean)) > 0.05 * float(clean)
+        loss = sparse.loss(model, images, labels)
+    torch.testing.assert_close(loss, clean, rtol=0.02, atol=0.0)
+
+
+def test_multimix_targets_flatten_with_a_large_batch_and_alpha_one() -> None:
+    """Why MultiMix alone barely trains with alpha = 1 on a whole batch of 128 (the sweep's
+    prob = 1 row): the generated targets are close to the class frequencies, so the
+    cross-entropy gives the network almost nothing to fit."""
+    labels = torch.arange(128) % 10
+    targets = F.one_hot(labels, 10).float()
+    z = torch.randn(128, 4)
+    g = torch.Generator().manual_seed(0)
+    _, dense_alpha, _ = fn.multimix(z, targets, 2000, 1.0, generator=g)
+    _, sparse_alpha, _ = fn.multimix(z, targets, 2000, 0.05, generator=g)
+    entropy = -(dense_alpha * dense_alpha.clamp_min(1e-12).log()).sum(1).mean()
+    assert entropy > 0.97 * math.log(10)  # nearly the uniform targets' ln(10)
+    assert dense_alpha.max(1).values.mean() < 0.2  # near the 0.1 of the class frequencies
+    assert sparse_alpha.max(1).values.mean() > 0.3  # a small alpha keeps a dominant class

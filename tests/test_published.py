@@ -217,3 +217,23 @@ def test_copied_results_rebuild_the_same_leaderboard(tmp_path) -> None:
     out = tmp_path / "board"
     assert main(["leaderboard", "--from", str(copy), "--out", str(out)]) == 0
     assert (out / "LEADERBOARD.md").read_text() == (ROOT / "LEADERBOARD.md").read_text()
+
+
+def test_a_sweep_under_way_keeps_its_methods_apart_from_the_references() -> None:
+    """A method with one finished setting so far is still a swept method, not a reference."""
+    records = [
+        r
+        for r in _records("sweep-multimix", _sweep_top1)
+        if r["method"] != "dense_multimix" or r["params"] == {**_dense_base()}
+    ]
+    (table,) = build_tables(records)
+    page = render_sweep_page([table], "sweep-multimix")
+    assert "| `dense_multimix` (base) " in page
+    assert "`dense_multimix` (alpha" not in page
+    assert page.index("`erm`") < page.index("`mixup`") < page.index("`dense_multimix`")
+
+
+def _dense_base() -> dict:
+    from mixbench.methods import get_method_class
+
+    return dict(get_method_class("dense_multimix").param_sets["paper"])  # the sweep's base

@@ -7,8 +7,9 @@ comes from stored results only, so regenerating it gives the same bytes.
 A parameter is *swept* when it takes more than one value among the rows of one method. The
 *base* setting of a method is the most common value of each swept parameter (in a
 one-factor-at-a-time design, the setting every variant departs from); rows are ordered base
-first, then by the parameter they change. Methods with a single setting (ERM, mixup) are the
-reference rows, listed first with their own parameters beside their names.
+first, then by the parameter they change. Methods with a single setting that lacks some swept
+parameter (ERM, mixup) are the reference rows, listed first with their own parameters beside
+their names.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def swept_parameters(table: Table) -> list[str]:
     return swept
 
 
+def in_sweep(rows: list[Row], swept: list[str]) -> bool:
+    """Whether a method's rows belong to the sweep: several settings, or (a sweep still under
+    way) one setting that has every swept parameter. Others (ERM, mixup) are references."""
+    return len(rows) > 1 or bool(swept) and all(name in rows[0].params for name in swept)
+
+
 def base_setting(rows: list[Row], swept: list[str]) -> dict[str, str]:
     """The most common value of each swept parameter among ``rows`` (ties: the smaller text)."""
     base = {}
@@ -94,7 +101,7 @@ def render_sweep_table(table: Table) -> str:
     by_method: dict[str, list[Row]] = {}
     for row in table.rows:
         by_method.setdefault(row.method, []).append(row)
-    references = [m for m, rows in by_method.items() if len(rows) == 1 and len(by_method) > 1]
+    references = [m for m in by_method if not in_sweep(by_method[m], swept)]
     body = []
     for method in sorted(references, key=lambda m: (m != "erm", m)):
         (row,) = by_method[method]
@@ -144,7 +151,7 @@ def _parameter_notes(table: Table, swept: list[str]) -> list[str]:
                 break
     fixed: dict[str, set[str]] = {}
     for row in table.rows:
-        if len([r for r in table.rows if r.method == row.method]) < 2:
+        if not in_sweep([r for r in table.rows if r.method == row.method], swept):
             continue
         for key, value in row.params.items():
             if key not in swept:

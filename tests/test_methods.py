@@ -109,6 +109,18 @@ def test_each_method_declares_its_paper(name: str) -> None:
         assert arxiv_id in module_doc and arxiv_id in (cls.__doc__ or "")
 
 
+# MultiMix's settings as methods.md gives them: today's defaults and the ``paper`` set.
+METHODS_MD_MULTIMIX = {
+    "n": 1000,
+    "alpha": 1.0,
+    "m": 0,
+    "prob": 0.5,
+    "fallback": "mixup",
+    "fallback_alpha": 1.0,
+    "clean_weight": 0.0,
+}
+
+
 def test_defaults_follow_methods_md() -> None:
     expected = {
         "erm": {},
@@ -116,15 +128,7 @@ def test_defaults_follow_methods_md() -> None:
         "cutmix": {"alpha": 1.0, "prob": 0.5},
         "manifold_mixup": {"alpha": 2.0, "layers": (0, 1, 2), "loss": "ce"},
         "alignmixup": {"alpha": 2.0, "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
-        "multimix": {
-            "n": 1000,
-            "alpha": 1.0,
-            "m": 0,
-            "prob": 0.5,
-            "fallback": "mixup",
-            "fallback_alpha": 1.0,
-            "clean_weight": 0.0,
-        },
+        "multimix": METHODS_MD_MULTIMIX,
     }
     expected["dense_multimix"] = {**expected["multimix"], "attention": "similarity"}
     for name, params in expected.items():
@@ -605,15 +609,7 @@ def test_named_parameter_sets_are_complete_and_valid(name: str) -> None:
 
 
 def test_the_paper_set_is_methods_md() -> None:
-    paper = {
-        "n": 1000,
-        "alpha": 1.0,
-        "m": 0,
-        "prob": 0.5,
-        "fallback": "mixup",
-        "fallback_alpha": 1.0,
-        "clean_weight": 0.0,
-    }
+    paper = METHODS_MD_MULTIMIX
     assert get_method_class("multimix").param_sets["paper"] == paper
     assert get_method_class("dense_multimix").param_sets["paper"] == {
         **paper,

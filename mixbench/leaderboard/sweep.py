@@ -32,13 +32,9 @@ def _text(value: Any) -> str:
 
 def _declared_order(method: str) -> list[str]:
     """The method's parameters in their declared order (empty for an unknown method)."""
-    from mixbench.methods import list_methods
+    from mixbench.methods import get_method_class, list_methods
 
-    if method not in list_methods():
-        return []
-    from mixbench.methods import get_method_class
-
-    return list(get_method_class(method).params)
+    return list(get_method_class(method).params) if method in list_methods() else []
 
 
 def swept_parameters(table: Table) -> list[str]:

@@ -9,6 +9,7 @@ import statistics
 from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables, write_leaderboard
 from mixbench.leaderboard.markdown import render_table
+from mixbench.leaderboard.plots import row_labels
 
 
 def _record(method, seed, top1, *, params=None, lr=0.1, preset="smoke"):
@@ -262,3 +263,24 @@ def test_rows_say_whether_parameters_were_tuned():
     assert texts[0] == "alpha=0.3 (tuned: study `smoke/synthetic/preactresnet18/mixup`)"
     assert texts[1] == "alpha=1.0"
     assert "(tuned: study" in render_table(table)
+
+
+def test_plot_labels_name_only_what_a_sweep_row_changes():
+    base = {"alpha": 1.0, "m": 0, "clean_weight": 0.0}
+    records = [
+        _record("erm", 0, 0.80),
+        _record("multimix", 0, 0.70, params=base),
+        _record("multimix", 0, 0.75, params={**base, "alpha": 0.05}),
+        _record("multimix", 0, 0.78, params={**base, "clean_weight": 1.0}),
+        _record("multimix", 1, 0.79, params={**base, "clean_weight": 1.0}),
+    ]
+    (table,) = build_tables(records)
+    labels = dict(zip(row_labels(table), (r.mean("top1") for r in table.rows)))
+    assert set(labels) == {
+        "erm",
+        "multimix (base)",
+        "multimix alpha=0.05",
+        "multimix clean_weight=1.0",
+    }
+    assert abs(labels["multimix clean_weight=1.0"] - 0.785) < 1e-12
+    assert abs(labels["multimix (base)"] - 0.70) < 1e-12

@@ -109,7 +109,7 @@ def test_each_method_declares_its_paper(name: str) -> None:
         assert arxiv_id in module_doc and arxiv_id in (cls.__doc__ or "")
 
 
-# MultiMix's settings as methods.md gives them: today's defaults and the ``paper`` set.
+# MultiMix's settings as methods.md gives them: the ``paper`` set.
 METHODS_MD_MULTIMIX = {
     "n": 1000,
     "alpha": 1.0,
@@ -121,16 +121,17 @@ METHODS_MD_MULTIMIX = {
 }
 
 
-def test_defaults_follow_methods_md() -> None:
+def test_defaults_follow_methods_md_but_where_evidence_chose_otherwise() -> None:
     expected = {
         "erm": {},
         "mixup": {"alpha": 1.0},
         "cutmix": {"alpha": 1.0, "prob": 0.5},
         "manifold_mixup": {"alpha": 2.0, "layers": (0, 1, 2), "loss": "ce"},
         "alignmixup": {"alpha": 2.0, "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
-        "multimix": METHODS_MD_MULTIMIX,
+        # MultiMix: the paper's settings but clean_weight, chosen from the sweep's evidence.
+        "multimix": {**METHODS_MD_MULTIMIX, "clean_weight": 1.0},
+        "dense_multimix": {**METHODS_MD_MULTIMIX, "attention": "similarity"},
     }
-    expected["dense_multimix"] = {**expected["multimix"], "attention": "similarity"}
     for name, params in expected.items():
         assert get_method(name).hparams == params
 
@@ -457,7 +458,7 @@ def multimix_expected(model, images, labels, n, alpha, g, keep=None):
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
 def test_multimix_equation(alpha: float) -> None:
     model, (images, labels) = tiny_net(), batch()
-    method = make("multimix", {"prob": 1.0, "n": 64, "alpha": alpha}, 2)
+    method = make("multimix", {"prob": 1.0, "n": 64, "alpha": alpha, "clean_weight": 0.0}, 2)
     g = stream(method)
     assert coin(g) < 1.0
     expected = multimix_expected(model, images, labels, 64, alpha, g)
@@ -466,7 +467,7 @@ def test_multimix_equation(alpha: float) -> None:
 
 def test_multimix_subset_m() -> None:
     model, (images, labels) = tiny_net(), batch()
-    method = make("multimix", {"prob": 1.0, "n": 30, "m": 3}, 1)
+    method = make("multimix", {"prob": 1.0, "n": 30, "m": 3, "clean_weight": 0.0}, 1)
     g = stream(method)
     coin(g)
     keep = torch.randperm(8, generator=g)[:3]
@@ -481,10 +482,12 @@ def test_multimix_subset_m() -> None:
 @pytest.mark.parametrize("name", ["multimix", "dense_multimix"])
 def test_prob_zero_is_the_fallback(name: str) -> None:
     model, (images, labels) = tiny_net(), batch()
-    erm = make(name, {"prob": 0.0, "fallback": "erm"}).loss(model, images, labels)
+    erm = make(name, {"prob": 0.0, "fallback": "erm", "clean_weight": 0.0}).loss(
+        model, images, labels
+    )
     torch.testing.assert_close(erm, F.cross_entropy(model(images), labels))
     for seed in range(3):
-        method = make(name, {"prob": 0.0, "fallback_alpha": 0.7}, seed)
+        method = make(name, {"prob": 0.0, "fallback_alpha": 0.7, "clean_weight": 0.0}, seed)
         g = stream(method)
         coin(g)
         lam = float(fn.sample_beta(0.7, g))
@@ -500,7 +503,7 @@ def test_prob_zero_is_the_fallback(name: str) -> None:
 @pytest.mark.parametrize("branch", [{"prob": 1.0}, {"prob": 0.0}, {"prob": 0.0, "fallback": "erm"}])
 def test_clean_weight_adds_exactly_the_clean_cross_entropy(name: str, branch: dict) -> None:
     model, (images, labels) = tiny_net(), batch()
-    params = {"n": 40, **branch}
+    params = {"n": 40, "clean_weight": 0.0, **branch}
     base = make(name, params, 4).loss(model, images, labels)
     weighted = make(name, {**params, "clean_weight": 0.25}, 4).loss(model, images, labels)
     clean = F.cross_entropy(model.head(model.pool(model.features(images))), labels)
@@ -555,7 +558,7 @@ def test_generated_examples_are_cheap_for_multimix() -> None:
 def test_prob_is_the_share_of_mixed_batches(name: str, prob: float, monkeypatch) -> None:
     """Each batch draws one coin; it gets the mixed loss exactly when the coin is below prob."""
     model, (images, labels) = tiny_net(), batch(b=4, size=8)
-    method = make(name, {"prob": prob}, 11)
+    method = make(name, {"prob": prob, "clean_weight": 0.0}, 11)
     g = stream(method)
     branches: list[str] = []
     cls = type(method)
@@ -625,8 +628,8 @@ def test_multimix_with_a_sparse_dirichlet_is_the_clean_loss() -> None:
     with torch.no_grad():
         model.head.weight.mul_(10)  # confident logits: the clean loss is far from ln(10)
         clean = F.cross_entropy(model.head(model.pool(model.features(images))), labels)
-        sparse = make("multimix", {"prob": 1.0, "n": 4000, "alpha": 0.002}, 3)
-        flat = make("multimix", {"prob": 1.0, "n": 4000, "alpha": 1.0}, 3)
+        sparse = make("multimix", {"prob": 1.0, "n": 4000, "alpha": 0.002, "clean_weight": 0.0}, 3)
+        flat = make("multimix", {"prob": 1.0, "n": 4000, "alpha": 1.0, "clean_weight": 0.0}, 3)
         # the control: mixing whole batches (alpha = 1) is far from the clean loss
         assert abs(float(flat.loss(model, images, labels)) - float(clean)) > 0.05 * float(clean)
         loss = sparse.loss(model, images, labels)
@@ -647,3 +650,17 @@ def test_multimix_targets_flatten_with_a_large_batch_and_alpha_one() -> None:
     assert entropy > 0.97 * math.log(10)  # nearly the uniform targets' ln(10)
     assert dense_alpha.max(1).values.mean() < 0.2  # near the 0.1 of the class frequencies
     assert sparse_alpha.max(1).values.mean() > 0.3  # a small alpha keeps a dominant class
+
+
+def test_with_defaults_replaces_only_the_named_defaults_and_rejects_unknown_names() -> None:
+    from mixbench.methods.multimix import MULTIMIX_PARAMS, with_defaults
+
+    changed = with_defaults(MULTIMIX_PARAMS, {"alpha": 0.2})
+    assert changed["alpha"].default == 0.2
+    assert MULTIMIX_PARAMS["alpha"].default == 1.0  # the shared declaration is untouched
+    assert changed["alpha"].minimum == MULTIMIX_PARAMS["alpha"].minimum
+    assert {k: v for k, v in changed.items() if k != "alpha"} == {
+        k: v for k, v in MULTIMIX_PARAMS.items() if k != "alpha"
+    }
+    with pytest.raises(KeyError, match="alpah"):
+        with_defaults(MULTIMIX_PARAMS, {"alpah": 0.2})

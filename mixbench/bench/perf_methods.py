@@ -9,8 +9,11 @@ time is the median over its measured steps.
 The branch each method is timed on is its mixing branch: coins that would send a batch to a
 cheaper path are forced (``cutmix`` ``prob = 1``, ``alignmixup`` ``align_prob = 1``,
 ``multimix``/``dense_multimix`` ``prob = 1``); with their default coins the other half of the
-batches is ERM or input mixup, which costs no more. ``multimix`` and ``dense_multimix`` run
-with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18).
+batches is ERM or input mixup, which costs no more, except that a ``clean_weight`` above 0
+(MultiMix's default is 1) adds a second forward and backward pass on the clean images to an
+input-mixup batch: the accuracy-vs-cost plot of a leaderboard shows a run's whole cost.
+``multimix`` and ``dense_multimix`` run with ``n = 1000`` (r = 16 positions at 32x32 on
+PreActResNet-18).
 """
 
 from __future__ import annotations

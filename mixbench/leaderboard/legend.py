@@ -90,7 +90,9 @@ def legend(table: Table, shown: Iterable[str]) -> str:
         "best-epoch top-1: the best evaluated epoch, selected on the test set as the papers do "
         "(optimistic; shown for comparison only). NLL: test negative log-likelihood. "
         f"ECE / OE: expected calibration error and overconfidence error of the test set, "
-        f"{bins} equal-width bins."
+        f"{bins} equal-width bins. ECE counts under- and overconfidence alike, OE only "
+        "overconfidence (weighted by the confidence), so a model left underconfident, as mixup "
+        "methods often leave it, can show a larger ECE and a smaller OE than ERM."
     ]
     attacks = _distinct(_attack_text(s["attack"]) for s in found if "attack" in s)
     if attacks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -15,51 +16,74 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mixbench.fileio import atomic_write  # noqa: E402
 from mixbench.leaderboard.markdown import format_params  # noqa: E402
-from mixbench.leaderboard.tables import Table  # noqa: E402
+from mixbench.leaderboard.sweep import base_setting, param_text  # noqa: E402
+from mixbench.leaderboard.tables import Row, Table  # noqa: E402
 
 # Fixed metadata so that regenerating a plot from the same results gives the same bytes.
 _PNG_METADATA = {"Software": None}
 _COLOURS = sns.color_palette("deep", 10).as_hex()
+#: Plots of tables with more rows than this number their points (or move their legend) and
+#: list the rows beside the axes.
+MAX_NAMED_POINTS = 8
 
 
-def _label(row_method: str, params: dict, multi: bool) -> str:
-    return f"{row_method}\n{format_params(params)}" if multi else row_method
+def _palette(n: int) -> list[str]:
+    """``n`` colours: seaborn's "deep" palette, or evenly spaced hues when it has too few."""
+    return _COLOURS[:n] if n <= len(_COLOURS) else sns.color_palette("husl", n).as_hex()
+
+
+def _key_width(n: int) -> float:
+    """Extra figure width (inches) for a key beside the axes when ``n`` points are numbered."""
+    return 3.0 if n > MAX_NAMED_POINTS else 0.0
+
+
+def row_labels(table: Table) -> list[str]:
+    """One short label per row: the method's name, and where a method has several rows (a
+    sweep) the parameters in which the row differs from the method's most common setting, or
+    ``(base)`` for that setting itself, e.g. ``multimix alpha=0.05``."""
+    by_method: dict[str, list[Row]] = defaultdict(list)
+    for row in table.rows:
+        by_method[row.method].append(row)
+    labels = []
+    for row in table.rows:
+        rows = by_method[row.method]
+        if len(rows) == 1:
+            labels.append(row.method)
+            continue
+        varied = sorted({k for r in rows for k in r.params if _varies(rows, k)})
+        base = base_setting(rows, varied)
+        changed = {k: row.params[k] for k in varied if param_text(row.params.get(k)) != base[k]}
+        labels.append(f"{row.method} {format_params(changed) if changed else '(base)'}")
+    return labels
+
+
+def _varies(rows: list[Row], name: str) -> bool:
+    return len({param_text(r.params.get(name)) for r in rows}) > 1
 
 
 def top1_bar_chart(table: Table, path: Path) -> None:
-    """Bar chart of top-1 per method with standard-deviation error bars over seeds."""
-    methods = [r.method for r in table.rows]
-    multi = len(set(methods)) < len(methods)
+    """Horizontal bar chart of top-1 per row with standard-deviation error bars over seeds."""
     labels, values = [], []
-    for row in table.rows:
-        label = _label(row.method, row.params, multi)
+    for row, label in zip(table.rows, row_labels(table)):
         for v in row.metrics.get("top1", []):
             labels.append(label)
             values.append(100 * v)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(table.rows) + 2), 4.0), dpi=100)
-    sns.barplot(x=labels, y=values, errorbar="sd", ax=ax, color="#4C72B0", capsize=0.2)
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_xlabel("")
+    height = max(3.0, 1.4 + 0.35 * len(table.rows))
+    fig, ax = plt.subplots(figsize=(8.0, height), dpi=100)
+    sns.barplot(x=values, y=labels, orient="h", errorbar="sd", ax=ax, color="#4C72B0", capsize=0.2)
+    ax.set_xlabel("test top-1 (%)")
+    ax.set_ylabel("")
     if values:
         low = max(0.0, min(values) - 10)
-        ax.set_ylim(low, min(100.0, max(values) + 5))
-    ax.set_title(f"{table.preset} · {table.display_dataset} · {table.model}")
-    ax.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA))
-    plt.close(fig)
+        ax.set_xlim(low, min(100.0, max(values) + 5))
+    ax.set_title(f"{table.preset} · {table.display_dataset} · {table.model}", fontsize=10)
+    _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA))
     plt.close(fig)
-
-
-def _labels(table: Table) -> list[str]:
-    methods = [r.method for r in table.rows]
-    multi = len(set(methods)) < len(methods)
-    return [_label(r.method, r.params, multi) for r in table.rows]
 
 
 def _title(table: Table, what: str) -> str:
@@ -72,7 +96,7 @@ def reliability_diagrams(table: Table, path: Path) -> bool:
     The bins of all seeds are pooled; bar heights are the bins' accuracies, the red outline the
     gap to their mean confidence. Returns False (and writes nothing) when no row has bins.
     """
-    rows = [(label, r) for label, r in zip(_labels(table), table.rows) if r.reliability]
+    rows = [(label, r) for label, r in zip(row_labels(table), table.rows) if r.reliability]
     if not rows:
         return False
     cols = min(4, len(rows))
@@ -124,20 +148,29 @@ ROBUSTNESS = (
 )
 
 
-def _scatter(ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
-    palette = [_COLOURS[i % len(_COLOURS)] for i in range(len(xs))]
+def _scatter(
+    ax: Any, xs: list[float], ys: list[float], labels: list[str], order: list[str], key: bool
+) -> None:
+    """Points named by their labels; with more than :data:`MAX_NAMED_POINTS` rows in ``order``
+    (every row label of the table) numbered by their place in it, with a key beside the axes
+    when ``key``."""
+    colours = _palette(len(order))
+    palette = [colours[order.index(label)] for label in labels]
     sns.scatterplot(x=xs, y=ys, hue=labels, palette=palette, ax=ax, s=60, legend=False)
     ax.margins(0.15)
+    numbered = len(order) > MAX_NAMED_POINTS
     for x, y, label in zip(xs, ys, labels):
-        ax.annotate(
-            label.split("\n")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
-        )
+        text = str(order.index(label) + 1) if numbered else label
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if numbered and key:
+        listing = "\n".join(f"{i + 1}  {label}" for i, label in enumerate(order))
+        ax.text(1.03, 1.0, listing, transform=ax.transAxes, va="top", fontsize=7)
 
 
 def accuracy_vs_robustness(table: Table, path: Path) -> bool:
     """Clean top-1 against each robustness measure present, one panel per measure, one point
     per row. Returns False (and writes nothing) when no row has a robustness measure."""
-    labels = _labels(table)
+    labels = row_labels(table)
     panels = []
     for metric, axis in ROBUSTNESS:
         points = [
@@ -151,11 +184,15 @@ def accuracy_vs_robustness(table: Table, path: Path) -> bool:
         return False
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(
-            1, len(panels), figsize=(4.0 * len(panels), 3.8), dpi=100, squeeze=False
+            1,
+            len(panels),
+            figsize=(4.0 * len(panels) + _key_width(len(labels)), 3.8),
+            dpi=100,
+            squeeze=False,
         )
-    for ax, (axis, points) in zip(axes.flat, panels):
+    for i, (ax, (axis, points)) in enumerate(zip(axes.flat, panels)):
         xs, ys, names = (list(v) for v in zip(*points))
-        _scatter(ax, xs, ys, names)
+        _scatter(ax, xs, ys, names, labels, key=i == len(panels) - 1)
         ax.set_xlabel("clean top-1 (%)")
         ax.set_ylabel(axis)
     fig.suptitle(_title(table, "accuracy vs robustness"), fontsize=10)
@@ -169,8 +206,9 @@ def accuracy_vs_cost(table: Table, path: Path) -> bool:
     Returns False (and writes nothing) when no row has both."""
     ref = table.reference()
     base = ref.timing("train_seconds") if ref is not None else None
+    labels = row_labels(table)
     points = []
-    for row, label in zip(table.rows, _labels(table)):
+    for row, label in zip(table.rows, labels):
         seconds, top1 = row.timing("train_seconds"), row.mean("top1")
         if seconds is None or top1 is None:
             continue
@@ -178,9 +216,9 @@ def accuracy_vs_cost(table: Table, path: Path) -> bool:
     if not points:
         return False
     with sns.axes_style("whitegrid"):
-        fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+        fig, ax = plt.subplots(figsize=(6.0 + _key_width(len(labels)), 4.0), dpi=100)
     xs, ys, names = (list(v) for v in zip(*points))
-    _scatter(ax, xs, ys, names)
+    _scatter(ax, xs, ys, names, labels, key=True)
     ax.set_xlabel("training time × ERM" if base else "training time (s)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(_title(table, "accuracy vs training cost"), fontsize=10)
@@ -193,7 +231,7 @@ def learning_curves(table: Table, path: Path) -> bool:
 
     Returns False (and writes nothing) when no row has a history."""
     epochs, values, names = [], [], []
-    for row, label in zip(table.rows, _labels(table)):
+    for row, label in zip(table.rows, row_labels(table)):
         for epoch, top1 in row.curve():
             epochs.append(epoch)
             values.append(100 * top1)
@@ -202,13 +240,13 @@ def learning_curves(table: Table, path: Path) -> bool:
         return False
     order = list(dict.fromkeys(names))
     with sns.axes_style("whitegrid"):
-        fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=100)
+        fig, ax = plt.subplots(figsize=(7.0 + _key_width(len(order)), 4.2), dpi=100)
     sns.lineplot(
         x=epochs,
         y=values,
         hue=names,
         hue_order=order,
-        palette=[_COLOURS[i % len(_COLOURS)] for i in range(len(order))],
+        palette=_palette(len(order)),
         marker="o",
         errorbar=None,
         ax=ax,
@@ -217,7 +255,10 @@ def learning_curves(table: Table, path: Path) -> bool:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(_title(table, "learning curves"), fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    if len(order) > MAX_NAMED_POINTS:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
     return True
 

@@ -26,7 +26,8 @@ from mixbench.leaderboard.protocol import describe_table
 from mixbench.leaderboard.tables import Row, Table
 
 
-def _text(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A parameter value as text, for comparing values of any type."""
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
@@ -44,7 +45,7 @@ def swept_parameters(table: Table) -> list[str]:
         rows = [r for r in table.rows if r.method == method]
         names = _declared_order(method) + sorted({k for r in rows for k in r.params})
         for name in names:
-            values = {_text(r.params.get(name)) for r in rows}
+            values = {param_text(r.params.get(name)) for r in rows}
             if len(values) > 1 and name not in swept:
                 swept.append(name)
     return swept
@@ -60,16 +61,18 @@ def base_setting(rows: list[Row], swept: list[str]) -> dict[str, str]:
     """The most common value of each swept parameter among ``rows`` (ties: the smaller text)."""
     base = {}
     for name in swept:
-        counts = Counter(_text(r.params[name]) for r in rows if name in r.params)
+        counts = Counter(param_text(r.params[name]) for r in rows if name in r.params)
         if counts:
             base[name] = min(counts, key=lambda v: (-counts[v], v))
     return base
 
 
 def _order(row: Row, base: dict[str, str], swept: list[str]) -> tuple[Any, ...]:
-    changed = [i for i, name in enumerate(swept) if _text(row.params.get(name)) != base.get(name)]
+    changed = [
+        i for i, name in enumerate(swept) if param_text(row.params.get(name)) != base.get(name)
+    ]
     values = [row.params.get(name) for name in swept]
-    numeric = [(0, v, "") if isinstance(v, (int, float)) else (1, 0, _text(v)) for v in values]
+    numeric = [(0, v, "") if isinstance(v, (int, float)) else (1, 0, param_text(v)) for v in values]
     return (len(changed) > 1, changed, numeric)
 
 
@@ -108,13 +111,13 @@ def render_sweep_table(table: Table) -> str:
         rows = by_method[method]
         base = base_setting(rows, swept)
         for row in sorted(rows, key=lambda r: _order(r, base, swept)):
-            is_base = all(_text(row.params.get(n)) == base.get(n) for n in swept if n in base)
+            is_base = all(param_text(row.params.get(n)) == base.get(n) for n in swept if n in base)
             cells = []
             for name in swept:
                 if name not in row.params:
                     cells.append(DASH)
                     continue
-                text = _text(row.params[name])
+                text = param_text(row.params[name])
                 cells.append(text if text == base.get(name) else f"**{text}**")
             label = f"`{method}`" + (" (base)" if is_base else "")
             body.append([label, *cells, *_stats(row, table)])
@@ -151,7 +154,7 @@ def _parameter_notes(table: Table, swept: list[str]) -> list[str]:
             continue
         for key, value in row.params.items():
             if key not in swept:
-                fixed.setdefault(key, set()).add(_text(value))
+                fixed.setdefault(key, set()).add(param_text(value))
     if fixed:
         text = ", ".join(f"{k}={'/'.join(sorted(v))}" for k, v in sorted(fixed.items()))
         notes.append(f"- Not swept, the same in every row: {text}.")

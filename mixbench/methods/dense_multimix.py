@@ -33,9 +33,10 @@ class DenseMultiMix(MultiMixBase):
     ``attention``: ``"similarity"`` (default, the paper's: the l1-normalised, rectified
     similarity of each position to the example's pooled embedding, detached), ``"softmax"``
     (softmax over positions of those similarities over ``sqrt(d)``, this project's variant)
-    or ``"none"`` (uniform, an ablation). The other parameters and their defaults are
-    MultiMix's (:class:`mixbench.methods.multimix.MultiMix`), with the same caveats: the
-    paper's n, alpha, prob and fallback could not be confirmed here.
+    or ``"none"`` (uniform, an ablation). The other parameters are MultiMix's
+    (:class:`mixbench.methods.multimix.MultiMix`), with the same caveats: the paper's n,
+    alpha, prob and fallback could not be confirmed here. Every default is the paper's (the
+    ``paper`` set): the ``sweep-multimix`` evidence for Dense MultiMix is not complete yet.
     Draw order: the coin (CPU generator); then the subset permutation (only when m < b) and
     the Dirichlet weights on the device, or the fallback's ``lam`` and ``perm``.
     """

@@ -558,15 +558,18 @@ def test_every_method_trains_and_evaluates_on_tiny_imagenet(tmp_path, one_thread
 @pytest.mark.slow
 def test_every_method_trains_and_evaluates_on_imagenet_folders(tmp_path, one_thread):
     make_imagenet(tmp_path / "data", train=3, val=1, classes=3)  # 9 training, 3 val images
+    # A small lr: two steps of the preset's 0.1 on batches of 4 blow a ResNet-50 up (test NLL
+    # about 1e26 for MultiMix without its clean term, an overflow to NaN with it).
     results = _run_every_method(tmp_path, [
         "--preset", "paper-imagenet", "--data-root", str(tmp_path / "data"),
         "--set", "schedule.batch_size=4", "--set", "runtime.num_workers=1",
+        "--set", "schedule.lr=0.001",
         "--set", 'eval.evaluators=["calibration", "embedding"]',
         "--set", "eval.embedding_subset=3", "--set", "eval.batch_size=4",
         "--param", "multimix.n=16", "--param", "dense_multimix.n=16",
     ])  # fmt: skip
     for method, result in results:
-        assert 0.0 <= result["top1"] <= 1.0 and result["nll"] > 0, method
+        assert 0.0 <= result["top1"] <= 1.0 and 0 < result["nll"] < 100, method
         assert result["train_images"] == 8, method  # 2 steps of 4 images (last one dropped)
 
 

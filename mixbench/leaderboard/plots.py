@@ -44,15 +44,17 @@ def row_labels(table: Table) -> list[str]:
     by_method: dict[str, list[Row]] = defaultdict(list)
     for row in table.rows:
         by_method[row.method].append(row)
+    bases = {}
+    for method, rows in by_method.items():
+        varied = sorted({k for r in rows for k in r.params if _varies(rows, k)})
+        bases[method] = base_setting(rows, varied)
     labels = []
     for row in table.rows:
-        rows = by_method[row.method]
-        if len(rows) == 1:
+        if len(by_method[row.method]) == 1:
             labels.append(row.method)
             continue
-        varied = sorted({k for r in rows for k in r.params if _varies(rows, k)})
-        base = base_setting(rows, varied)
-        changed = {k: row.params[k] for k in varied if param_text(row.params.get(k)) != base[k]}
+        base = bases[row.method]
+        changed = {k: row.params[k] for k in base if param_text(row.params.get(k)) != base[k]}
         labels.append(f"{row.method} {format_params(changed) if changed else '(base)'}")
     return labels
 

@@ -128,9 +128,14 @@ def test_defaults_follow_methods_md_but_where_evidence_chose_otherwise() -> None
         "cutmix": {"alpha": 1.0, "prob": 0.5},
         "manifold_mixup": {"alpha": 2.0, "layers": (0, 1, 2), "loss": "ce"},
         "alignmixup": {"alpha": 2.0, "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
-        # MultiMix: the paper's settings but clean_weight, chosen from the sweep's evidence.
+        # MultiMix and Dense MultiMix: the paper's settings but clean_weight, chosen from the
+        # sweep's evidence (each method from its own cells).
         "multimix": {**METHODS_MD_MULTIMIX, "clean_weight": 1.0},
-        "dense_multimix": {**METHODS_MD_MULTIMIX, "attention": "similarity"},
+        "dense_multimix": {
+            **METHODS_MD_MULTIMIX,
+            "clean_weight": 1.0,
+            "attention": "similarity",
+        },
     }
     for name, params in expected.items():
         assert get_method(name).hparams == params
@@ -515,7 +520,9 @@ def test_dense_multimix_equation(attention: str) -> None:
     model, (images, labels) = tiny_net(), batch()
     n, alpha = 24, 1.5
     method = make(
-        "dense_multimix", {"prob": 1.0, "n": n, "alpha": alpha, "attention": attention}, 6
+        "dense_multimix",
+        {"prob": 1.0, "n": n, "alpha": alpha, "attention": attention, "clean_weight": 0.0},
+        6,
     )
     g = stream(method)
     coin(g)
@@ -581,7 +588,7 @@ def test_dense_multimix_subset_m() -> None:
     """With m < b, a random subset of m examples (features, attention, labels) is mixed."""
     model, (images, labels) = tiny_net(), batch()
     n, m = 12, 3
-    method = make("dense_multimix", {"prob": 1.0, "n": n, "m": m}, 7)
+    method = make("dense_multimix", {"prob": 1.0, "n": n, "m": m, "clean_weight": 0.0}, 7)
     g = stream(method)
     coin(g)
     keep = torch.randperm(8, generator=g)[:m]

@@ -144,6 +144,15 @@ def test_imagefolder_labels_in_sorted_class_order_and_exact_pixels(tmp_path):
     assert torch.equal(bundle.test.images[3], written["val/zebra/000.png"])
 
 
+def test_imagefolder_name_option_labels_the_data(tmp_path):
+    """``--set dataset_options.imagefolder.name=CIFAR-10`` reaches the data set's own ``name``
+    option (it once collided with ``create_dataset``'s first argument)."""
+    _make_folder(tmp_path, LAYOUT)
+    assert create_dataset("imagefolder", tmp_path).display_name == tmp_path.name
+    bundle = create_dataset("imagefolder", tmp_path, name="Insects")
+    assert bundle.name == "imagefolder" and bundle.display_name == "Insects"
+
+
 def test_imagefolder_cache_is_written_once_and_reused_without_decoding(tmp_path, monkeypatch):
     _make_folder(tmp_path, LAYOUT)
     first = create_dataset("imagefolder", tmp_path)

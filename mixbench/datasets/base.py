@@ -101,6 +101,7 @@ def list_datasets(filter: str = "*", exclude: str | None = None) -> list[str]:
 def create_dataset(
     name: str,
     root: str | Path | None = None,
+    /,
     *,
     download: bool = False,
     train_subset: int | None = None,
@@ -117,7 +118,9 @@ def create_dataset(
             (``train_subset // num_classes`` per class).
         subset_seed: seeds the subset's choice; independent of a run's seed, so that every
             method and seed trains on the same images.
-        options: the data set's own options; an unknown one raises ``UsageError``.
+        options: the data set's own options (``name`` and ``root`` among them, for data sets
+            that declare those: ``name`` and ``root`` above are positional-only); an unknown
+            one raises ``UsageError``.
     """
     factory = DATASETS.get(name)
     _check_options(name, factory, options)

@@ -10,6 +10,7 @@ from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables, write_leaderboard
 from mixbench.leaderboard.markdown import render_table
 from mixbench.leaderboard.plots import row_labels
+from mixbench.leaderboard.tables import confidence_gap
 
 
 def _record(method, seed, top1, *, params=None, lr=0.1, preset="smoke"):
@@ -213,6 +214,7 @@ def test_legend_states_attack_and_corruption_settings_from_the_stored_results(tm
     assert "- official corruptions skipped: CIFAR-10-C not found" in text
     assert "2,048 test images, t = 2" in text
     assert "15 equal-width bins" in text
+    assert "conf. − acc.: mean confidence (top softmax probability) minus accuracy" in text
 
 
 def test_every_plot_is_written_top1_first_and_deterministic(tmp_path):
@@ -242,6 +244,29 @@ def test_pooled_reliability_bins_and_learning_curve():
     assert filled["count"] == 200 and abs(filled["accuracy"] - 0.81) < 1e-12
     assert abs(filled["confidence"] - 0.9) < 1e-12
     assert erm.curve() == [(1, 0.405), (2, 0.81)]
+
+
+def test_confidence_gap_is_signed_and_weighted_by_the_bin_counts():
+    bins = _bins(0.9, 0.8, 300) + _bins(0.3, 0.6, 100)  # 300 overconfident, 100 under
+    # (300 * 0.9 + 100 * 0.3) / 400 - (300 * 0.8 + 100 * 0.6) / 400 = 0.75 - 0.75 = 0
+    assert abs(confidence_gap(bins)) < 1e-12
+    assert abs(confidence_gap(_bins(0.6, 0.75, 50)) - (-0.15)) < 1e-12
+    assert confidence_gap(_bins(0.6, 0.75, 0)) is None  # no example in any bin
+
+
+def test_confidence_gap_column_tells_under_from_overconfidence():
+    records = _evaluated_records()
+    records[2]["metrics"]["reliability"] = _bins(0.65, 0.85, 100)  # mixup: underconfident
+    records.append(_record("cutmix", 0, 0.8))  # stored without reliability bins
+    (table,) = build_tables(records)
+    text = render_table(table)
+    # ERM: confidence 0.9 against accuracies 0.80 and 0.82 (pooled: 0.81); never marked best.
+    assert _cells(text, "erm")["conf. − acc. (pp)"] == "+9.00"
+    assert _cells(text, "mixup")["conf. − acc. (pp)"] == "-20.00"
+    assert _cells(text, "cutmix")["conf. − acc. (pp)"] == "—"
+    assert "**" not in "".join(_cells(text, m)["conf. − acc. (pp)"] for m in ("erm", "mixup"))
+    (bare,) = build_tables([_record("erm", 0, 0.8), _record("mixup", 0, 0.85)])
+    assert "conf. − acc." not in render_table(bare)  # no bins anywhere: no column
 
 
 def test_fractions_of_255():

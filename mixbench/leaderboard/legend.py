@@ -94,6 +94,13 @@ def legend(table: Table, shown: Iterable[str]) -> str:
         "overconfidence (weighted by the confidence), so a model left underconfident, as mixup "
         "methods often leave it, can show a larger ECE and a smaller OE than ERM."
     ]
+    if "conf. − acc. (pp)" in shown:
+        out.append(
+            "conf. − acc.: mean confidence (top softmax probability) minus accuracy on the test "
+            "set, from the stored reliability bins, in percentage points: positive when the model "
+            "is overconfident, negative when it is underconfident (not marked best: either sign "
+            "is a calibration error)."
+        )
     attacks = _distinct(_attack_text(s["attack"]) for s in found if "attack" in s)
     if attacks:
         out.append(

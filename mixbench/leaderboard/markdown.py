@@ -103,6 +103,13 @@ COLUMNS: list[Column] = [
     ),
     Column("ECE (%)", *_metric_pct("ece"), False),
     Column("OE (%)", *_metric_pct("oe"), False),
+    Column(
+        "conf. − acc. (pp)",
+        lambda r, t: r.confidence_gap(),
+        lambda r, t: DASH if r.confidence_gap() is None else f"{100 * r.confidence_gap():+.2f}",
+        None,
+        optional=True,
+    ),
     Column("FGSM (%)", *_metric_pct("fgsm_top1")),
     Column("PGD (%)", *_metric_pct("pgd_top1")),
     Column("corr. official (%)", *_metric_pct("corruption_official_top1")),

@@ -11,7 +11,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -75,6 +75,10 @@ class Row:
             )
         return out
 
+    def confidence_gap(self) -> float | None:
+        """Mean confidence minus accuracy on the test set, all seeds pooled (None: no bins)."""
+        return confidence_gap(self.reliability_bins())
+
     def curve(self) -> list[tuple[int, float]]:
         """``(epoch, mean test top-1 over the seeds evaluated at that epoch)``, by epoch."""
         per_epoch: dict[int, list[float]] = {}
@@ -84,6 +88,23 @@ class Row:
                 if top1 is not None and math.isfinite(float(top1)):
                     per_epoch.setdefault(int(point["epoch"]), []).append(float(top1))
         return [(e, statistics.fmean(v)) for e, v in sorted(per_epoch.items())]
+
+
+def confidence_gap(bins: Iterable[Mapping[str, Any]]) -> float | None:
+    """Mean confidence minus accuracy over the examples counted in reliability ``bins``.
+
+    Each bin holds its count and its mean confidence and accuracy, so the weighted means are the
+    exact means over the examples. Positive: overconfident (as ERM usually is); negative:
+    underconfident (as mixup methods often are). None when no bin holds an example.
+    """
+    n, conf, acc = 0, [], []
+    for b in bins:
+        count = int(b.get("count") or 0)
+        if count:
+            n += count
+            conf.append(count * float(b["confidence"]))
+            acc.append(count * float(b["accuracy"]))
+    return (math.fsum(conf) - math.fsum(acc)) / n if n else None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from mixbench.cli import main
 from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables
 from mixbench.leaderboard.markdown import render_leaderboard
+from mixbench.leaderboard.protocol import describe_software, describe_table
 from mixbench.leaderboard.sweep import base_setting, render_sweep_page, swept_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,9 +156,25 @@ def test_leaderboard_states_the_protocol_and_warns_of_short_cpu_runs() -> None:
     assert "- data set: CIFAR-10 (`imagefolder`, train_subset=10000; 10 classes, 10,000 " in text
     assert "- seeds: 3 seeds (0, 1, 2)" in text
     assert "- hardware: Test CPU, 2 CPUs, no GPU" in text
-    assert "mixbench 0.1.0 (commit 0123456), torch 2.14.1" in text
-    assert "mixbench 0.1.0 (commit 0123456, with local changes)" in text
+    # Cells that differ only in their commit (here: local changes) share one software entry.
+    software = "- software: mixbench 0.1.0 (commits 0123456, 0123456 with local changes), torch"
+    assert software in text
     assert "- finished: 2026-11-18 to 2026-11-18" not in text and "- finished: 2026-11-18" in text
+
+
+def test_software_lists_commits_once_per_set_of_versions() -> None:
+    records = _records("short", lambda c: 0.8, seeds=(0, 1, 2), methods=["erm"])
+    records[1]["versions"] = {**VERSIONS, "commit": "fedcba9876"}
+    records[2]["versions"] = {**VERSIONS, "commit": "abcdef1234", "torch": "2.15.0"}
+    (line,) = [x for x in describe_table(build_tables(records)[0]).splitlines() if "software" in x]
+    assert line == (
+        "- software: mixbench 0.1.0 (commits 0123456, fedcba9), torch 2.14.1, torchvision "
+        f"{VERSIONS['torchvision']}, ignite {VERSIONS['ignite']}, Python {VERSIONS['python']}; "
+        "mixbench 0.1.0 (commit abcdef1), torch 2.15.0, torchvision "
+        f"{VERSIONS['torchvision']}, ignite {VERSIONS['ignite']}, Python {VERSIONS['python']}"
+    )
+    assert describe_software([]) == ""
+    assert describe_software([{"mixbench": "0.1.0"}]) == "mixbench 0.1.0"  # nothing else stored
 
 
 def test_long_gpu_runs_get_no_warning() -> None:

@@ -9,6 +9,7 @@ leaderboard, never from "now"), so regenerating a leaderboard gives the same byt
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 from mixbench.leaderboard.tables import Table
@@ -50,19 +51,45 @@ def describe_hardware(hw: dict[str, Any]) -> str:
     return f"{cpu}, no GPU"
 
 
-def describe_software(versions: dict[str, Any]) -> str:
-    """``mixbench 0.1.0 (commit 1a2b3c4), torch 2.14.1, torchvision 0.29.1, ignite 0.5.5, ...``."""
+def _commit_text(versions: dict[str, Any]) -> str | None:
+    """``1a2b3c4`` or ``1a2b3c4 with local changes``; None when no commit was recorded."""
     commit = versions.get("commit")
-    where = ""
-    if commit:
-        where = f" (commit {commit[:7]}{', with local changes' if versions.get('dirty') else ''})"
-    parts = [f"mixbench {versions.get('mixbench')}{where}"]
+    if not commit:
+        return None
+    return f"{commit[:7]}{' with local changes' if versions.get('dirty') else ''}"
+
+
+def _libraries_text(versions: dict[str, Any]) -> str:
+    """``torch 2.14.1, torchvision 0.29.1, ignite 0.5.5, Python 3.11.7`` (and CUDA if any)."""
+    parts = []
     for name in ("torch", "torchvision", "ignite", "python"):
         if versions.get(name):
             parts.append(f"{'Python' if name == 'python' else name} {versions[name]}")
     if versions.get("cuda"):
         parts.append(f"CUDA {versions['cuda']}")
     return ", ".join(parts)
+
+
+def describe_software(all_versions: Iterable[dict[str, Any]]) -> str:
+    """The distinct software behind some cells, one entry per mixbench version and libraries.
+
+    Cells that differ only in their source commit share an entry listing the commits:
+    ``mixbench 0.1.0 (commits 1a2b3c4, 5d6e7f8), torch 2.14.1, torchvision 0.29.1, ...``.
+    Entries and commits are sorted, so the text does not depend on the order of the cells.
+    """
+    groups: dict[tuple[str, str], set[str]] = {}
+    for versions in all_versions:
+        key = (str(versions.get("mixbench")), _libraries_text(versions))
+        commits = groups.setdefault(key, set())
+        if (commit := _commit_text(versions)) is not None:
+            commits.add(commit)
+    entries = []
+    for (mixbench, libraries), commits in sorted(groups.items()):
+        where = ""
+        if commits:
+            where = f" (commit{'s' if len(commits) > 1 else ''} {', '.join(sorted(commits))})"
+        entries.append(f"mixbench {mixbench}{where}" + (f", {libraries}" if libraries else ""))
+    return "; ".join(entries)
 
 
 def describe_data(table: Table) -> str:
@@ -132,13 +159,8 @@ def describe_table(table: Table) -> str:
     machines = hardware_of(table)
     if machines:
         lines.append(f"- hardware: {'; '.join(describe_hardware(hw) for hw in machines)}")
-    software = []
-    for versions in table.versions:
-        text = describe_software(versions)
-        if text not in software:
-            software.append(text)
-    if software:
-        lines.append(f"- software: {'; '.join(sorted(software))}")
+    if table.versions:
+        lines.append(f"- software: {describe_software(table.versions)}")
     if table.hosts:
         lines.append(f"- hosts: {', '.join(table.hosts)}")
     if table.finished:

@@ -8,6 +8,7 @@ cell (``--nproc-per-node`` or ``torchrun``), rank 0 claims and records; every ra
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -211,6 +212,8 @@ def _matrix_loop(
             except Exception as exc:
                 _record_failure(store, key, worker, f"{type(exc).__name__}: {exc}", log)
                 continue
+            finally:
+                release_cell_objects()
             if store is None:
                 continue
             timings = dict(result.timings, wall_seconds=time.perf_counter() - start)
@@ -224,6 +227,19 @@ def _matrix_loop(
     finally:
         if store is not None:
             store.close()
+
+
+def release_cell_objects() -> None:
+    """Free what the last cell built (model, optimizer, engines, DDP wrapper) now.
+
+    The engines' handlers close over the model, so a finished cell lives on in reference
+    cycles until the garbage collector happens to run. Under DistributedDataParallel that
+    garbage holds the process group: ``destroy_process_group`` then cannot stop gloo's threads,
+    and they are torn down during the interpreter's exit instead, which now and then kills the
+    process with SIGABRT ("terminate called without an active exception") after a cell that
+    succeeded. Collecting after every cell also keeps a long matrix's memory flat.
+    """
+    gc.collect()
 
 
 def _record_failure(

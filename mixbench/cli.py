@@ -92,8 +92,10 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--param-set",
         default=None,
-        help="named parameter set of every method: default (the methods' defaults), paper, "
-        "or best (the best trial of each method's `mixbench tune` study)",
+        help="named parameter set of every method: default (the methods' defaults), a set the "
+        "methods declare (paper; ce for MultiMix and Dense MultiMix; see `mixbench methods "
+        "--json`; methods without it run their defaults), or best (the best trial of each "
+        "method's `mixbench tune` study)",
     )
     p.add_argument(
         "--tuning-storage",
@@ -110,7 +112,21 @@ def build_matrices(args: argparse.Namespace) -> list[Any]:
     matrices = load_matrices(args.preset)
     for matrix in matrices:
         _apply_overrides(matrix, args)
+    _note_unused_params(matrices, args.param)
     return matrices
+
+
+def _note_unused_params(matrices: list[Any], params: list[str]) -> None:
+    """Say so when a ``--param`` names a method that no cell of the matrices runs."""
+    in_matrix = {method for m in matrices for method, *_ in m.entries()}
+    for text in params:
+        method = text.split("=", 1)[0].split(".", 1)[0].strip()
+        if method not in in_matrix:
+            print(
+                f"mixbench: note: --param {text} has no effect: method {method!r} is not in the "
+                f"matrix ({', '.join(sorted(in_matrix))}); add it with --methods",
+                file=sys.stderr,
+            )
 
 
 def _apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
@@ -140,9 +156,10 @@ def _apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
     if args.no_progress:
         matrix.runtime.progress = False
     if args.param_set:
-        if args.param_set not in ("default", "paper", "best"):
+        valid = parameter_set_names()
+        if args.param_set not in valid:
             raise UsageError(
-                f"unknown parameter set {args.param_set!r}; valid sets: default, paper, best"
+                f"unknown parameter set {args.param_set!r}; valid sets: {', '.join(valid)}"
             )
         matrix.param_set = args.param_set
     if matrix.param_set == "best":  # each method's best tuned parameters: needs the storage
@@ -173,6 +190,15 @@ def _apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
             from mixbench.models import MODELS
 
             MODELS.get(name)
+
+
+def parameter_set_names() -> list[str]:
+    """``default``, ``best`` (tuned) and every set a registered method declares (``paper``,
+    ``ce``, ...)."""
+    from mixbench.methods import get_method_class, list_methods
+
+    declared = {name for m in list_methods() for name in get_method_class(m).param_sets}
+    return ["default", "best", *sorted(declared)]
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
@@ -453,6 +479,7 @@ def _print_dry_run(cells: list[Any]) -> int:
     from mixbench.methods import default_params
 
     defaults = cache(default_params)
+    _check_models_fit_declared_sizes(cells)
     rows, total, unknown = [], 0, False
     for c in cells:
         size = c.dataset_options.get("train_subset") or c.dataset_options.get(
@@ -462,10 +489,11 @@ def _print_dry_run(cells: list[Any]) -> int:
         total += images or 0
         unknown |= images is None
         changed = {k: v for k, v in c.params.items() if defaults(c.method).get(k) != v}
+        named = "" if c.param_set == "default" else f"[{c.param_set}] "
         rows.append(
             [
                 c.method,
-                format_params(changed),
+                named + format_params(changed),
                 c.dataset,
                 c.model,
                 c.seed,
@@ -479,6 +507,21 @@ def _print_dry_run(cells: list[Any]) -> int:
     note = " (some data set sizes unknown)" if unknown else ""
     print(f"\n{len(cells)} cells, about {total:,} training images to process{note}")
     return 0
+
+
+def _check_models_fit_declared_sizes(cells: list[Any]) -> None:
+    """The model/data check of a real run, from the declared image sizes (no data loaded)."""
+    from mixbench.bench.data import check_model_fits_size, declared_image_size
+
+    seen = set()
+    for c in cells:
+        options = json.dumps([c.dataset_options, c.model_options], sort_keys=True, default=str)
+        if (c.dataset, c.model, options) in seen:
+            continue
+        seen.add((c.dataset, c.model, options))
+        size = declared_image_size(c.dataset, c.dataset_options)
+        if size is not None:
+            check_model_fits_size(c.model, c.model_options, size, c.dataset)
 
 
 def _write_leaderboard(db_url: str, out_dir: Path) -> Path:
@@ -590,15 +633,35 @@ def _lazy(module: str, function: str) -> Any:
     return run
 
 
+def _plugin_parser() -> argparse.ArgumentParser:
+    """The ``--plugin`` option that every subcommand (and ``mixbench`` itself) takes."""
+    from mixbench.plugins import PLUGINS_ENV
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (a module name or a .py file) first: methods, models or data sets "
+        f"it registers become available; repeatable; also ${PLUGINS_ENV} (comma-separated)",
+    )
+    return common
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = _Parser(prog="mixbench", description=__doc__.splitlines()[0])
+    common = _plugin_parser()
+    parser = _Parser(prog="mixbench", description=__doc__.splitlines()[0].replace("``", ""))
     from mixbench import __version__
 
     parser.add_argument("--version", action="version", version=f"mixbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run a benchmark matrix, then write the leaderboard")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    run = add("run", help="run a benchmark matrix, then write the leaderboard")
     add_matrix_arguments(run)
     run.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     run.add_argument("--worker-name", help="name recorded with claimed cells")
@@ -624,7 +687,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    lb = sub.add_parser("leaderboard", help="write DIR/LEADERBOARD.md and DIR/plots/")
+    lb = add("leaderboard", help="write DIR/LEADERBOARD.md and DIR/plots/")
     lb.add_argument("--out", type=Path, required=True, help="the run's output folder")
     _add_db_argument(lb)
     lb.add_argument(
@@ -635,9 +698,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     lb.set_defaults(func=cmd_leaderboard)
 
-    sweep = sub.add_parser(
-        "sweep-table", help="write one preset's cells as a parameter-sweep page (Markdown)"
-    )
+    sweep = add("sweep-table", help="write one preset's cells as a parameter-sweep page (Markdown)")
     sweep.add_argument("--preset", required=True, help="the sweep's preset, e.g. sweep-multimix")
     sweep.add_argument("--out", type=Path, required=True, help="the Markdown file to write")
     sweep.add_argument(
@@ -649,20 +710,20 @@ def make_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--db", help="or a results database URL")
     sweep.set_defaults(func=cmd_sweep_table)
 
-    worker = sub.add_parser("worker", help="claim and run cells of a shared database")
+    worker = add("worker", help="claim and run cells of a shared database")
     add_matrix_arguments(worker)
     worker.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     worker.add_argument("--nproc-per-node", type=int, default=1, help="processes per cell")
     worker.add_argument("--worker-name", help="name recorded with claimed cells")
     worker.set_defaults(func=cmd_worker)
 
-    status = sub.add_parser("status", help="every cell of a results database")
+    status = add("status", help="every cell of a results database")
     status.add_argument("--out", type=Path, default=Path("runs/smoke"), help="a run's folder")
     _add_db_argument(status)
     status.add_argument("--json", action="store_true", help="print a JSON list of cells")
     status.set_defaults(func=cmd_status)
 
-    export = sub.add_parser("export", help="finished cells as JSON Lines")
+    export = add("export", help="finished cells as JSON Lines")
     export.add_argument("--out", dest="file", type=Path, required=True, help="FILE.jsonl to write")
     export.add_argument(
         "--from",
@@ -675,20 +736,20 @@ def make_parser() -> argparse.ArgumentParser:
     export.add_argument("--preset", help="only the cells of this preset")
     export.set_defaults(func=cmd_export)
 
-    imp = sub.add_parser("import", help="load exported cells into a results database")
+    imp = add("import", help="load exported cells into a results database")
     imp.add_argument("files", nargs="+", type=Path, help=".jsonl files or folders of them")
     imp.add_argument("--out", type=Path, default=Path("runs/smoke"), help="the run's folder")
     _add_db_argument(imp)
     imp.set_defaults(func=cmd_import)
 
-    methods = sub.add_parser("methods", help="list the registered methods")
+    methods = add("methods", help="list the registered methods")
     methods.add_argument("--json", action="store_true", help="print a JSON list")
     methods.set_defaults(func=cmd_methods)
 
     for kind in ("models", "datasets", "presets"):
-        sub.add_parser(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
+        add(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
 
-    tune = sub.add_parser("tune", help="optuna search over a method's declared search space")
+    tune = add("tune", help="optuna search over a method's declared search space")
     add_matrix_arguments(tune)
     tune.add_argument("--method", help="the method to tune")
     tune.add_argument(
@@ -706,14 +767,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     tune.set_defaults(func=_lazy("mixbench.bench.tuning", "cmd_tune"))
 
-    evaluate = sub.add_parser("evaluate", help="run every evaluator on a saved checkpoint")
+    evaluate = add("evaluate", help="run every evaluator on a saved checkpoint")
     evaluate.add_argument("checkpoint", type=Path, help="a checkpoint_<epoch>.pt of a cell")
     evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--data-root", help="data root, if it moved since training")
     evaluate.set_defaults(func=_lazy("mixbench.bench.evaluate", "cmd_evaluate"))
 
-    show = sub.add_parser("show", help="draw what a method does to one batch")
+    show = add("show", help="draw what a method does to one batch")
     show.add_argument("method", help="registered method name")
     show.add_argument("--out", type=Path, required=True, help="PNG file to write")
     show.add_argument("--dataset", default="synthetic", help="data set to draw a batch from")
@@ -728,7 +789,7 @@ def make_parser() -> argparse.ArgumentParser:
     show.add_argument("--seed", type=int, default=0, help="seed of the batch and the draws")
     show.set_defaults(func=_lazy("mixbench.leaderboard.show", "cmd_show"))
 
-    perf = sub.add_parser("perf", help="speed benchmarks (ratios measured in one run)")
+    perf = add("perf", help="speed benchmarks (ratios measured in one run)")
     perf.add_argument(
         "--json", type=Path, dest="json_path", metavar="FILE", help="also write the results as JSON"
     )
@@ -761,6 +822,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load_plugins(args: argparse.Namespace) -> None:
+    """Import the ``--plugin`` modules, and name them in the environment for child processes."""
+    from mixbench.plugins import export_plugins, load_environment_plugins, load_plugins
+
+    load_environment_plugins()
+    load_plugins(args.plugin)
+    export_plugins(args.plugin)
+
+
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -776,7 +846,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         args = make_parser().parse_args(argv)
+        _load_plugins(args)
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`mixbench status --json | head`): not an error of ours. Point
+        # standard output at /dev/null so that Python's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except UsageError as exc:
         print(f"mixbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

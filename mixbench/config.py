@@ -197,11 +197,24 @@ class CellConfig:
     eval: EvalConfig
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     param_set: str = "default"
+    #: Processes that train the cell together (``--nproc-per-node``, ``torchrun``). It changes
+    #: the experiment: the global batch is split over them and each mixes within its share.
+    processes: int = 1
+    #: The method's ``version`` when the cell was made: a change of what a method computes
+    #: bumps it, so that a cell computed by older code is never taken for a new one.
+    method_version: int = 1
 
     def identity(self) -> dict[str, Any]:
-        """Everything that defines the experiment (the runtime section left out)."""
+        """Everything that defines the experiment (the runtime section left out).
+
+        ``processes`` and ``method_version`` count only from 2 on, so the cells made before
+        these fields existed (one process, version 1) keep their keys.
+        """
         data = to_dict(self)
         data.pop("runtime")
+        for name in ("processes", "method_version"):
+            if data[name] == 1:
+                data.pop(name)
         return data
 
     @property
@@ -211,13 +224,7 @@ class CellConfig:
 
     def schedule_key(self) -> str:
         """A short hash of what cells of one leaderboard table must share."""
-        shared = {
-            "schedule": to_dict(self.schedule),
-            "dataset_options": self.dataset_options,
-            "model_options": self.model_options,
-            "eval": to_dict(self.eval),
-        }
-        return config_hash(shared)[:8]
+        return table_key(self.identity())
 
 
 @dataclass
@@ -247,6 +254,13 @@ class MatrixConfig:
         names: list[str] = []
         for entry in self.methods:
             found = list_methods(entry) if any(c in entry for c in "*?[") else [entry]
+            if not found:
+                from mixbench.plugins import HOW_TO_LOAD
+
+                raise UsageError(
+                    f"no registered method matches the pattern {entry!r}; registered methods: "
+                    f"{', '.join(list_methods())}; {HOW_TO_LOAD}"
+                )
             names.extend(n for n in found if n not in names)
         return names
 
@@ -260,9 +274,12 @@ class MatrixConfig:
         out: list[CellConfig] = []
         for dataset in self.datasets:
             for model in self.models:
-                for method, variant_params, seeds in self._entries():
+                for method, variant_params, seeds, variant_set in self.entries():
                     cls = get_method_class(method)
-                    preset_params, param_set = _method_param_set(cls, self, dataset, model)
+                    if variant_set is not None:
+                        preset_params, param_set = _named_param_set(cls, variant_set)
+                    else:
+                        preset_params, param_set = _method_param_set(cls, self, dataset, model)
                     given = dict(preset_params)
                     given.update(self.method_params.get(method, {}))
                     given.update(variant_params)
@@ -282,6 +299,7 @@ class MatrixConfig:
                                 eval=copy.deepcopy(self.eval),
                                 runtime=copy.deepcopy(self.runtime),
                                 param_set=param_set,
+                                method_version=int(getattr(cls, "version", 1)),
                             )
                         )
         if not out:
@@ -291,31 +309,48 @@ class MatrixConfig:
             unique.setdefault(cell.key, cell)
         return list(unique.values())
 
-    def _entries(self) -> list[tuple[str, dict[str, Any], list[int]]]:
-        """(method, variant parameters, seeds) of every row of the matrix.
+    def entries(self) -> list[tuple[str, dict[str, Any], list[int], str | None]]:
+        """(method, variant parameters, seeds, variant parameter set) of every matrix row.
 
         Without ``variants`` every selected method is one row with the matrix's seeds. With
-        ``variants`` (a list of tables: ``method``, optional ``params`` and ``seeds``) each
+        ``variants`` (a list of tables: ``method``, optional ``param_set`` (a named parameter
+        set of the method, e.g. ``"ce"``), ``params`` (applied on top) and ``seeds``) each
         variant is a row; ``methods`` then filters them (``["*"]`` keeps all).
         """
         if not self.variants:
-            return [(m, {}, list(self.seeds)) for m in self.resolved_methods()]
+            return [(m, {}, list(self.seeds), None) for m in self.resolved_methods()]
         keep = None if self.methods == ["*"] else set(self.resolved_methods())
         rows = []
         for i, variant in enumerate(self.variants):
-            unknown = sorted(set(variant) - {"method", "params", "seeds"})
+            unknown = sorted(set(variant) - {"method", "param_set", "params", "seeds"})
             if unknown or "method" not in variant:
                 raise UsageError(
                     f"variant {i + 1} of preset {self.name!r} needs a 'method' and may have "
-                    f"'params' and 'seeds'; got keys {sorted(variant)}"
+                    f"'param_set', 'params' and 'seeds'; got keys {sorted(variant)}"
                 )
             if keep is not None and variant["method"] not in keep:
                 continue
             seeds = variant.get("seeds", self.seeds)
             if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
                 raise UsageError(f"variant {i + 1} of preset {self.name!r}: seeds must be a list")
-            rows.append((variant["method"], dict(variant.get("params", {})), seeds))
+            named = variant.get("param_set")
+            if named is not None and not isinstance(named, str):
+                raise UsageError(
+                    f"variant {i + 1} of preset {self.name!r}: param_set must be a name"
+                )
+            rows.append((variant["method"], dict(variant.get("params", {})), seeds, named))
         return rows
+
+
+def _named_param_set(cls: type, name: str) -> tuple[dict[str, Any], str]:
+    """A method's named parameter set (e.g. ``ce``) and the name recorded in the cell."""
+    sets = getattr(cls, "param_sets", {}) or {}
+    if name == "default":
+        return {}, "default"
+    if name not in sets:
+        valid = ", ".join(["default", *sorted(sets)])
+        raise UsageError(f"method {cls.name!r} has no parameter set {name!r}; its sets: {valid}")
+    return dict(sets[name]), name
 
 
 def _method_param_set(
@@ -363,6 +398,20 @@ def config_hash(data: Any) -> str:
     """SHA-256 (first 16 hex digits) of the canonical JSON of ``data``."""
     text = json.dumps(to_dict(data), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def table_key(config: dict[str, Any]) -> str:
+    """The hash of what the cells of one table must share: schedule, data and model options,
+    evaluator settings, and the number of processes per cell where it is more than one."""
+    shared = {
+        "schedule": config["schedule"],
+        "dataset_options": config["dataset_options"],
+        "model_options": config["model_options"],
+        "eval": config["eval"],
+    }
+    if int(config.get("processes") or 1) > 1:
+        shared["processes"] = int(config["processes"])
+    return config_hash(shared)[:8]
 
 
 def _check_value(tp: Any, value: Any, where: str) -> Any:

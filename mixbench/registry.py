@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from mixbench.errors import UnknownNameError, UsageError
+from mixbench.plugins import HOW_TO_LOAD, load_environment_plugins
 
 T = TypeVar("T")
 
@@ -65,6 +66,8 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
 
     def _load_entry_points(self) -> None:
+        """Import the plugins of ``MIXBENCH_PLUGINS`` (each once) and, once, the entry points."""
+        load_environment_plugins()
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
@@ -90,7 +93,8 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, valid, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}{hint}; valid {self.kind} names: {', '.join(valid)}"
+            f"unknown {self.kind} {name!r}{hint}; valid {self.kind} names: {', '.join(valid)}; "
+            f"{HOW_TO_LOAD}"
         )
 
     def names(self, filter: str = "*", exclude: str | None = None) -> list[str]:

@@ -191,3 +191,14 @@ def test_bad_input_through_the_console_gives_exit_2_without_traceback():
     proc = run_cli("run", "--methods", "nosuch")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_methods_json_shows_versions_and_the_ce_sets(capsys):
+    assert main(["methods", "--json"]) == 0
+    info = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    for name in ("multimix", "dense_multimix"):
+        assert info[name]["params"]["clean_weight"]["default"] == 0.0
+        assert info[name]["param_sets"]["ce"]["clean_weight"] == 1.0
+        assert info[name]["version"] == 2 and "2" in info[name]["changes"]
+    assert info["cutmix"]["version"] == 2 and info["erm"]["version"] == 1
+    assert all(isinstance(m["version"], int) for m in info.values())

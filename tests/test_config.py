@@ -64,6 +64,46 @@ def test_cell_key_is_stable_and_ignores_runtime():
     assert a.key != b.key
 
 
+def test_process_count_is_part_of_the_key_from_two_on():
+    """One cell on two processes is another experiment (each process mixes within its half of
+    the batch); a one-process cell keeps the key it had before the field existed."""
+    import dataclasses
+
+    from mixbench.bench.matrix import with_process_count
+
+    cell = load_preset("smoke").cells()[0]
+    assert "processes" not in cell.identity() and cell.processes == 1
+    legacy = to_dict(cell)
+    del legacy["processes"], legacy["runtime"]
+    assert cell.key == config_hash(legacy)  # exactly the pre-existing key
+    (two,) = with_process_count([cell], nproc_per_node=2)
+    assert two.processes == 2 and two.key != cell.key
+    assert two.schedule_key() != cell.schedule_key()  # never pooled in one table either
+    assert dataclasses.replace(two, processes=1).key == cell.key
+
+
+def test_thread_count_is_not_part_of_the_key(tmp_path):
+    """Torch's thread count (``--launcher local`` gives each worker its share of the cores)
+    changes the rounding of CPU results, not the experiment: the key stays, and the thread
+    count is stored with the cell's hardware and shown in the protocol block."""
+    import torch
+
+    from mixbench.bench.provenance import hardware
+    from mixbench.leaderboard.protocol import describe_hardware
+
+    keys = set()
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            keys.add(load_preset("smoke").cells()[0].key)
+            assert hardware()["torch_threads"] == threads
+            assert f"{threads} torch thread" in describe_hardware(hardware())
+    finally:
+        torch.set_num_threads(before)
+    assert len(keys) == 1
+
+
 def test_params_are_part_of_the_key():
     matrix = load_preset("smoke")
     matrix.methods = ["mixup"]
@@ -134,3 +174,42 @@ def test_param_set_paper_takes_each_methods_paper_set_and_shares_the_others_cell
         # no paper set declared: the defaults, recorded as such, so the cells are the same
         assert paper[name].param_set == "default"
         assert paper[name].key == default[name].key
+
+
+def test_method_version_is_part_of_the_key_from_two_on():
+    """A method whose computation changed (a bumped ``version``) gets new cell keys; cells of
+    unchanged methods (version 1) keep the keys they had before versions existed."""
+    import dataclasses
+
+    matrix = load_preset("smoke")
+    cells = {c.method: c for c in matrix.cells()}
+    assert cells["erm"].method_version == 1 and "method_version" not in cells["erm"].identity()
+    assert cells["cutmix"].method_version == 2 and cells["multimix"].method_version == 2
+    legacy = dataclasses.replace(cells["cutmix"], method_version=1)
+    assert legacy.key != cells["cutmix"].key
+    old_form = to_dict(legacy)
+    del old_form["method_version"], old_form["processes"], old_form["runtime"]
+    assert legacy.key == config_hash(old_form)
+
+
+def test_variants_can_name_a_parameter_set():
+    short = load_preset("short")
+    ce = [c for c in short.cells() if c.param_set == "ce"]
+    assert sorted((c.method, c.seed) for c in ce) == [("dense_multimix", 0), ("multimix", 0)]
+    assert all(c.params["clean_weight"] == 1.0 for c in ce)
+    defaults = [c for c in short.cells() if c.method == "multimix" and c.param_set == "default"]
+    assert [c.seed for c in defaults] == [0, 1, 2] and defaults[0].params["clean_weight"] == 0.0
+    short.variants = [{"method": "erm", "param_set": "ce"}]
+    with pytest.raises(UsageError, match="has no parameter set 'ce'"):
+        short.cells()
+
+
+def test_param_set_ce_from_the_command_line(capsys):
+    from mixbench.cli import main
+
+    assert main(["run", "--dry-run", "--methods", "erm,multimix", "--param-set", "ce"]) == 0
+    out = capsys.readouterr().out
+    assert "[ce] clean_weight=1.0" in out  # ERM has no such set: it runs its defaults
+    assert main(["run", "--dry-run", "--param-set", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown parameter set 'bogus'" in err and "ce" in err and "paper" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -26,12 +27,17 @@ def test_two_process_cell_metrics_match_single_process_evaluation(tmp_path):
                    "--set", "dataset_options.synthetic.n_test=130",
                    "--out", str(out), "--nproc-per-node", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    key, metrics = (
+    key, metrics, config = (
         sqlite3.connect(out / "results.db")
-        .execute("SELECT key, metrics FROM cells WHERE status='done'")
+        .execute("SELECT key, metrics, config FROM cells WHERE status='done'")
         .fetchone()
     )
     metrics = json.loads(metrics)
+    # Two processes split the batch and mix within their halves: another experiment, so
+    # another key than the same cell on one process.
+    assert json.loads(config)["processes"] == 2
+    one_process = dataclasses.replace(from_dict(CellConfig, json.loads(config)), processes=1)
+    assert key != one_process.key
     folder = out / "cells" / key
     (checkpoint,) = folder.glob("checkpoint_*.pt")
     cell = from_dict(CellConfig, json.loads((folder / "cell.json").read_text()))

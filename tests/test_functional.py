@@ -152,10 +152,49 @@ def test_cutmix_box_bounds_and_area(height: int, width: int) -> None:
         cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
         assert bottom - top <= cut_h and right - left <= cut_w
         assert adjusted >= lam - 1e-12  # clipping only shrinks the box
-        if top > 0 and bottom < height:  # not clipped vertically: the full height
-            assert bottom - top == cut_h
+        # Not clipped: centre +- cut // 2, as the official rand_bbox (odd cuts lose a pixel).
+        if top > 0 and bottom < height:
+            assert bottom - top == 2 * (cut_h // 2)
         if left > 0 and right < width:
-            assert right - left == cut_w
+            assert right - left == 2 * (cut_w // 2)
+
+
+def test_cutmix_box_is_the_official_one_for_a_given_centre() -> None:
+    # lam = 0.5 on 32x32: cut = int(32 * sqrt(0.5)) = 22 (even), rows cy - 11 .. cy + 11;
+    # on 31x31 the cut is 21 (odd) and the box 20 pixels: cy - 10 .. cy + 10.
+    assert fn.cutmix_box(32, 32, 0.5, center=(16, 16)) == ((5, 27, 5, 27), 1 - 22 * 22 / 1024)
+    assert fn.cutmix_box(31, 31, 0.5, center=(15, 15))[0] == (5, 25, 5, 25)
+    assert fn.cutmix_box(32, 32, 0.5, center=(2, 30))[0] == (0, 13, 19, 32)  # clipped
+
+
+@pytest.mark.parametrize("size", [(32, 32), (31, 29), (17, 40)])
+def test_cutmix_matches_torchvision_v2_cutmix(size: tuple[int, int]) -> None:
+    """Given torchvision's lambda, centre and pairing (each image takes the box of its
+    predecessor: ``roll(1)``), mixbench's image and label weights equal
+    ``torchvision.transforms.v2.CutMix``'s, over many draws (odd cuts included)."""
+    from torchvision.transforms import v2
+
+    height, width = size
+    b, classes = 6, 5
+    data = gen(3)
+    images = torch.rand(b, 3, height, width, generator=data)
+    labels = torch.randint(classes, (b,), generator=data)
+    cutmix = v2.CutMix(alpha=1.0, num_classes=classes)
+    perm = torch.arange(b).roll(1)
+    odd = 0
+    for seed in range(40):
+        torch.manual_seed(seed)
+        expected_images, expected_labels = cutmix(images, labels)
+        # torchvision's draws, in its order: lam ~ Beta(1, 1), then the centre's x, then y.
+        torch.manual_seed(seed)
+        lam = float(torch.distributions.Beta(torch.tensor([1.0]), torch.tensor([1.0])).sample(()))
+        cx, cy = int(torch.randint(width, (1,))), int(torch.randint(height, (1,)))
+        odd += int(height * math.sqrt(1 - lam)) % 2
+        box, adjusted = fn.cutmix_box(height, width, lam, center=(cy, cx))
+        assert torch.equal(fn.paste_box(images, box, perm), expected_images), seed
+        targets = fn.one_hot(labels, classes)
+        torch.testing.assert_close(fn.mix(targets, adjusted, perm), expected_labels)
+    assert odd > 0  # the draws include odd cuts, where the old box was one pixel larger
 
 
 def test_cutmix_box_extremes_and_seed() -> None:
@@ -296,6 +335,20 @@ def test_alignment_cost_is_the_squared_distance() -> None:
         assert fn.alignment_cost(a, a2).dtype == torch.float32
 
 
+def test_align_mix_transports_in_float32_under_autocast() -> None:
+    """The official code has no autocast: under AMP the transport and the mix stay float32
+    (bf16 feature maps are upcast first, so the result is the float32 mix of those values)."""
+    b, d, r = 3, 8, 16
+    a = torch.randn(b, d, r, generator=gen(0)).bfloat16()
+    a2 = torch.randn(b, d, r, generator=gen(1)).bfloat16()
+    plan = fn.sinkhorn(fn.alignment_cost(a, a2))
+    exact = fn.align_mix(a.float(), a2.float(), plan, 0.3, align_second=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = fn.align_mix(a, a2, plan, 0.3, align_second=False)
+    assert plan.dtype == torch.float32 and mixed.dtype == torch.float32
+    assert torch.equal(mixed, exact)
+
+
 def test_align_mix_both_directions() -> None:
     b, d, r = 2, 3, 4
     a, a2 = torch.randn(b, d, r, generator=gen(0)), torch.randn(b, d, r, generator=gen(1))
@@ -410,3 +463,41 @@ def test_dense_attention_variants() -> None:
     assert torch.equal(fn.dense_attention(all_negative), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="attention"):
         fn.dense_attention(feats, "bogus")
+
+
+# -- MultiMix subsets ----------------------------------------------------------------------
+
+
+def test_multimix_subsets_are_per_generated_example() -> None:
+    """With m < b every generated example draws its own m examples: each weight row has
+    exactly m non-zeros and sums to one, and over many rows every example of the batch is
+    mixed (one subset per batch, as before, would leave b - m examples without loss)."""
+    b, m, n = 16, 2, 400
+    z, targets = torch.randn(b, 5, generator=gen(0)), torch.eye(b)[:, :4].contiguous()
+    z_mix, targets_mix, weights = fn.multimix(z, targets, n, 1.0, gen(1), m=m)
+    assert weights.shape == (n, b)
+    assert ((weights > 0).sum(1) == m).all()
+    torch.testing.assert_close(weights.sum(1), torch.ones(n))
+    assert ((weights > 0).sum(0) > 0).all()  # every example appears
+    torch.testing.assert_close(z_mix, weights @ z)
+    torch.testing.assert_close(targets_mix, weights @ targets)
+    # Reproducible under a seed; m >= b (or None) is the whole batch.
+    assert torch.equal(fn.multimix(z, targets, n, 1.0, gen(1), m=m)[2], weights)
+    whole = fn.multimix(z, targets, n, 1.0, gen(1))[2]
+    assert torch.equal(fn.multimix(z, targets, n, 1.0, gen(1), m=b)[2], whole)
+    assert ((whole > 0).sum(1) == b).all()
+
+
+def test_dense_multimix_subsets_are_per_generated_example_and_position() -> None:
+    b, d, r, n, m = 8, 3, 4, 300, 2
+    features = torch.randn(b, d, r, generator=gen(0))
+    attention = torch.rand(b, r, generator=gen(1)) + 0.1
+    targets = torch.eye(b)
+    _, targets_mix = fn.dense_multimix(features, targets, attention, n, 1.0, gen(2), m=m)
+    # With one-hot targets per example the mixed targets are the weights themselves.
+    assert targets_mix.shape == (n, r, b)
+    assert ((targets_mix > 0).sum(-1) == m).all()
+    torch.testing.assert_close(targets_mix.sum(-1), torch.ones(n, r))
+    assert ((targets_mix > 0).sum((0, 1)) > 0).all()  # every example at some position
+    # Different positions of one generated example draw different subsets.
+    assert not torch.equal(targets_mix[:, 0] > 0, targets_mix[:, 1] > 0)

@@ -169,14 +169,16 @@ def _cells(text: str, method: str) -> dict[str, str]:
     lines = [line for line in text.splitlines() if line.startswith("|")]
     headers = [h.strip() for h in lines[0].strip("|").split("|")]
     for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if cells[0] == f"`{method}`":
-            return dict(zip(headers, cells))
+        cells = dict(zip(headers, (c.strip() for c in line.strip("|").split("|"))))
+        if cells["method"] == f"`{method}`":
+            return cells
     raise AssertionError(f"no row {method}")
 
 
 def test_evaluator_columns_values_best_marks_and_cost_relative_to_erm():
-    (table,) = build_tables(_evaluated_records())
+    second_mixup = _evaluated("mixup", 1, 0.85, fgsm=0.20, pgd=0.05, seconds=22.0)
+    second_mixup["metrics"]["alignment"] = 0.5  # as seed 0's: the means stay those of seed 0
+    (table,) = build_tables([*_evaluated_records(), second_mixup])
     text = render_table(table)
     erm, mixup = _cells(text, "erm"), _cells(text, "mixup")
     assert erm["FGSM (%)"] == "11.00" and mixup["FGSM (%)"] == "**20.00**"
@@ -309,3 +311,130 @@ def test_plot_labels_name_only_what_a_sweep_row_changes():
     }
     assert abs(labels["multimix clean_weight=1.0"] - 0.785) < 1e-12
     assert abs(labels["multimix (base)"] - 0.70) < 1e-12
+
+
+# ----------------------------------------------------------------------------- reading the page
+
+
+def _body_methods(text: str) -> list[str]:
+    lines = [line for line in text.splitlines() if line.startswith("|")][2:]
+    return [[c.strip() for c in line.strip("|").split("|")][1] for line in lines]
+
+
+def test_rows_are_ranked_by_top1_with_a_rank_column():
+    records = [
+        _record("cutmix", 0, 0.81),
+        _record("erm", 0, 0.80),
+        _record("mixup", 0, 0.86),
+        _record("alignmixup", 0, 0.83),
+    ]
+    (table,) = build_tables(records)
+    text = render_table(table)
+    assert _body_methods(text) == ["`mixup`", "`alignmixup`", "`cutmix`", "`erm`"]
+    assert [_cells(text, m)["#"] for m in ("mixup", "alignmixup", "cutmix", "erm")] == [
+        "1", "2", "3", "4",
+    ]  # fmt: skip
+
+
+def test_one_seed_rows_are_never_marked_best():
+    """A one-seed lead (the smoke table's "+17.60 pp") is noise: nothing bold."""
+    one_seed = [_record("erm", 0, 0.60), _record("mixup", 0, 0.78), _record("cutmix", 0, 0.7)]
+    (table,) = build_tables(one_seed)
+    assert "**" not in render_table(table)
+    # With several seeds the best of them is bold; a one-seed row beside them is not.
+    several = [
+        _record("erm", 0, 0.80), _record("erm", 1, 0.80),
+        _record("mixup", 0, 0.84), _record("mixup", 1, 0.86),
+        _record("cutmix", 0, 0.95),
+    ]  # fmt: skip
+    (table,) = build_tables(several)
+    text = render_table(table)
+    assert _cells(text, "mixup")["top-1 (%)"] == "**85.00 ± 1.41**"
+    assert _cells(text, "cutmix")["top-1 (%)"] == "95.00"
+
+
+def test_smoke_tables_say_their_numbers_only_check_the_path(tmp_path):
+    write_leaderboard([_record("erm", 0, 0.6), _record("mixup", 0, 0.78)], tmp_path)
+    text = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "These numbers only check the path; they compare nothing." in text
+    assert "(checks the path only)" in text
+    assert "Short CPU runs" not in text  # the path notice replaces the short-run warning
+
+
+def test_tuned_values_are_rounded_for_display():
+    from mixbench.leaderboard.markdown import format_params
+
+    assert format_params({"alpha": 0.37512049, "prob": 0.5, "n": 1000}) == (
+        "alpha=0.3751, n=1000, prob=0.5"
+    )
+    assert format_params({"alpha": 1.0, "size": (8, 8)}) == "alpha=1.0, size=(8,8)"
+    assert format_params({"lr": 1.23456e-05}) == "lr=1.235e-05"
+
+
+def test_paper_reference_only_where_its_data_set_is_on_the_page(tmp_path):
+    write_leaderboard([_record("erm", 0, 0.6)], tmp_path)  # synthetic data only
+    assert "Paper reference" not in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def _captured_figures(monkeypatch) -> list:
+    from mixbench.leaderboard import plots
+
+    figures: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    return figures
+
+
+def test_top1_bars_start_at_zero_best_first_with_the_erm_line(monkeypatch, tmp_path):
+    from mixbench.leaderboard.plots import top1_bar_chart
+
+    figures = _captured_figures(monkeypatch)
+    records = [_record("erm", 0, 0.80), _record("mixup", 0, 0.86), _record("cutmix", 0, 0.70)]
+    (table,) = build_tables(records)
+    top1_bar_chart(table, tmp_path / "x.png")
+    (ax,) = figures[0].axes
+    assert ax.get_xlim()[0] == 0
+    # barh draws bottom-up: the last tick is the top bar, the best row.
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cutmix", "erm", "mixup"]
+    assert any(t.get_text().strip() == "ERM" for t in ax.texts)
+    assert "mean ± standard deviation over seeds" in ax.get_xlabel()
+
+
+def test_scatter_plots_name_rows_in_a_legend_and_the_cost_axis_names_the_hardware(
+    monkeypatch, tmp_path
+):
+    from mixbench.leaderboard.plots import accuracy_vs_cost, accuracy_vs_robustness
+
+    figures = _captured_figures(monkeypatch)
+    records = _evaluated_records()
+    for rec in records:
+        rec["versions"]["hardware"] = {"cpu": "Test CPU", "cpus": 2, "torch_threads": 2}
+    (table,) = build_tables(records)
+    assert accuracy_vs_robustness(table, tmp_path / "r.png")
+    assert accuracy_vs_cost(table, tmp_path / "c.png")
+    robustness, cost = figures
+    for fig in (robustness, cost):
+        assert all(not ax.texts for ax in fig.axes)  # no names printed over the points
+        (legend,) = fig.legends
+        assert sorted(t.get_text() for t in legend.get_texts()) == ["erm", "mixup"]
+    xlabel = cost.axes[0].get_xlabel()
+    assert "wall time" in xlabel and "Test CPU, 2 CPUs, 2 torch threads, no GPU" in xlabel
+
+
+def test_rows_name_their_parameter_set_and_an_old_version():
+    from mixbench.leaderboard.markdown import method_label, version_notes
+
+    default = _record("multimix", 0, 0.70)
+    ce = _record("multimix", 0, 0.78, params={"clean_weight": 1.0})
+    ce["config"]["param_set"] = "ce"
+    old = _record("multimix", 0, 0.79, params={"clean_weight": 1.0})
+    old["config"]["method_version"] = 1  # an exported cell of version 1
+    old["key"] = "old-version-cell"
+    (table,) = build_tables([default, ce, old])
+    labels = sorted(method_label(r) for r in table.rows)
+    assert labels == ["`multimix`", "`multimix` [ce]", "`multimix` v1 [clean_weight=1.0]"]
+    assert len(table.rows) == 3  # versions and parameter sets are never pooled
+    (note,) = version_notes(table)
+    assert note.startswith("`multimix` v1: cells computed by version 1") and "v2:" in note
+    assert _body_methods(render_table(table)) == [
+        "`multimix` v1 [clean_weight=1.0]", "`multimix` [ce]", "`multimix`",
+    ]  # fmt: skip

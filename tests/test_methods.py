@@ -121,21 +121,16 @@ METHODS_MD_MULTIMIX = {
 }
 
 
-def test_defaults_follow_methods_md_but_where_evidence_chose_otherwise() -> None:
+def test_defaults_are_the_papers() -> None:
     expected = {
         "erm": {},
         "mixup": {"alpha": 1.0},
         "cutmix": {"alpha": 1.0, "prob": 0.5},
         "manifold_mixup": {"alpha": 2.0, "layers": (0, 1, 2), "loss": "ce"},
         "alignmixup": {"alpha": 2.0, "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
-        # MultiMix and Dense MultiMix: the paper's settings but clean_weight, chosen from the
-        # sweep's evidence (each method from its own cells).
-        "multimix": {**METHODS_MD_MULTIMIX, "clean_weight": 1.0},
-        "dense_multimix": {
-            **METHODS_MD_MULTIMIX,
-            "clean_weight": 1.0,
-            "attention": "similarity",
-        },
+        # MultiMix and Dense MultiMix: the paper's settings, mixed examples only.
+        "multimix": METHODS_MD_MULTIMIX,
+        "dense_multimix": {**METHODS_MD_MULTIMIX, "attention": "similarity"},
     }
     for name, params in expected.items():
         assert get_method(name).hparams == params
@@ -264,16 +259,39 @@ def test_autocast_bfloat16(name: str, params: dict) -> None:
 
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
-def test_channels_last(name: str, params: dict) -> None:
+def test_channels_last_gives_the_same_loss(name: str, params: dict) -> None:
+    """Channels-last inputs and weights give the loss of the default layout.
+
+    Forward only: on the CPU, oneDNN's backward of a narrow 1x1 stride-2 convolution in
+    channels-last layout can hang or corrupt memory (torch 2.14), which is why the engine uses
+    channels-last on CUDA only; the backward is checked there, below.
+    """
     images, labels = batch()
     expected = make(name, params).loss(tiny_net(), images, labels)
     model = tiny_net().to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        loss = make(name, params).loss(
+            model, images.contiguous(memory_format=torch.channels_last), labels
+        )
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="channels-last backward is used (and checked) on CUDA only: on the CPU oneDNN's "
+    "backward of narrow 1x1 stride-2 convolutions in that layout can hang",
+)
+@pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
+def test_channels_last_backward_on_cuda(name: str, params: dict) -> None:
+    images, labels = (t.cuda() for t in batch())
+    expected = make(name, params).loss(tiny_net().cuda(), images, labels)
+    model = tiny_net().cuda().to(memory_format=torch.channels_last)
     loss = make(name, params).loss(
         model, images.contiguous(memory_format=torch.channels_last), labels
     )
-    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-4)
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @pytest.mark.parametrize("model_name", list_models())
@@ -448,12 +466,22 @@ def test_alignmixup_plan_gets_no_gradient_and_features_do() -> None:
     assert model.stem.weight.grad.abs().sum() > 0  # through both A and A2 = A[perm]
 
 
-def multimix_expected(model, images, labels, n, alpha, g, keep=None):
+def subset_weights(alpha, shape, b, m, g):
+    """Dirichlet weights over m examples of b per slice, drawn as the functional core does:
+    uniform keys (the m smallest are the subset), then the Dirichlet draws on them."""
+    keys = torch.rand((*shape, b), generator=g)
+    chosen = keys.topk(m, dim=-1, largest=False).indices
+    draws = fn.sample_dirichlet(alpha, (*shape, m), generator=g)
+    return torch.zeros((*shape, b)).scatter_(-1, chosen, draws)
+
+
+def multimix_expected(model, images, labels, n, alpha, g, m=None):
     z = model.pool(model.features(images))
     y = F.one_hot(labels, 10).float()
-    if keep is not None:
-        z, y = z[keep], y[keep]
-    weights = fn.sample_dirichlet(alpha, (n, z.shape[0]), generator=g)
+    if m is None:
+        weights = fn.sample_dirichlet(alpha, (n, z.shape[0]), generator=g)
+    else:
+        weights = subset_weights(alpha, (n,), z.shape[0], m, g)
     assert (weights >= 0).all()
     torch.testing.assert_close(weights.sum(1), torch.ones(n))
     logits = model.head(weights @ z)
@@ -475,8 +503,7 @@ def test_multimix_subset_m() -> None:
     method = make("multimix", {"prob": 1.0, "n": 30, "m": 3, "clean_weight": 0.0}, 1)
     g = stream(method)
     coin(g)
-    keep = torch.randperm(8, generator=g)[:3]
-    expected = multimix_expected(model, images, labels, 30, 1.0, g, keep)
+    expected = multimix_expected(model, images, labels, 30, 1.0, g, m=3)
     torch.testing.assert_close(method.loss(model, images, labels), expected)
     # m at or above the batch size is the whole batch.
     whole = make("multimix", {"prob": 1.0, "n": 30}, 5).loss(model, images, labels)
@@ -506,13 +533,25 @@ def test_prob_zero_is_the_fallback(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["multimix", "dense_multimix"])
 @pytest.mark.parametrize("branch", [{"prob": 1.0}, {"prob": 0.0}, {"prob": 0.0, "fallback": "erm"}])
-def test_clean_weight_adds_exactly_the_clean_cross_entropy(name: str, branch: dict) -> None:
+def test_clean_weight_adds_the_clean_cross_entropy_to_mixed_batches_only(
+    name: str, branch: dict
+) -> None:
+    """On a MultiMix batch the clean term is ``clean_weight`` times the clean cross-entropy of
+    the batch's own forward pass; a fallback batch's loss is the fallback's alone (its forward
+    is on mixed images, or is the clean pass itself: no second pass, no scaled step)."""
     model, (images, labels) = tiny_net(), batch()
     params = {"n": 40, "clean_weight": 0.0, **branch}
+    calls = []
+    model.stem.register_forward_hook(lambda *args: calls.append(1))
     base = make(name, params, 4).loss(model, images, labels)
+    calls.clear()
     weighted = make(name, {**params, "clean_weight": 0.25}, 4).loss(model, images, labels)
-    clean = F.cross_entropy(model.head(model.pool(model.features(images))), labels)
-    torch.testing.assert_close(weighted - base, 0.25 * clean, rtol=1e-4, atol=1e-6)
+    assert len(calls) == 1  # one network pass with the clean term too
+    if branch["prob"] == 1.0:
+        clean = F.cross_entropy(model.head(model.pool(model.features(images))), labels)
+        torch.testing.assert_close(weighted - base, 0.25 * clean, rtol=1e-4, atol=1e-6)
+    else:
+        torch.testing.assert_close(weighted, base, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("attention", ["similarity", "softmax", "none"])
@@ -585,22 +624,23 @@ def test_prob_is_the_share_of_mixed_batches(name: str, prob: float, monkeypatch)
 
 
 def test_dense_multimix_subset_m() -> None:
-    """With m < b, a random subset of m examples (features, attention, labels) is mixed."""
+    """With m < b, every generated example and position mixes m examples of its own."""
     model, (images, labels) = tiny_net(), batch()
     n, m = 12, 3
     method = make("dense_multimix", {"prob": 1.0, "n": n, "m": m, "clean_weight": 0.0}, 7)
     g = stream(method)
     coin(g)
-    keep = torch.randperm(8, generator=g)[:m]
     feats = model.features(images)
     b, d, h, w = feats.shape
     r = h * w
     f = feats.reshape(b, d, r)
     score = torch.einsum("bdr,bd->br", f.detach(), f.detach().mean(2))
     a = torch.relu(score) / torch.relu(score).sum(1, keepdim=True)
-    f, a, y = f[keep], a[keep], F.one_hot(labels, 10).float()[keep]
-    lam = fn.sample_dirichlet(1.0, (r, n, m), generator=g).transpose(0, 1)  # (n, r, m)
+    y = F.one_hot(labels, 10).float()
+    lam = subset_weights(1.0, (r, n), b, m, g).transpose(0, 1)  # (n, r, b), m non-zeros
+    assert ((lam > 0).sum(-1) == m).all()
     weights = lam * a.T.unsqueeze(0)
+    weights = torch.where(weights.sum(-1, keepdim=True) == 0, lam, weights)
     weights = weights / weights.sum(-1, keepdim=True)
     z_mix = torch.einsum("kji,idj->kjd", weights, f)
     expected = -((weights @ y) * torch.log_softmax(model.head(z_mix), -1)).sum(-1).mean()
@@ -657,17 +697,3 @@ def test_multimix_targets_flatten_with_a_large_batch_and_alpha_one() -> None:
     assert entropy > 0.97 * math.log(10)  # nearly the uniform targets' ln(10)
     assert dense_alpha.max(1).values.mean() < 0.2  # near the 0.1 of the class frequencies
     assert sparse_alpha.max(1).values.mean() > 0.3  # a small alpha keeps a dominant class
-
-
-def test_with_defaults_replaces_only_the_named_defaults_and_rejects_unknown_names() -> None:
-    from mixbench.methods.multimix import MULTIMIX_PARAMS, with_defaults
-
-    changed = with_defaults(MULTIMIX_PARAMS, {"alpha": 0.2})
-    assert changed["alpha"].default == 0.2
-    assert MULTIMIX_PARAMS["alpha"].default == 1.0  # the shared declaration is untouched
-    assert changed["alpha"].minimum == MULTIMIX_PARAMS["alpha"].minimum
-    assert {k: v for k, v in changed.items() if k != "alpha"} == {
-        k: v for k, v in MULTIMIX_PARAMS.items() if k != "alpha"
-    }
-    with pytest.raises(KeyError, match="alpah"):
-        with_defaults(MULTIMIX_PARAMS, {"alpah": 0.2})

@@ -117,7 +117,7 @@ def test_sweep_page_has_a_column_per_swept_parameter_and_one_row_per_setting() -
         "Not swept, the same in every row: attention=similarity, fallback_alpha=1.0, n=1000."
         in page
     )
-    assert "- `m`: mix a random subset of m examples" in page
+    assert "- `m`: each generated example mixes m examples of the batch of its own" in page
 
 
 def test_sweep_page_pools_seeds_as_mean_and_std() -> None:
@@ -155,7 +155,7 @@ def test_leaderboard_states_the_protocol_and_warns_of_short_cpu_runs() -> None:
     )
     assert "- data set: CIFAR-10 (`imagefolder`, train_subset=10000; 10 classes, 10,000 " in text
     assert "- seeds: 3 seeds (0, 1, 2)" in text
-    assert "- hardware: Test CPU, 2 CPUs, no GPU" in text
+    assert "- hardware: Test CPU, 2 CPUs, 2 torch threads, no GPU" in text
     # Cells that differ only in their commit (here: local changes) share one software entry.
     software = "- software: mixbench 0.1.0 (commits 0123456, 0123456 with local changes), torch"
     assert software in text
@@ -202,8 +202,11 @@ def test_paper_reference_puts_mixbench_beside_the_published_number() -> None:
     ran = rows["CIFAR-10`preactresnet18`"]
     assert "97.05" in ran and "96.05 ± 0.07" in ran and "97.05 ± 0.07" in ran
     assert "`mixbench run --preset paper-cifar10`" in ran
-    not_run = rows["CIFAR-100`wrn16_8`"]
-    assert "81.23" in not_run and not_run.rstrip("| ").endswith("—")
+    not_run = rows["CIFAR-10`wrn16_8`"]
+    assert "96.91" in not_run and not_run.rstrip("| ").endswith("—")
+    # Only the data sets on the page get reference rows: no CIFAR-100, Tiny-ImageNet, ImageNet.
+    assert set(rows) == {"CIFAR-10`preactresnet18`", "CIFAR-10`wrn16_8`"}
+    assert not [line for line in section.splitlines() if "ImageNet |" in line]
 
 
 # -- the committed pages equal what mixbench regenerates from the committed results ------------

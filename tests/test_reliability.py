@@ -87,6 +87,9 @@ BAD_INPUTS = [
     ("leaderboard --out /nonexistent/mixbench", "no results database"),
     ("status --out /nonexistent/mixbench", "no results database"),
     ("run --out {out} --bogus", "unrecognized arguments"),
+    ("run --out {out} --methods foo*", "no registered method matches the pattern 'foo*'"),
+    ("run --out {out} --dry-run --models resnet50", "needs images of at least"),
+    ("run --out {out} --plugin no_such_plugin_module", "cannot load plugin"),
 ]
 
 

@@ -71,15 +71,44 @@ def carve_validation(bundle: DatasetBundle, size: int) -> DatasetBundle:
 
 def check_model_fits(model: str, model_options: dict[str, Any], bundle: DatasetBundle) -> None:
     """Refuse a model whose smallest input is larger than the data set's images."""
+    check_model_fits_size(model, model_options, bundle.image_size, bundle.name)
+
+
+def check_model_fits_size(
+    model: str, model_options: dict[str, Any], image_size: tuple[int, int], data_name: str
+) -> None:
+    """Refuse a model whose smallest input is larger than ``image_size`` (height, width)."""
     with torch.device("meta"):  # no memory, no init cost: only the declared input size
-        net = create_model(model, bundle.num_classes, **model_options)
-    height, width = bundle.image_size
+        net = create_model(model, 10, **model_options)
+    height, width = image_size
     need = getattr(net, "min_input_size", None)
     if need and min(height, width) < need:
         raise UsageError(
             f"model {model!r} needs images of at least {need}x{need} pixels but data set "
-            f"{bundle.name!r} has {height}x{width}; choose another model (e.g. preactresnet18)"
+            f"{data_name!r} has {height}x{width}; choose another model (e.g. preactresnet18)"
         )
+
+
+#: Image sizes of the data sets whose factories take no ``image_size`` option.
+FIXED_IMAGE_SIZES = {"cifar10": (32, 32), "cifar100": (32, 32), "tinyimagenet": (64, 64)}
+
+
+def declared_image_size(dataset: str, options: dict[str, Any]) -> tuple[int, int] | None:
+    """A data set's image size as its options (or its factory's defaults) declare it, without
+    loading it; None where only the files can tell (an image folder without ``image_size``)."""
+    import inspect
+
+    from mixbench.datasets import DATASETS
+    from mixbench.datasets.base import parse_image_size
+
+    if "image_size" in options:
+        return parse_image_size(options["image_size"])
+    if dataset in FIXED_IMAGE_SIZES:
+        return FIXED_IMAGE_SIZES[dataset]
+    parameter = inspect.signature(DATASETS.get(dataset)).parameters.get("image_size")
+    if parameter is None or parameter.default in (inspect.Parameter.empty, None):
+        return None
+    return parse_image_size(parameter.default)
 
 
 def make_loaders(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, TerminateOnNan, Timer
 from torch import nn
 
+from mixbench.bench.compute import ComputeCounter
 from mixbench.bench.evaluators import reliability_diagram_data
 from mixbench.config import CellConfig, ScheduleConfig
 from mixbench.errors import UsageError
@@ -34,6 +37,34 @@ from mixbench.models import create_model
 logger = logging.getLogger("mixbench")
 
 CHECKPOINT_PREFIX = "checkpoint"
+
+
+class InterruptNoiseFilter(logging.Filter):
+    """Drops ignite's "Engine run is terminating due to exception: " line of a Ctrl-C or SIGTERM.
+
+    An interrupt has no message, so the line ends empty (or in ``signal 15``); the matrix
+    runner says what happened and how to resume. Lines of real exceptions pass.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "terminating due to exception:" not in text:
+            return True
+        reason = text.rsplit("exception:", 1)[1].strip()
+        return not (reason == "" or re.fullmatch(r"signal \d+", reason))
+
+
+_INTERRUPT_NOISE = InterruptNoiseFilter()
+
+
+def quiet_engine_logger(engine: Engine) -> None:
+    """Warnings and errors only, without the interrupt noise (see :class:`InterruptNoiseFilter`).
+
+    Engines share their class's logger, so the one filter is added once.
+    """
+    engine.logger.setLevel(logging.WARNING)
+    if _INTERRUPT_NOISE not in engine.logger.filters:
+        engine.logger.addFilter(_INTERRUPT_NOISE)
 
 
 class CellFailed(RuntimeError):
@@ -66,24 +97,35 @@ class TrainingModule(nn.Module):
 
 
 class RunProgress:
-    """Bookkeeping that must survive a resume: evaluation history and time spent."""
+    """Bookkeeping that must survive a resume: evaluation history, time spent, and the
+    measured compute (:class:`~mixbench.bench.compute.ComputeCounter`, when counting)."""
 
-    def __init__(self) -> None:
+    def __init__(self, compute: ComputeCounter | None = None) -> None:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self.train_images = 0
+        self.compute = compute
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "history": self.history,
             "train_seconds": self.train_seconds,
             "train_images": self.train_images,
         }
+        if self.compute is not None:
+            state["compute"] = self.compute.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
         self.train_images = int(state["train_images"])
+        if self.compute is not None:
+            # A checkpoint written before compute was counted: count from the resume on.
+            if "compute" in state:
+                self.compute.load_state_dict(state["compute"])
+            else:
+                self.compute.reset()
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -243,7 +285,10 @@ def train_cell(
     scheduler = build_scheduler(optimizer, schedule, len(train_loader))
     autocast_dtype = amp_dtype(device, cell.runtime.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    progress = RunProgress()
+    # Network passes and BatchNorm updates per step, counted by hooks (not under
+    # torch.compile, whose graphs would have to break at every hook).
+    compute = None if cell.runtime.compile else ComputeCounter(backbone)
+    progress = RunProgress(compute)
 
     def autocast() -> contextlib.AbstractContextManager:
         if autocast_dtype is None:
@@ -262,10 +307,12 @@ def train_cell(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if compute is not None:
+            compute.step()
         return loss.detach()
 
     trainer = Engine(update)
-    trainer.logger.setLevel(logging.WARNING)
+    quiet_engine_logger(trainer)
 
     @trainer.on(Events.EPOCH_STARTED)
     def _set_epoch(engine: Engine) -> None:
@@ -294,7 +341,7 @@ def train_cell(
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), TerminateOnNan())
 
     evaluator = Engine(_eval_step(backbone, autocast, channels_last))
-    evaluator.logger.setLevel(logging.WARNING)
+    quiet_engine_logger(evaluator)
     attach_metrics(evaluator, bundle.num_classes, cell.eval.calibration_bins)
 
     def evaluate(epoch: int) -> dict[str, Any]:
@@ -322,10 +369,6 @@ def train_cell(
         progress.history.append(
             {"epoch": epoch, "top1": float(metrics["top1"]), "nll": float(metrics["nll"])}
         )
-        if show_progress:
-            trainer.logger.warning(
-                "epoch %d: test top-1 %.2f%%", epoch, 100 * float(metrics["top1"])
-            )
 
     if heartbeat is not None:
         last_beat = [time.monotonic()]
@@ -359,7 +402,7 @@ def train_cell(
     )
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
 
-    if show_progress:
+    if show_progress and sys.stderr.isatty():  # elsewhere the epoch lines are the progress
         bar = ProgressBar(
             persist=False,
             desc=f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}",
@@ -369,6 +412,8 @@ def train_cell(
             output_transform=lambda loss: {"loss": float(loss)},
             event_name=Events.ITERATION_COMPLETED(every=every),
         )
+    if show_progress:  # after the bar's own handlers, which close it at the end of an epoch
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, _epoch_line, schedule, last_metrics)
 
     write_cell_file(workdir, cell)
     resumed_from = load_checkpoint(workdir, to_save)
@@ -383,6 +428,8 @@ def train_cell(
                 f"{trainer.state.iteration}: the loss became NaN or infinite"
             )
 
+    if compute is not None:
+        compute.remove()  # the evaluators run the model too: their passes are not training's
     result = _collect_result(last_metrics, progress, resumed_from, schedule)
     result.metrics["data"] = describe_data(bundle)
     # Post-training evaluators (robustness, corruptions, embedding quality): issue 5.
@@ -393,6 +440,15 @@ def train_cell(
         result.metrics.update(report.metrics)
         result.timings.update(report.timings)
     return result
+
+
+def _epoch_line(engine: Engine, schedule: ScheduleConfig, metrics: dict[str, Any]) -> None:
+    """One plain line per epoch: the last batch's loss, and the test top-1 when evaluated."""
+    epoch = engine.state.epoch
+    line = f"epoch {epoch}/{schedule.epochs}: loss {float(engine.state.output):.4f}"
+    if metrics and (epoch % schedule.eval_every == 0 or epoch == schedule.epochs):
+        line += f", test top-1 {100 * float(metrics['top1']):.2f}%"
+    print(line, file=sys.stderr, flush=True)
 
 
 def describe_data(bundle: Any) -> dict[str, Any]:
@@ -450,4 +506,8 @@ def _collect_result(
         "resumed_from_epoch": resumed_from,
         "epochs": schedule.epochs,
     }
+    if progress.compute is not None and progress.compute.steps:
+        timings["passes_per_step"] = progress.compute.passes_per_step()
+        if (bn := progress.compute.bn_updates_per_step()) is not None:
+            timings["bn_updates_per_step"] = bn
     return CellResult(metrics=out, timings=timings, history=progress.history)

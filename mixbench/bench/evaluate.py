@@ -730,7 +730,18 @@ def _checkpoint_epoch(state: dict[str, Any]) -> int | None:
     return None
 
 
-def _format_value(value: Any) -> str:
+#: Metrics stored as fractions that people read as percentages (as the leaderboard prints them).
+PERCENT_METRICS = ("ece", "mce", "oe")
+
+
+def is_percentage(name: str) -> bool:
+    """True for accuracies and calibration errors: stored in [0, 1], printed in percent."""
+    return name in PERCENT_METRICS or name.endswith(("top1", "top5"))
+
+
+def _format_value(name: str, value: Any) -> str:
+    if isinstance(value, float) and math.isfinite(value) and is_percentage(name):
+        return f"{100 * value:.2f} %"
     if isinstance(value, float):
         return f"{value:.4f}" if math.isfinite(value) else str(value)
     return str(value)
@@ -779,11 +790,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
     rows = [
-        [name, _format_value(value)]
+        [name, _format_value(name, value)]
         for name, value in sorted(report.metrics.items())
         if isinstance(value, (int, float, str)) and not isinstance(value, bool)
     ]
     rows += [[name, f"{value:.2f} s"] for name, value in sorted(report.timings.items())]
     print(f"{cell.method} / {cell.dataset} / {cell.model} / seed {cell.seed}, epoch {epoch}")
+    print("accuracies and calibration errors in percent (--json gives the stored fractions)")
     print(tabulate(rows, headers=["metric", "value"], disable_numparse=True))
     return 0

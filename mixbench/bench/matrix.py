@@ -8,6 +8,7 @@ cell (``--nproc-per-node`` or ``torchrun``), rank 0 claims and records; every ra
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import socket
@@ -74,6 +75,16 @@ def describe_cell(cell: CellConfig) -> str:
     return f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}"
 
 
+def with_process_count(cells: list[CellConfig], nproc_per_node: int = 1) -> list[CellConfig]:
+    """The cells as this launch trains them: ``processes`` is ``--nproc-per-node``, or the
+    world size under ``torchrun``. It is part of a cell's key (from 2 on), so a multi-process
+    cell never stands in for a single-process one, nor the other way round."""
+    processes = nproc_per_node
+    if nproc_per_node <= 1 and launched_by_torchrun():
+        processes = int(os.environ["WORLD_SIZE"])
+    return [dataclasses.replace(cell, processes=max(1, processes)) for cell in cells]
+
+
 def launched_by_torchrun() -> bool:
     """True when this process is one rank of a ``torchrun`` launch."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
@@ -95,6 +106,7 @@ def run_matrix(
     bad input leaves the results database untouched.
     """
     log = log or sys.stderr
+    cells = with_process_count(cells, nproc_per_node)
     bundle_cache: dict[Any, Any] = {}
     validate_matrix(cells, bundle_cache)
     check_out_dir(out_dir)

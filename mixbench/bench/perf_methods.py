@@ -9,11 +9,13 @@ time is the median over its measured steps.
 The branch each method is timed on is its mixing branch: coins that would send a batch to a
 cheaper path are forced (``cutmix`` ``prob = 1``, ``alignmixup`` ``align_prob = 1``,
 ``multimix``/``dense_multimix`` ``prob = 1``); with their default coins the other half of the
-batches is ERM or input mixup, which costs no more, except that a ``clean_weight`` above 0
-(MultiMix's default is 1) adds a second forward and backward pass on the clean images to an
-input-mixup batch: the accuracy-vs-cost plot of a leaderboard shows a run's whole cost.
-``multimix`` and ``dense_multimix`` run with ``n = 1000`` (r = 16 positions at 32x32 on
-PreActResNet-18).
+batches is ERM or input mixup, which costs no more. ``multimix`` and ``dense_multimix`` run
+with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18), and also with their ``ce``
+parameter set (``multimix [ce]``: the clean cross-entropy added to the mixed loss).
+
+Beside the time, each entry reports its measured compute: the network's full forward passes
+and BatchNorm statistics updates per step (:class:`mixbench.bench.compute.ComputeCounter`),
+1.00 for every built-in method.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
+from mixbench.bench.compute import ComputeCounter
 from mixbench.methods import get_method, list_methods
 from mixbench.models import create_model
 
-__all__ = ["BENCH_PARAMS", "perf_methods"]
+__all__ = ["BENCH_PARAMS", "BENCH_SETS", "TARGETS", "bench_entries", "perf_methods"]
 
 #: Parameters under which each method is timed: the mixing branch, always taken.
 BENCH_PARAMS: dict[str, dict[str, Any]] = {
@@ -38,6 +42,36 @@ BENCH_PARAMS: dict[str, dict[str, Any]] = {
     "multimix": {"prob": 1.0, "n": 1000},
     "dense_multimix": {"prob": 1.0, "n": 1000},
 }
+
+#: Named parameter sets timed as entries of their own, ``"<method> [<set>]"``.
+BENCH_SETS: dict[str, tuple[str, ...]] = {"multimix": ("ce",), "dense_multimix": ("ce",)}
+
+#: The speed goals: a method's step time over ERM's on its mixing branch.
+TARGETS: dict[str, float] = {
+    "mixup": 1.05,
+    "cutmix": 1.05,
+    "multimix": 1.05,
+    "multimix [ce]": 1.05,
+    "manifold_mixup": 1.10,
+    "alignmixup": 1.10,
+    "dense_multimix": 1.15,
+    "dense_multimix [ce]": 1.15,
+}
+
+
+def bench_entries(methods: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``{label: (method, parameters)}`` of what is timed: each method on its mixing branch,
+    and each of its sets in :data:`BENCH_SETS` on the same branch."""
+    from mixbench.methods import get_method_class
+
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name in methods:
+        branch = BENCH_PARAMS.get(name, {})
+        entries[name] = (name, dict(branch))
+        for set_name in BENCH_SETS.get(name, ()):
+            values = get_method_class(name).param_sets[set_name]
+            entries[f"{name} [{set_name}]"] = (name, {**values, **branch})
+    return entries
 
 
 def _sync(device: torch.device) -> None:
@@ -78,11 +112,14 @@ def perf_methods(
         threads: torch's intra-op threads during the benchmark (default: left as set).
 
     Returns:
-        ``{name: {"step_ms", "ratio_vs_erm", "min_ms", "ratio_min_vs_erm", "cpu_ms",
-        "ratio_cpu_vs_erm", "params"}}``: the median wall-clock step time in ms and its ratio
-        to ERM's median (the headline figures); the fastest step and its ratio to ERM's
-        fastest, and the median CPU time of the process per step and its ratio (both less
-        sensitive to other processes sharing the CPU); the parameters the method ran with.
+        ``{label: {"step_ms", "ratio_vs_erm", "min_ms", "ratio_min_vs_erm", "cpu_ms",
+        "ratio_cpu_vs_erm", "passes_per_step", "bn_updates_per_step", "params"}}`` (and
+        ``"target"``, ``"meets_target"`` where a speed goal is set): the median wall-clock step
+        time in ms and its ratio to ERM's median (the headline figures); the fastest step and
+        its ratio to ERM's fastest, and the median CPU time of the process per step and its
+        ratio (both less sensitive to other processes sharing the CPU); the network passes and
+        BatchNorm updates per step; the parameters the method ran with. Labels are method
+        names, and ``"<method> [<set>]"`` for the parameter sets of :data:`BENCH_SETS`.
     """
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
@@ -112,15 +149,21 @@ def _run(
     names = list(methods) if methods is not None else list_methods()
     if "erm" not in names:
         names.insert(0, "erm")
-    instances = {name: get_method(name, **BENCH_PARAMS.get(name, {})) for name in names}
+    entries = bench_entries(names)
+    names = list(entries)
+    instances = {label: get_method(method, **params) for label, (method, params) in entries.items()}
 
     model = create_model("preactresnet18", num_classes, width=width, seed=0).to(dev).train()
+    counter = ComputeCounter(model)
+    passes: dict[str, list[int]] = {name: [] for name in names}
+    bn_updates: dict[str, list[int]] = {name: [] for name in names}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     data = torch.Generator().manual_seed(0)
     images = torch.randn(batch_size, 3, image_size, image_size, generator=data).to(dev)
     labels = torch.randint(num_classes, (batch_size,), generator=data).to(dev)
 
     def step(name: str) -> tuple[float, float]:
+        counter.reset()
         _sync(dev)
         start, start_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
@@ -128,7 +171,10 @@ def _run(
         loss.backward()
         optimizer.step()
         _sync(dev)
-        return (time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3
+        elapsed = (time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3
+        passes[name].append(counter.passes)
+        bn_updates[name].append(counter.bn_updates)
+        return elapsed
 
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -148,20 +194,27 @@ def _run(
                 file=sys.stderr,
             )
 
+    counter.remove()
     erm_median, erm_min = statistics.median(times["erm"]), min(times["erm"])
     erm_cpu = statistics.median(cpu["erm"])
-    return {
-        name: {
+    norms = sum(isinstance(m, _BatchNorm) for m in model.modules())
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        ratio = statistics.median(times[name]) / erm_median
+        out[name] = {
             "step_ms": statistics.median(times[name]),
-            "ratio_vs_erm": statistics.median(times[name]) / erm_median,
+            "ratio_vs_erm": ratio,
             "min_ms": min(times[name]),
             "ratio_min_vs_erm": min(times[name]) / erm_min,
             "cpu_ms": statistics.median(cpu[name]),
             "ratio_cpu_vs_erm": statistics.median(cpu[name]) / erm_cpu,
+            "passes_per_step": statistics.fmean(passes[name]),
+            "bn_updates_per_step": statistics.fmean(bn_updates[name]) / norms,
             "params": dict(instances[name].hparams),
         }
-        for name in names
-    }
+        if name in TARGETS:
+            out[name].update(target=TARGETS[name], meets_target=ratio <= TARGETS[name])
+    return out
 
 
 if __name__ == "__main__":  # python -m mixbench.bench.perf_methods [threads]

@@ -10,6 +10,7 @@ Class indices follow the sorted class folder names of ``train/``.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,15 +108,22 @@ def decode_all(paths: Sequence[str], size: tuple[int, int] | None, desc: str) ->
     height, width = first.shape[1:]
     out = torch.empty((len(paths), 3, height, width), dtype=torch.uint8)
     out[0] = first
-    for i, path in enumerate(tqdm(paths[1:], desc=desc, unit="img", mininterval=1.0), 1):
-        image = decode_file(path)
-        if size is None and image.shape[1:] != first.shape[1:]:
-            raise UsageError(
-                f"images differ in size: {paths[0]} is {height}x{width} but {path} is "
-                f"{image.shape[1]}x{image.shape[2]}; set the imagefolder option "
-                f"image_size=[height, width] to resize them"
-            )
-        out[i] = fit_size(image, size)
+    # A bar on a terminal; elsewhere (logs, CI) one line instead of a stream of carriage returns.
+    with tqdm(
+        total=len(paths), initial=1, desc=desc, unit="img", mininterval=1.0, disable=None
+    ) as bar:
+        if bar.disable:
+            print(f"{desc}: {len(paths):,} images", file=sys.stderr)
+        for i, path in enumerate(paths[1:], 1):
+            image = decode_file(path)
+            if size is None and image.shape[1:] != first.shape[1:]:
+                raise UsageError(
+                    f"images differ in size: {paths[0]} is {height}x{width} but {path} is "
+                    f"{image.shape[1]}x{image.shape[2]}; set the imagefolder option "
+                    f"image_size=[height, width] to resize them"
+                )
+            out[i] = fit_size(image, size)
+            bar.update()
     return out
 
 

@@ -121,7 +121,6 @@ def synthetic(
         std=std,
         train=train,
         test=test,
-        description=f"synthetic Gabor patches ({num_classes} classes, {size[0]}x{size[1]}, "
-        f"seed {seed}, noise {noise})",
-        label="synthetic gratings",
+        description=f"synthetic: coloured Gabor patches ({num_classes} classes, "
+        f"{size[0]}x{size[1]}, seed {seed}, noise {noise})",
     )

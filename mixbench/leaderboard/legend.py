@@ -137,9 +137,17 @@ def legend(table: Table, shown: Iterable[str]) -> str:
             "between normalised embeddings; lower is more uniform) of the pooled test embeddings "
             f"(Wang & Isola, arXiv 2005.10242){': ' + embedding if embedding else ''}."
         )
+    if "passes/step" in shown:
+        out.append(
+            "passes/step: the network's full forward passes per training step, counted during "
+            "training (1.00: the network runs once per batch, as for ERM; 2.00: twice); a dash "
+            "for cells recorded before it was counted."
+        )
     out.append(
-        "train img/s: training throughput. cost ×ERM: training time relative to ERM's in the "
-        f"same table. Bold: the best value of each column. {DASH}: not measured."
+        "train img/s: training throughput. cost ×ERM: training wall time relative to ERM's in "
+        "the same table, on the hardware above (shared machines add noise to it). #: rank by mean top-1. Bold: the best value of each column among the "
+        "rows with two or more seeds (a one-seed row is never marked best: its lead may be "
+        f"seed noise). {DASH}: not measured."
     )
     text = " ".join(out)
     if table.notes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,12 @@ from typing import Any
 from tabulate import tabulate
 
 from mixbench.leaderboard.legend import DASH, legend
-from mixbench.leaderboard.protocol import describe_table, seeds_of, short_run_warning
+from mixbench.leaderboard.protocol import (
+    describe_table,
+    path_check_notice,
+    seeds_of,
+    short_run_warning,
+)
 from mixbench.leaderboard.reference import render_reference
 from mixbench.leaderboard.tables import Row, Table
 
@@ -75,16 +81,77 @@ def describe_params(row: Row) -> str:
     return text
 
 
+def _registered(method: str) -> Any:
+    """The method's registered class, or None for a method this installation does not have
+    (cells imported from elsewhere)."""
+    from mixbench.methods import METHODS
+
+    return METHODS.get(method) if method in METHODS else None
+
+
+def parameter_tag(row: Row) -> str:
+    """What sets the row apart from the method's current defaults: its named parameter set
+    (``ce``, ``paper``), ``tuned``, or the parameters that differ; empty for the defaults."""
+    if row.param_set.startswith("best:"):
+        return "tuned"
+    if row.param_set != "default":
+        return row.param_set
+    cls = _registered(row.method)
+    if cls is None:
+        return ""
+    from mixbench.methods.base import resolve_params
+
+    defaults = resolve_params(cls, {})
+    changed = {k: v for k, v in row.params.items() if defaults.get(k, v) != v}
+    return format_params(changed) if changed else ""
+
+
+def method_label(row: Row) -> str:
+    """How a row is named: ``multimix``, ``multimix [ce]``, ``multimix v1 [clean_weight=1.0]``.
+
+    A bare name means the method's current version with its defaults; a version that is not
+    the current one is shown (``v1``), and so is anything that differs from the defaults.
+    """
+    label = f"`{row.method}`"
+    cls = _registered(row.method)
+    if cls is not None and row.version != cls.version:
+        label += f" v{row.version}"
+    tag = parameter_tag(row)
+    return f"{label} [{tag}]" if tag else label
+
+
+def version_notes(table: Table) -> list[str]:
+    """One line per method of the table whose rows include an older version than the current
+    one: what changed since (each method's ``changes``)."""
+    notes = []
+    for method, version in sorted({(r.method, r.version) for r in table.rows}):
+        cls = _registered(method)
+        if cls is None or version == cls.version:
+            continue
+        since = "; ".join(f"v{v}: {text}" for v, text in sorted(cls.changes.items()) if v > version)
+        notes.append(
+            f"`{method}` v{version}: cells computed by version {version} of the method "
+            f"(current: v{cls.version}){'. Since then, ' + since if since else ''}."
+        )
+    return notes
+
+
+def format_value(value: Any) -> str:
+    """A parameter value for display: floats with more than four significant digits (tuned
+    values, say ``0.3751204``) rounded to four (``0.3751``); others as Python prints them."""
+    if isinstance(value, float) and math.isfinite(value):
+        short = f"{value:.4g}"
+        return short if float(short) != value else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(format_value(v) for v in value) + ")"
+    return str(value)
+
+
 def format_params(params: dict[str, Any]) -> str:
     """``alpha=1.0, prob=0.5``; a dash for a method without parameters."""
     if not params:
         return DASH
-    parts = []
-    for key, value in sorted(params.items()):
-        if isinstance(value, (list, tuple)):
-            value = "(" + ",".join(str(v) for v in value) + ")"
-        parts.append(f"{key}={value}")
-    return ", ".join(parts)
+    return ", ".join(f"{key}={format_value(value)}" for key, value in sorted(params.items()))
 
 
 COLUMNS: list[Column] = [
@@ -139,6 +206,13 @@ COLUMNS: list[Column] = [
         lambda r, t: DASH if _cost_erm(r, t) is None else f"{_cost_erm(r, t):.2f}",
         False,
     ),
+    Column(
+        "passes/step",
+        lambda r, t: r.timing("passes_per_step"),
+        lambda r, t: _number(r.timing("passes_per_step"), ".2f"),
+        None,
+        optional=True,
+    ),
 ]
 
 
@@ -151,27 +225,50 @@ def table_columns(table: Table) -> list[Column]:
     ]
 
 
-def render_table(table: Table) -> str:
-    """The Markdown table of one group, best value per column in bold."""
-    columns = table_columns(table)
+#: Rows with fewer seeds than this are never marked best: one seed's lead is noise.
+MIN_SEEDS_FOR_BEST = 2
+
+
+def ranked_rows(table: Table) -> list[Row]:
+    """The rows by mean top-1, best first (rows without a top-1 last, in table order)."""
+    return sorted(table.rows, key=lambda r: (r.mean("top1") is None, -(r.mean("top1") or 0.0)))
+
+
+def best_values(table: Table, columns: list[Column]) -> dict[str, float]:
+    """The best value of each column among the rows with at least :data:`MIN_SEEDS_FOR_BEST`
+    seeds (none when fewer than two such rows differ)."""
+    eligible = [r for r in table.rows if len(r.seeds) >= MIN_SEEDS_FOR_BEST]
     best: dict[str, float] = {}
     for col in columns:
         if col.higher_is_better is None:
             continue
-        values = [v for r in table.rows if (v := col.value(r, table)) is not None]
+        values = [v for r in eligible if (v := col.value(r, table)) is not None]
         if len(set(values)) > 1:  # nothing to mark when every row is equal
             best[col.header] = max(values) if col.higher_is_better else min(values)
+    return best
+
+
+def render_table(table: Table) -> str:
+    """The Markdown table of one group: rows ranked by top-1, the best value of each column in
+    bold among the rows with several seeds."""
+    columns = table_columns(table)
+    best = best_values(table, columns)
     body = []
-    for row in table.rows:
-        line = [f"`{row.method}`", describe_params(row), str(len(row.seeds))]
+    for rank, row in enumerate(ranked_rows(table), 1):
+        line = [str(rank), method_label(row), describe_params(row), str(len(row.seeds))]
         for col in columns:
             text = col.text(row, table)
             value = col.value(row, table)
-            if col.header in best and value is not None and value == best[col.header]:
+            if (
+                col.header in best
+                and value is not None
+                and value == best[col.header]
+                and len(row.seeds) >= MIN_SEEDS_FOR_BEST
+            ):
                 text = f"**{text}**"
             line.append(text)
         body.append(line)
-    headers = ["method", "parameters", "seeds", *[c.header for c in columns]]
+    headers = ["#", "method", "parameters", "seeds", *[c.header for c in columns]]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -182,15 +279,22 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         "",
         "Generated by `mixbench leaderboard` from stored results; do not edit by hand. Each "
         "table states its protocol (data, network, schedule, seeds, hardware, software and "
-        "commit, dates), all taken from the results behind it. Rows are named by the registry "
-        "names of the methods.",
+        "commit, dates), all taken from the results behind it. Rows are named by the methods' "
+        "registry names: a bare name is the method's current version with its defaults; "
+        "`[ce]` names a parameter set, `[alpha=0.2]` the parameters that differ from the "
+        "defaults, `[tuned]` parameters found by `mixbench tune`, and `v1` cells of an older "
+        "version of the method (what changed since is said under the table).",
         "",
     ]
     if not tables:
         out += ["No finished cells yet.", ""]
     else:
         for table in tables:
-            warning = " (short runs)" if short_run_warning(table) else ""
+            warning = ""
+            if path_check_notice(table):
+                warning = " (checks the path only)"
+            elif short_run_warning(table):
+                warning = " (short runs)"
             seeds = len(seeds_of(table))
             out.append(
                 f"- {table_title(table)}: {len(table.rows)} rows, {seeds} "
@@ -208,10 +312,15 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
             legend(table, [c.header for c in table_columns(table)]),
             "",
         ]
+        versions = version_notes(table)
+        if versions:
+            out += [*(f"- {note}" for note in versions), ""]
         for rel in plots.get(table.slug, []):
             kind = rel.rsplit("-", 1)[-1].removesuffix(".png")
             out += [f"![{table.slug} {kind}]({rel})", ""]
-    out += [render_reference(tables), ""]
+    reference = render_reference(tables)
+    if reference:
+        out += [reference, ""]
     return "\n".join(out).rstrip() + "\n"
 
 

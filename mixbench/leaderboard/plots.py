@@ -16,14 +16,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mixbench.fileio import atomic_write  # noqa: E402
 from mixbench.leaderboard.markdown import format_params  # noqa: E402
+from mixbench.leaderboard.protocol import describe_hardware, hardware_of  # noqa: E402
 from mixbench.leaderboard.sweep import base_setting, param_text  # noqa: E402
 from mixbench.leaderboard.tables import Row, Table  # noqa: E402
 
 # Fixed metadata so that regenerating a plot from the same results gives the same bytes.
 _PNG_METADATA = {"Software": None}
 _COLOURS = sns.color_palette("deep", 10).as_hex()
-#: Plots of tables with more rows than this number their points (or move their legend) and
-#: list the rows beside the axes.
+#: Learning curves of tables with more rows than this put their legend beside the axes.
 MAX_NAMED_POINTS = 8
 
 
@@ -33,7 +33,7 @@ def _palette(n: int) -> list[str]:
 
 
 def _key_width(n: int) -> float:
-    """Extra figure width (inches) for a key beside the axes when ``n`` points are numbered."""
+    """Extra figure width (inches) for a legend beside the axes of ``n`` rows."""
     return 3.0 if n > MAX_NAMED_POINTS else 0.0
 
 
@@ -64,27 +64,46 @@ def _varies(rows: list[Row], name: str) -> bool:
 
 
 def top1_bar_chart(table: Table, path: Path) -> None:
-    """Horizontal bar chart of top-1 per row with standard-deviation error bars over seeds."""
-    labels, values = [], []
-    for row, label in zip(table.rows, row_labels(table)):
-        for v in row.metrics.get("top1", []):
-            labels.append(label)
-            values.append(100 * v)
-    height = max(3.0, 1.4 + 0.35 * len(table.rows))
+    """Horizontal bars of mean top-1 per row from 0 %, best first, with the standard deviation
+    over seeds as error bars, ERM's mean as a dashed line, and each bar's mean ± std printed."""
+    ranked = sorted(
+        (r.mean("top1"), r.std("top1"), len(r.seeds), label)
+        for r, label in zip(table.rows, row_labels(table))
+        if r.mean("top1") is not None
+    )
+    height = max(3.0, 1.4 + 0.35 * len(ranked))
     fig, ax = plt.subplots(figsize=(8.0, height), dpi=100)
-    sns.barplot(x=values, y=labels, orient="h", errorbar="sd", ax=ax, color="#4C72B0", capsize=0.2)
-    ax.set_xlabel("test top-1 (%)")
-    ax.set_ylabel("")
-    if values:
-        low = max(0.0, min(values) - 10)
-        ax.set_xlim(low, min(100.0, max(values) + 5))
+    ys = list(range(len(ranked)))
+    means = [100 * m for m, _, _, _ in ranked]
+    stds = [100 * s if s is not None else 0.0 for _, s, _, _ in ranked]
+    ax.barh(ys, means, xerr=stds, color=_COLOURS[0], capsize=3, error_kw={"elinewidth": 1})
+    ax.set_yticks(ys, [label for _, _, _, label in ranked])
+    for y, (mean, std, seeds, _) in zip(ys, ranked):
+        spread = f" ± {100 * std:.2f}" if std is not None else ""
+        ax.text(
+            100 * mean + (100 * std if std else 0) + 1,
+            y,
+            f"{100 * mean:.2f}{spread} ({seeds} seed{'s' if seeds != 1 else ''})",
+            va="center",
+            fontsize=7,
+        )
+    ref = table.reference()
+    if ref is not None and ref.mean("top1") is not None:
+        ax.axvline(100 * ref.mean("top1"), color="#C44E52", linestyle="--", linewidth=1)
+        ax.text(100 * ref.mean("top1"), len(ranked) - 0.4, " ERM", color="#C44E52", fontsize=7)
+    ax.set_xlim(0, 118)
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("test top-1 (%), last epoch: mean ± standard deviation over seeds")
     ax.set_title(f"{table.preset} · {table.display_dataset} · {table.model}", fontsize=10)
     _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA))
+    atomic_write(
+        path,
+        lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA, bbox_inches="tight"),
+    )
     plt.close(fig)
 
 
@@ -150,23 +169,28 @@ ROBUSTNESS = (
 )
 
 
-def _scatter(
-    ax: Any, xs: list[float], ys: list[float], labels: list[str], order: list[str], key: bool
-) -> None:
-    """Points named by their labels; with more than :data:`MAX_NAMED_POINTS` rows in ``order``
-    (every row label of the table) numbered by their place in it, with a key beside the axes
-    when ``key``."""
+#: Marker shapes cycled with the colours, so that rows stay apart in grey print too.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+
+
+def _scatter(ax: Any, points: list[tuple[float, float, str]], order: list[str]) -> None:
+    """One marker per point, its colour and shape fixed by the row's place in ``order`` (every
+    row label of the table), labelled through the legend, never by text beside the point (names
+    printed at the points overprint each other where rows lie close)."""
     colours = _palette(len(order))
-    palette = [colours[order.index(label)] for label in labels]
-    sns.scatterplot(x=xs, y=ys, hue=labels, palette=palette, ax=ax, s=60, legend=False)
+    for x, y, label in points:
+        i = order.index(label)
+        ax.scatter(
+            [x], [y], color=colours[i], marker=_MARKERS[i % len(_MARKERS)], s=50, label=label,
+            edgecolors="white", linewidths=0.5, zorder=3,
+        )  # fmt: skip
     ax.margins(0.15)
-    numbered = len(order) > MAX_NAMED_POINTS
-    for x, y, label in zip(xs, ys, labels):
-        text = str(order.index(label) + 1) if numbered else label
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if numbered and key:
-        listing = "\n".join(f"{i + 1}  {label}" for i, label in enumerate(order))
-        ax.text(1.03, 1.0, listing, transform=ax.transAxes, va="top", fontsize=7)
+
+
+def _legend_beside(fig: Any, ax: Any) -> None:
+    """The rows' legend to the right of the axes (one legend for the whole figure)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
 
 
 def accuracy_vs_robustness(table: Table, path: Path) -> bool:
@@ -188,22 +212,23 @@ def accuracy_vs_robustness(table: Table, path: Path) -> bool:
         fig, axes = plt.subplots(
             1,
             len(panels),
-            figsize=(4.0 * len(panels) + _key_width(len(labels)), 3.8),
+            figsize=(4.0 * len(panels), 3.8),
             dpi=100,
             squeeze=False,
         )
-    for i, (ax, (axis, points)) in enumerate(zip(axes.flat, panels)):
-        xs, ys, names = (list(v) for v in zip(*points))
-        _scatter(ax, xs, ys, names, labels, key=i == len(panels) - 1)
+    for ax, (axis, points) in zip(axes.flat, panels):
+        _scatter(ax, points, labels)
         ax.set_xlabel("clean top-1 (%)")
         ax.set_ylabel(axis)
+    _legend_beside(fig, axes.flat[0])
     fig.suptitle(_title(table, "accuracy vs robustness"), fontsize=10)
     _save(fig, path)
     return True
 
 
 def accuracy_vs_cost(table: Table, path: Path) -> bool:
-    """Top-1 against training time (relative to ERM's when the table has ERM, else seconds).
+    """Top-1 against training wall time on the hardware the cells recorded (relative to ERM's
+    when the table has ERM, else seconds).
 
     Returns False (and writes nothing) when no row has both."""
     ref = table.reference()
@@ -218,10 +243,19 @@ def accuracy_vs_cost(table: Table, path: Path) -> bool:
     if not points:
         return False
     with sns.axes_style("whitegrid"):
-        fig, ax = plt.subplots(figsize=(6.0 + _key_width(len(labels)), 4.0), dpi=100)
-    xs, ys, names = (list(v) for v in zip(*points))
-    _scatter(ax, xs, ys, names, labels, key=True)
-    ax.set_xlabel("training time × ERM" if base else "training time (s)")
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
+    _scatter(ax, points, labels)
+    _legend_beside(fig, ax)
+    machines = hardware_of(table)
+    where = (
+        f"on {describe_hardware(machines[0])}"
+        if len(machines) == 1
+        else f"on the recorded hardware ({len(machines)} machines)"
+        if machines
+        else "on the recorded hardware"
+    )
+    what = "training wall time × ERM's" if base else "training wall time (s)"
+    ax.set_xlabel(f"{what}\n{where}", fontsize=8)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(_title(table, "accuracy vs training cost"), fontsize=10)
     _save(fig, path)

@@ -63,6 +63,13 @@ def matching_row(result: PaperResult, tables: list[Table]) -> Row | None:
     return candidates[0] if candidates else None
 
 
+def shown_results(tables: list[Table]) -> list[PaperResult]:
+    """The published results of the data sets that some table is on (by the name users know,
+    ``CIFAR-10``, or the registry name): a leaderboard of other data gets no reference."""
+    names = {t.display_dataset for t in tables} | {t.dataset for t in tables}
+    return [r for r in PAPER_RESULTS if r.data in names or r.dataset in names]
+
+
 def _pct(row: Row | None, name: str) -> str:
     if row is None or row.mean(name) is None:
         return DASH
@@ -72,9 +79,13 @@ def _pct(row: Row | None, name: str) -> str:
 
 
 def render_reference(tables: list[Table]) -> str:
-    """The Markdown section: published top-1, the preset to run, mixbench's numbers beside."""
+    """The Markdown section: published top-1, the preset to run, mixbench's numbers beside;
+    empty when no table is on a data set with published numbers."""
+    results = shown_results(tables)
+    if not results:
+        return ""
     body = []
-    for result in PAPER_RESULTS:
+    for result in results:
         row = matching_row(result, tables)
         body.append(
             [

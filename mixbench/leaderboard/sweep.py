@@ -21,7 +21,7 @@ from typing import Any
 from tabulate import tabulate
 
 from mixbench.leaderboard.legend import DASH
-from mixbench.leaderboard.markdown import format_params
+from mixbench.leaderboard.markdown import format_params, version_notes
 from mixbench.leaderboard.protocol import describe_table
 from mixbench.leaderboard.tables import Row, Table
 
@@ -105,7 +105,7 @@ def render_sweep_table(table: Table) -> str:
     for method in sorted(references, key=lambda m: (m != "erm", m)):
         (row,) = by_method[method]
         own = format_params(row.params)
-        name = f"`{method}`" + (f" ({own})" if row.params else "")
+        name = _versioned(row) + (f" ({own})" if row.params else "")
         body.append([name, *[DASH] * len(swept), *_stats(row, table)])
     for method in sorted(m for m in by_method if m not in references):
         rows = by_method[method]
@@ -119,11 +119,19 @@ def render_sweep_table(table: Table) -> str:
                     continue
                 text = param_text(row.params[name])
                 cells.append(text if text == base.get(name) else f"**{text}**")
-            label = f"`{method}`" + (" (base)" if is_base else "")
+            label = _versioned(row) + (" (base)" if is_base else "")
             body.append([label, *cells, *_stats(row, table)])
     headers = ["method", *swept, "seeds", "top-1 (%)", "Δ ERM (pp)", "best-epoch top-1 (%)",
                "ECE (%)"]  # fmt: skip
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _versioned(row: Row) -> str:
+    """```multimix```, or ```multimix` v1`` for cells of an older version of the method."""
+    from mixbench.methods import METHODS
+
+    current = METHODS.get(row.method).version if row.method in METHODS else row.version
+    return f"`{row.method}`" + (f" v{row.version}" if row.version != current else "")
 
 
 def _stats(row: Row, table: Table) -> list[str]:
@@ -184,6 +192,7 @@ def render_sweep_page(tables: list[Table], preset: str) -> str:
             render_sweep_table(table),
             "",
             *_parameter_notes(table, swept),
+            *(f"- {note}" for note in version_notes(table)),
             "",
         ]
     return "\n".join(out).rstrip() + "\n"

@@ -1,8 +1,8 @@
 """From finished cells to leaderboard tables: grouping and statistics, no formatting.
 
 A table holds the cells of one (preset, data set, model, schedule); a row holds the cells of one
-method with one parameter set (cells with different parameters are never pooled), and its
-statistics are over seeds.
+method with one parameter set at one method version (cells with different parameters or of
+different versions are never pooled), and its statistics are over seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from mixbench.config import config_hash
+from mixbench.config import table_key
 
 #: Metrics that hold a note on an evaluator that was skipped (shown under the table).
 NOTE_KEYS = ("corruption_official_note", "embedding_note")
@@ -34,6 +34,8 @@ class Row:
     timings: dict[str, list[float]]
     reliability: list[list[dict[str, Any]]] = field(default_factory=list)
     history: list[list[dict[str, Any]]] = field(default_factory=list)
+    #: The method's version the cells were computed by (cells of two versions never pool).
+    version: int = 1
 
     def mean(self, name: str) -> float | None:
         values = [v for v in self.metrics.get(name, []) if v is not None and math.isfinite(v)]
@@ -148,17 +150,6 @@ class Table:
         return None
 
 
-def table_key(config: dict[str, Any]) -> str:
-    """The hash of what the cells of one table must share (see ``CellConfig.schedule_key``)."""
-    shared = {
-        "schedule": config["schedule"],
-        "dataset_options": config["dataset_options"],
-        "model_options": config["model_options"],
-        "eval": config["eval"],
-    }
-    return config_hash(shared)[:8]
-
-
 def data_name(record: dict[str, Any]) -> str:
     """How a cell names its data: stored by the engine (``metrics["data"]["name"]``); for
     older image-folder cells, the folder's name; else empty (the registry name is shown)."""
@@ -202,7 +193,8 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 data_name=name,
             )
         params_text = json.dumps(rec["params"], sort_keys=True)
-        rkey = (*tkey, rec["method"], params_text)
+        version = int(config.get("method_version") or 1)
+        rkey = (*tkey, rec["method"], params_text, version)
         row = rows.get(rkey)
         if row is None:
             row = rows[rkey] = Row(
@@ -212,6 +204,7 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 seeds=[],
                 metrics={},
                 timings={},
+                version=version,
             )
             table.rows.append(row)
         row.seeds.append(int(rec["seed"]))
@@ -247,7 +240,7 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         key=lambda t: (t.preset, t.dataset, t.data_name, t.model, t.schedule_key),
     )
     for table in out:
-        table.rows.sort(key=lambda r: (r.method, json.dumps(r.params, sort_keys=True)))
+        table.rows.sort(key=lambda r: (r.method, json.dumps(r.params, sort_keys=True), r.version))
         table.hosts.sort()
         table.notes.sort()
         table.eval_settings.sort(key=lambda s: json.dumps(s, sort_keys=True))

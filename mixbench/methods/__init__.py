@@ -29,6 +29,9 @@ def _check_method(name: str, cls: Any) -> Any:
         raise TypeError(f"method {name!r} must be a MixMethod subclass, got {cls!r}")
     if getattr(cls, "loss", None) is MixMethod.loss:
         raise TypeError(f"method {name!r} does not implement loss(model, images, labels)")
+    version = getattr(cls, "version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise TypeError(f"method {name!r} must have an integer version >= 1, got {version!r}")
     cls.name = name
     return cls
 
@@ -59,11 +62,12 @@ def list_methods(filter: str = "*", exclude: str | None = None) -> list[str]:
 
 
 def method_info(name: str) -> dict[str, Any]:
-    """Name, description, paper, declared parameters (default and type) and named parameter
-    sets (such as ``paper``) of a method."""
+    """Name, version, description, paper, declared parameters (default and type) and named
+    parameter sets (such as ``paper``) of a method."""
     cls = get_method_class(name)
     return {
         "name": name,
+        "version": int(cls.version),
         "description": describe(cls),
         "paper": cls.paper,
         "params": {
@@ -72,6 +76,7 @@ def method_info(name: str) -> dict[str, Any]:
             for key, p in cls.params.items()
         },
         "param_sets": {name: dict(values) for name, values in cls.param_sets.items()},
+        "changes": {str(v): text for v, text in sorted(cls.changes.items())},
     }
 
 

@@ -32,12 +32,22 @@ class AlignMixup(MixMethod):
     and classified; loss ``lam * CE(out, Y) + (1 - lam) * CE(out, Y[perm])``.
 
     Defaults: ``alpha = 2.0``, ``align_prob = 0.5``, ``eps = 0.1`` and ``max_iter = 100``
-    follow ``methods.md``'s account of the paper and its official code (not re-checked against
-    the paper here); the stop rule ``tol = 0.1`` (change of the row potential in cost units)
-    is this project's choice. The costs are computed in
-    float32 also under autocast. Draw order: the alignment coin, ``lam`` (CPU generator),
-    ``perm``, then (alignment only) the direction coin (CPU generator).
+    follow the paper and its official code as far as they could be read here; the stop rule
+    ``tol = 0.1`` (change of the row potential in cost units) is this project's choice. The
+    costs, the transport plan and the transported mix are computed in float32 also under
+    autocast, as the official code (which has no autocast) computes them. Draw order: the
+    alignment coin, ``lam`` (CPU generator), ``perm``, then (alignment only) the direction
+    coin (CPU generator).
+
+    Version 2: the transported mix in float32 under autocast (version 1 mixed in the
+    autocast dtype). Without autocast (every CPU run) both versions compute the same.
     """
+
+    version = 2
+    changes = {
+        2: "under autocast the transported mix is computed in float32, as the official code "
+        "computes it (CPU runs, which have no autocast, are unchanged)"
+    }
 
     description = (
         "AlignMixup: mix feature maps aligned by optimal transport (Venkataramanan et al.)"

@@ -82,10 +82,11 @@ class Param:
 class MixMethod:
     """Base class of every training method: one job, ``loss(model, images, labels)``.
 
-    Subclasses declare ``params`` (name -> :class:`Param`), a one-line ``description`` and the
-    ``paper`` they implement; all three are optional for methods from outside packages (the
-    docstring's first line then serves as description). Resolved parameters are attributes of
-    the instance and are listed in ``hparams``.
+    Subclasses declare ``params`` (name -> :class:`Param`), a one-line ``description``, the
+    ``paper`` they implement, named ``param_sets`` (e.g. ``paper``) and a ``version`` (bump it
+    when what the method computes changes); all are optional for methods from outside
+    packages (the docstring's first line then serves as description). Resolved parameters
+    are attributes of the instance and are listed in ``hparams``.
 
     Randomness: every draw goes through :meth:`generator`, which returns a ``torch.Generator``
     on the requested device, seeded from the run's seed (0 until :meth:`seed` is called). The
@@ -98,6 +99,13 @@ class MixMethod:
     paper: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     param_sets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Bumped whenever what the method computes changes (a fix, a new default): the version is
+    #: part of every cell's key from 2 on, so a rerun never skips a cell of older code and
+    #: the leaderboard never pools versions.
+    version: ClassVar[int] = 1
+    #: What each version changed (version -> one sentence), shown under leaderboard tables
+    #: that hold cells of an older version.
+    changes: ClassVar[dict[int, str]] = {}
 
     def __init__(self, **params: Any) -> None:
         self.hparams = resolve_params(type(self), params)

@@ -29,7 +29,16 @@ class CutMix(MixMethod):
     image is replaced by that of ``x[perm]`` and ``lam`` is recomputed from the clipped box's
     area. Loss ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``.
     Draw order: the coin, ``lam``, the box centre (CPU generator), then ``perm``.
+
+    Version 2: the box is the official ``rand_bbox``'s, ``centre +- cut // 2`` (version 1 made
+    an odd cut one pixel larger).
     """
+
+    version = 2
+    changes = {
+        2: "the box is the official rand_bbox's, centre +- cut // 2 (an odd cut was one pixel "
+        "larger)"
+    }
 
     description = "CutMix: paste a random box of another image, labels by area (Yun et al.)"
     paper = "Yun et al., ICCV 2019, arXiv:1905.04899"

@@ -17,15 +17,11 @@ from mixbench.methods.functional import (
 )
 from mixbench.methods.mixup import num_classes_of
 from mixbench.methods.multimix import (
+    MULTIMIX_CE_SET,
     MULTIMIX_PAPER_SET,
     MULTIMIX_PARAMS,
     MultiMixBase,
-    with_defaults,
 )
-
-#: Dense MultiMix's defaults that differ from the paper's, chosen from its own cells of the
-#: ``sweep-multimix`` preset (``docs/multimix-sweep.md``): a clean cross-entropy term.
-DENSE_MULTIMIX_CHOSEN_DEFAULTS: dict[str, object] = {"clean_weight": 1.0}
 
 
 @register_method("dense_multimix")
@@ -44,20 +40,29 @@ class DenseMultiMix(MultiMixBase):
     (softmax over positions of those similarities over ``sqrt(d)``, this project's variant)
     or ``"none"`` (uniform, an ablation). The other parameters are MultiMix's
     (:class:`mixbench.methods.multimix.MultiMix`), with the same caveats: the paper's n,
-    alpha, prob and fallback could not be confirmed here. Every default is the paper's (the
-    ``paper`` set) except ``clean_weight = 1.0``, chosen from evidence: the ``sweep-multimix``
-    preset (CIFAR-10, PreActResNet-18 width 16, 30 epochs, CPU; ``docs/multimix-sweep.md``)
-    gave 78.6 ± 0.3 % top-1 over 3 seeds with it against 70.2 % with the paper's settings.
-    Draw order: the coin (CPU generator); then the subset permutation (only when m < b) and
-    the Dirichlet weights on the device, or the fallback's ``lam`` and ``perm``.
+    alpha, prob and fallback could not be confirmed against its code. Every default is the
+    paper's (the ``paper`` set; ``clean_weight = 0``, mixed examples only); the ``ce`` set
+    adds the clean cross-entropy to Dense MultiMix batches, from their one forward pass. With
+    ``m`` < b every generated example and position draws its own m examples.
+    Draw order: the coin (CPU generator); then the Dirichlet weights on the device (with
+    ``m`` < b, the subsets' uniform keys first), or the fallback's ``lam`` and ``perm``.
+
+    Version 2: as MultiMix's (paper default ``clean_weight = 0``, no second pass on fallback
+    batches, subsets per generated example and position).
     """
 
     description = (
         "Dense MultiMix: attention-weighted mixing of feature-map positions (Venkataramanan et al.)"
     )
     paper = "Venkataramanan et al., NeurIPS 2023, arXiv:2311.05538"
+    version = 2
+    changes = {
+        2: "the paper's clean_weight = 0 (mixed examples only) is the default (1.0 before), the "
+        "clean term no longer runs a second pass on fallback batches, and with m < b every "
+        "generated example and position draws its own m examples (one subset per batch before)"
+    }
     params = {
-        **with_defaults(MULTIMIX_PARAMS, DENSE_MULTIMIX_CHOSEN_DEFAULTS),
+        **MULTIMIX_PARAMS,
         "attention": Param(
             "similarity",
             str,
@@ -65,7 +70,10 @@ class DenseMultiMix(MultiMixBase):
             choices=("similarity", "softmax", "none"),
         ),
     }
-    param_sets = {"paper": {**MULTIMIX_PAPER_SET, "attention": "similarity"}}
+    param_sets = {
+        "paper": {**MULTIMIX_PAPER_SET, "attention": "similarity"},
+        "ce": {**MULTIMIX_CE_SET, "attention": "similarity"},
+    }
 
     def mixed_loss(
         self, model: nn.Module, feats: torch.Tensor, labels: torch.Tensor
@@ -75,13 +83,10 @@ class DenseMultiMix(MultiMixBase):
         features = feats.reshape(b, d, h * w)
         attention = dense_attention(features, self.attention)
         targets = one_hot(labels, num_classes_of(model))
-        device = features.device
-        m = self.subset_size(b)
-        if m < b:
-            keep = torch.randperm(b, generator=self.generator(device), device=device)[:m]
-            features, attention, targets = features[keep], attention[keep], targets[keep]
-        gen = self.generator(device)
-        z_mix, targets_mix = dense_multimix(features, targets, attention, self.n, self.alpha, gen)
+        gen = self.generator(features.device)
+        z_mix, targets_mix = dense_multimix(
+            features, targets, attention, self.n, self.alpha, gen, m=self.subset_size(b)
+        )
         # (r, n, ...) is the contiguous layout; the mean over all n * r terms ignores order.
         logits = model.head(z_mix.transpose(0, 1))
         return soft_cross_entropy(logits, targets_mix.transpose(0, 1))

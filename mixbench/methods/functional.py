@@ -250,15 +250,23 @@ def mix(x: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor) -> torch
 
 
 def cutmix_box(
-    height: int, width: int, lam: float, generator: torch.Generator | None = None
+    height: int,
+    width: int,
+    lam: float,
+    generator: torch.Generator | None = None,
+    *,
+    center: tuple[int, int] | None = None,
 ) -> tuple[Box, float]:
     """CutMix's box for mixing ratio ``lam`` and the ratio that the clipped box really gives.
 
-    The box has height ``int(height * sqrt(1 - lam))`` and width ``int(width * sqrt(1 - lam))``,
-    its centre pixel is uniform over the image (drawn with ``generator``, a CPU generator),
-    and it is clipped to the image. Returns ``((top, bottom, left, right), lam_adjusted)``:
-    Python ints as half-open bounds, rows ``[top, bottom)`` and columns ``[left, right)``, and
-    ``lam_adjusted = 1 - (bottom - top) * (right - left) / (height * width)``.
+    As the official code's ``rand_bbox``: cut sizes ``cut_h = int(height * sqrt(1 - lam))`` and
+    ``cut_w = int(width * sqrt(1 - lam))``, a centre pixel ``(cy, cx)`` uniform over the image
+    (drawn with ``generator``, a CPU generator, rows first; or given as ``center``), and rows
+    ``cy - cut_h // 2 .. cy + cut_h // 2``, columns likewise, clipped to the image (an odd cut
+    gives a box one pixel smaller than the cut). Returns ``((top, bottom, left, right),
+    lam_adjusted)``: Python ints as half-open bounds, rows ``[top, bottom)`` and columns
+    ``[left, right)``, and ``lam_adjusted = 1 - (bottom - top) * (right - left) / (height *
+    width)``.
     """
     height, width, lam = int(height), int(width), float(lam)
     if height < 1 or width < 1:
@@ -267,12 +275,13 @@ def cutmix_box(
         raise ValueError(f"lam must lie in [0, 1], got {lam}")
     ratio = math.sqrt(1.0 - lam)
     cut_h, cut_w = int(height * ratio), int(width * ratio)
-    cy = int(torch.randint(height, (1,), generator=generator))
-    cx = int(torch.randint(width, (1,), generator=generator))
-    top, left = cy - cut_h // 2, cx - cut_w // 2
-    bottom, right = top + cut_h, left + cut_w
-    top, bottom = min(max(top, 0), height), min(max(bottom, 0), height)
-    left, right = min(max(left, 0), width), min(max(right, 0), width)
+    if center is None:
+        cy = int(torch.randint(height, (1,), generator=generator))
+        cx = int(torch.randint(width, (1,), generator=generator))
+    else:
+        cy, cx = int(center[0]), int(center[1])
+    top, bottom = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
+    left, right = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
     area = (bottom - top) * (right - left)
     return (top, bottom, left, right), 1.0 - area / (height * width)
 
@@ -409,19 +418,52 @@ def align_mix(
     With ``R = r * plan``: if ``align_second``, ``a2`` is carried to ``a``'s geometry,
     ``lam * a + (1 - lam) * a2 @ R^T``; otherwise ``a`` is carried to ``a2``'s geometry,
     ``lam * a @ R + (1 - lam) * a2``. Differentiable in ``a`` and ``a2``, not in the plan.
+    Computed in float32 (also under autocast, as the official code computes it) and returned
+    in float32.
     """
     if a.shape != a2.shape or plan.shape != (a.shape[0], a.shape[2], a.shape[2]):
         raise ValueError(
             f"expected a, a2 (b, d, r) and plan (b, r, r), got {tuple(a.shape)}, "
             f"{tuple(a2.shape)}, {tuple(plan.shape)}"
         )
-    transport = (plan.detach() * plan.shape[1]).to(a.dtype)
-    if align_second:
-        return torch.lerp(torch.bmm(a2, transport.transpose(1, 2)), a, float(lam))
-    return torch.lerp(a2, torch.bmm(a, transport), float(lam))
+    with torch.autocast(a.device.type, enabled=False):
+        a, a2 = a.float(), a2.float()
+        transport = plan.detach().float() * plan.shape[1]
+        if align_second:
+            return torch.lerp(torch.bmm(a2, transport.transpose(1, 2)), a, float(lam))
+        return torch.lerp(a2, torch.bmm(a, transport), float(lam))
 
 
 # -- MultiMix ----------------------------------------------------------------------------
+
+
+def _subset_weights(
+    alpha: float,
+    shape: tuple[int, ...],
+    b: int,
+    m: int | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+    normalise: bool,
+) -> torch.Tensor:
+    """Dirichlet weights (``shape`` + (b,)) over the b examples of a batch: with ``m < b``,
+    each slice draws its own m examples (a random permutation's first m, per slice) and gets
+    Dirichlet(alpha * ones(m)) weights on them, zero elsewhere. Not normalised when
+    ``normalise`` is false (proportional draws, for callers that renormalise anyway)."""
+    if m is None or m >= b:
+        if normalise:
+            return sample_dirichlet(alpha, (*shape, b), generator=generator, device=device)
+        return _dirichlet_proportional(alpha, (*shape, b), generator, device, torch.float32)
+    if m < 1:
+        raise ValueError(f"m must be >= 1 (or None for the whole batch), got {m}")
+    # Random subsets per slice: the m smallest of b uniform keys (a uniform m-subset).
+    keys = torch.rand((*shape, b), generator=generator, device=device)
+    chosen = keys.topk(m, dim=-1, largest=False).indices  # (..., m)
+    if normalise:
+        draws = sample_dirichlet(alpha, (*shape, m), generator=generator, device=device)
+    else:
+        draws = _dirichlet_proportional(alpha, (*shape, m), generator, device, torch.float32)
+    return torch.zeros((*shape, b), device=device, dtype=draws.dtype).scatter_(-1, chosen, draws)
 
 
 def multimix(
@@ -430,13 +472,16 @@ def multimix(
     n: int,
     alpha: float,
     generator: torch.Generator | None = None,
+    m: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """MultiMix: ``n`` Dirichlet interpolations of the embeddings ``z`` and their targets.
 
-    Draws ``L`` (n, b) with rows ``~ Dirichlet(alpha * ones(b))`` on ``z``'s device (one batched
-    draw) and returns ``(L @ z, L @ targets, L)``: mixed embeddings (n, d), mixed targets
-    (n, c) and the weights (n, b) in float32. ``targets`` is a float matrix (b, c), one-hot or
-    soft; the targets are always mixed in full precision, also under autocast.
+    Draws ``L`` (n, b) on ``z``'s device (batched draws) and returns ``(L @ z, L @ targets,
+    L)``: mixed embeddings (n, d), mixed targets (n, c) and the weights (n, b) in float32.
+    Each row of ``L`` is ``~ Dirichlet(alpha * ones(b))``; with ``m < b`` each row draws its
+    own m examples of the batch and is ``~ Dirichlet(alpha * ones(m))`` on them, zero on the
+    others (so that every example can receive loss). ``targets`` is a float matrix (b, c),
+    one-hot or soft; the targets are always mixed in full precision, also under autocast.
     """
     if z.dim() != 2 or targets.dim() != 2 or z.shape[0] != targets.shape[0]:
         raise ValueError(
@@ -444,7 +489,8 @@ def multimix(
         )
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    weights = sample_dirichlet(alpha, (n, z.shape[0]), generator=generator, device=z.device)
+    alpha = _check_alpha(alpha)
+    weights = _subset_weights(alpha, (n,), z.shape[0], m, generator, z.device, normalise=True)
     z_mix = weights.to(z.dtype) @ z
     with torch.autocast(z.device.type, enabled=False):
         targets_mix = weights.to(targets.dtype) @ targets
@@ -458,17 +504,19 @@ def dense_multimix(
     n: int,
     alpha: float,
     generator: torch.Generator | None = None,
+    m: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense MultiMix: per-position, attention-weighted interpolation of feature maps.
 
     ``features`` (b, d, r) are feature maps flattened over their r positions, ``targets``
     (b, c) the examples' targets (inherited by every position), ``attention`` (b, r) a
     non-negative confidence per example and position, used exactly as given. For each of
-    ``n`` generated examples and each position j, ``L[k, j] ~ Dirichlet(alpha * ones(b))``;
-    the weights ``W[k, j, i] = L[k, j, i] * a[i, j] / sum_i' L[k, j, i'] * a[i', j]`` (an
-    example with zero attention at j gets zero weight there; a position where every example
-    has zero attention falls back to ``L``) mix ``Z[k, j] = sum_i W[k, j, i] F[i, :, j]`` and
-    ``Y[k, j] = sum_i W[k, j, i] targets[i]``.
+    ``n`` generated examples and each position j, ``L[k, j] ~ Dirichlet(alpha * ones(b))``
+    (with ``m < b``: over m examples of its own, zero on the others); the weights
+    ``W[k, j, i] = L[k, j, i] * a[i, j] / sum_i' L[k, j, i'] * a[i', j]`` (an example with
+    zero attention at j gets zero weight there; where every example of the draw has zero
+    attention, the weights fall back to ``L``) mix ``Z[k, j] = sum_i W[k, j, i] F[i, :, j]``
+    and ``Y[k, j] = sum_i W[k, j, i] targets[i]``.
 
     Returns ``(z_mix (n, r, d), targets_mix (n, r, c))``. Both are transposed views of
     position-major (r, n, ...) tensors, the layout of the batched matrix products; a loss that
@@ -485,11 +533,12 @@ def dense_multimix(
         raise ValueError(f"n must be >= 1, got {n}")
     # Gamma draws proportional to L (r, n, b); normalising L first would cancel in W.
     alpha = _check_alpha(alpha)
-    gamma = _dirichlet_proportional(alpha, (r, n, b), generator, features.device, torch.float32)
-    att = attention.transpose(0, 1).to(gamma.dtype)  # (r, b)
-    dead = att.sum(1, keepdim=True) == 0  # positions where every example has zero attention
-    att = torch.where(dead, torch.ones_like(att), att)
-    weights = gamma.mul_(att.unsqueeze(1))  # (r, n, b)
+    gamma = _subset_weights(alpha, (r, n), b, m, generator, features.device, normalise=False)
+    att = attention.transpose(0, 1).to(gamma.dtype).unsqueeze(1)  # (r, 1, b)
+    weights = gamma * att  # (r, n, b)
+    # Where every example of a draw has zero attention, the plain draw stands.
+    dead = weights.sum(-1, keepdim=True) == 0
+    weights = torch.where(dead, gamma, weights)
     weights.div_(weights.sum(-1, keepdim=True).clamp_min_(torch.finfo(weights.dtype).tiny))
     z_mix = torch.bmm(weights.to(features.dtype), features.permute(2, 0, 1))  # (r, n, d)
     with torch.autocast(features.device.type, enabled=False):

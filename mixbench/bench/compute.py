@@ -1,0 +1,82 @@
+"""Measured compute: how many network passes a method's training step really makes.
+
+A method's extra cost is part of its result: a method that runs the network twice per step
+trains on twice the compute of ERM. :class:`ComputeCounter` counts, during training only
+(modules in training mode), the backbone's full forward passes (calls of its ``stem``, the
+first module every full pass runs; the whole backbone's forward for a model without one) and
+the updates of BatchNorm running statistics (forward calls of BatchNorm layers that track
+them), per training step. The engine stores the means with each cell (``passes_per_step``,
+``bn_updates_per_step``), ``mixbench perf`` reports them per method, and the leaderboard shows
+them beside the cost in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["ComputeCounter"]
+
+
+class ComputeCounter:
+    """Counts full forward passes and BatchNorm statistics updates of ``backbone`` in training.
+
+    ``steps`` is advanced by the caller (:meth:`step`, once per optimisation step). The
+    counts survive a resume through :meth:`state_dict` / :meth:`load_state_dict`. Hooks cost
+    one Python call per counted module call and synchronise nothing.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.passes = 0
+        self.bn_updates = 0
+        self.steps = 0
+        entry = getattr(backbone, "stem", None)
+        self._entry = entry if isinstance(entry, nn.Module) else backbone
+        self._norms = [
+            m for m in backbone.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+        ]
+        self._handles = [self._entry.register_forward_pre_hook(self._count_pass)]
+        self._handles += [m.register_forward_pre_hook(self._count_norm) for m in self._norms]
+
+    def _count_pass(self, module: nn.Module, args: Any) -> None:
+        if module.training:
+            self.passes += 1
+
+    def _count_norm(self, module: nn.Module, args: Any) -> None:
+        if module.training:
+            self.bn_updates += 1
+
+    def step(self) -> None:
+        """One optimisation step has run."""
+        self.steps += 1
+
+    def passes_per_step(self) -> float | None:
+        """Mean full forward passes per step (1.0 for a method that runs the network once)."""
+        return self.passes / self.steps if self.steps else None
+
+    def bn_updates_per_step(self) -> float | None:
+        """Mean updates of each BatchNorm layer's running statistics per step (None without
+        BatchNorm layers)."""
+        if not self.steps or not self._norms:
+            return None
+        return self.bn_updates / (len(self._norms) * self.steps)
+
+    def reset(self) -> None:
+        """Forget the counts."""
+        self.passes = self.bn_updates = self.steps = 0
+
+    def remove(self) -> None:
+        """Detach the hooks (the counts stay readable)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def state_dict(self) -> dict[str, int]:
+        return {"passes": self.passes, "bn_updates": self.bn_updates, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.passes = int(state["passes"])
+        self.bn_updates = int(state["bn_updates"])
+        self.steps = int(state["steps"])

@@ -1,0 +1,116 @@
+"""Measured compute: network passes and BatchNorm updates per training step, in the engine, in
+`mixbench perf`, and on the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixbench.bench.compute import ComputeCounter
+from mixbench.cli import main
+from mixbench.methods import METHODS, MixMethod, get_method, get_method_class, list_methods
+from mixbench.models import create_model
+
+from .conftest import TINY
+
+
+class TwoPasses(MixMethod):
+    """A test method that runs the network twice per step (clean and flipped images)."""
+
+    def loss(self, model, images, labels):
+        return F.cross_entropy(model(images), labels) + F.cross_entropy(
+            model(images.flip(-1)), labels
+        )
+
+
+@pytest.fixture
+def two_passes():
+    METHODS.add("two_passes_test", TwoPasses)
+    yield "two_passes_test"
+    METHODS.remove("two_passes_test")
+
+
+def _variants() -> list[tuple[str, dict]]:
+    """Every built-in method with its defaults, and every named parameter set."""
+    out = []
+    for name in list_methods():
+        out.append((name, {}))
+        for values in get_method_class(name).param_sets.values():
+            out.append((name, dict(values)))
+    return out
+
+
+def _counted(name: str, params: dict, steps: int = 12) -> ComputeCounter:
+    model = create_model("preactresnet18", 10, width=4, seed=0).train()
+    counter = ComputeCounter(model)
+    method = get_method(name, **params)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(8, 3, 32, 32, generator=g), torch.randint(10, (8,), generator=g)
+    for seed in range(steps):  # several seeds: both sides of every method's coins
+        method.seed(seed)
+        method.loss(model, images, labels).backward()
+        counter.step()
+    with torch.no_grad():  # evaluation does not count as training compute
+        model.eval()
+        model(images)
+    return counter
+
+
+@pytest.mark.parametrize("name,params", _variants(), ids=lambda v: str(v))
+def test_every_built_in_method_runs_the_network_once_per_step(name, params):
+    counter = _counted(name, params)
+    assert counter.passes_per_step() == 1.0
+    assert counter.bn_updates_per_step() == 1.0
+
+
+def test_a_method_that_runs_the_network_twice_counts_two(two_passes):
+    counter = _counted(two_passes, {}, steps=3)
+    assert counter.passes_per_step() == 2.0 and counter.bn_updates_per_step() == 2.0
+    counter.remove()
+
+
+@pytest.mark.slow
+def test_cells_store_passes_and_bn_updates_per_step(tmp_path, two_passes):
+    out = tmp_path / "run"
+    args = ["run", "--methods", f"erm,multimix,{two_passes}", *TINY, "--out", str(out)]
+    assert main([*args, "--no-leaderboard"]) == 0
+    con = sqlite3.connect(out / "results.db")
+    timings = {m: json.loads(t) for m, t in con.execute("SELECT method, timings FROM cells")}
+    assert timings["erm"]["passes_per_step"] == 1.0
+    assert timings["multimix"]["passes_per_step"] == 1.0
+    assert timings[two_passes]["passes_per_step"] == 2.0
+    assert timings[two_passes]["bn_updates_per_step"] == 2.0
+    assert main(["leaderboard", "--out", str(out)]) == 0
+    board = (out / "LEADERBOARD.md").read_text()
+    assert "passes/step" in board and "| 2.00 " in board
+
+
+def test_counts_survive_a_resume():
+    model = create_model("preactresnet18", 10, width=4, seed=0)
+    counter = ComputeCounter(model)
+    counter.load_state_dict({"passes": 30, "bn_updates": 30 * 21, "steps": 15})
+    assert counter.passes_per_step() == 2.0
+    assert counter.state_dict() == {"passes": 30, "bn_updates": 630, "steps": 15}
+
+
+def test_perf_reports_passes_per_step_beside_the_step_ratio(tmp_path):
+    from mixbench.bench.perf_methods import perf_methods
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = perf_methods(steps=1, warmup=0, width=4, batch_size=8, progress=False)
+    finally:
+        torch.set_num_threads(saved)
+    assert {"multimix [ce]", "dense_multimix [ce]"} <= set(result)
+    assert result["multimix [ce]"]["params"]["clean_weight"] == 1.0
+    for label, entry in result.items():
+        assert entry["passes_per_step"] == 1.0, label
+        assert entry["bn_updates_per_step"] == 1.0, label
+        assert entry["ratio_vs_erm"] > 0
+    assert result["dense_multimix [ce]"]["target"] == 1.15
+    assert isinstance(result["multimix"]["meets_target"], bool)

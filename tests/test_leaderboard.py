@@ -438,3 +438,15 @@ def test_rows_name_their_parameter_set_and_an_old_version():
     assert _body_methods(render_table(table)) == [
         "`multimix` v1 [clean_weight=1.0]", "`multimix` [ce]", "`multimix`",
     ]  # fmt: skip
+
+
+def test_cost_is_relative_to_erm_only_on_the_same_kind_of_machine():
+    records = _evaluated_records()
+    for rec in records:
+        rec["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2}
+    other = _evaluated("cutmix", 0, 0.8, fgsm=0.1, pgd=0.0, seconds=11.0)
+    other["versions"] = {**other["versions"], "hardware": {"cpu": "CPU B", "cpus": 2}}
+    (table,) = build_tables([*records, other])
+    text = render_table(table)
+    assert _cells(text, "mixup")["cost ×ERM"] == "2.00"  # 22 s / 11 s, both on CPU A
+    assert _cells(text, "cutmix")["cost ×ERM"] == "—"  # 11 s on CPU B says nothing against A

@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mixbench.fileio import atomic_write  # noqa: E402
-from mixbench.leaderboard.markdown import format_params  # noqa: E402
+from mixbench.leaderboard.markdown import cost_vs_erm, format_params  # noqa: E402
 from mixbench.leaderboard.protocol import describe_hardware, hardware_of  # noqa: E402
 from mixbench.leaderboard.sweep import base_setting, param_text  # noqa: E402
 from mixbench.leaderboard.tables import Row, Table  # noqa: E402
@@ -228,7 +228,7 @@ def accuracy_vs_robustness(table: Table, path: Path) -> bool:
 
 def accuracy_vs_cost(table: Table, path: Path) -> bool:
     """Top-1 against training wall time on the hardware the cells recorded (relative to ERM's
-    when the table has ERM, else seconds).
+    when the table has ERM, for the rows that ran on the same kind of machine; else seconds).
 
     Returns False (and writes nothing) when no row has both."""
     ref = table.reference()
@@ -236,10 +236,12 @@ def accuracy_vs_cost(table: Table, path: Path) -> bool:
     labels = row_labels(table)
     points = []
     for row, label in zip(table.rows, labels):
-        seconds, top1 = row.timing("train_seconds"), row.mean("top1")
-        if seconds is None or top1 is None:
+        top1 = row.mean("top1")
+        # Relative to ERM only where both ran on the same kind of machine (as the table).
+        cost = cost_vs_erm(row, table) if base else row.timing("train_seconds")
+        if cost is None or top1 is None:
             continue
-        points.append((seconds / base if base else seconds, 100 * top1, label))
+        points.append((cost, 100 * top1, label))
     if not points:
         return False
     with sns.axes_style("whitegrid"):

@@ -36,6 +36,8 @@ class Row:
     history: list[list[dict[str, Any]]] = field(default_factory=list)
     #: The method's version the cells were computed by (cells of two versions never pool).
     version: int = 1
+    #: The machines the cells ran on (CPU and GPU model names), sorted.
+    machines: list[str] = field(default_factory=list)
 
     def mean(self, name: str) -> float | None:
         values = [v for v in self.metrics.get(name, []) if v is not None and math.isfinite(v)]
@@ -150,6 +152,15 @@ class Table:
         return None
 
 
+def machine_name(record: dict[str, Any]) -> str | None:
+    """The processor (and GPU) a cell ran on, from its stored hardware; None if not stored."""
+    hardware = (record.get("versions") or {}).get("hardware")
+    if not isinstance(hardware, dict):
+        return None
+    gpu = hardware.get("gpu")
+    return f"{hardware.get('cpu')}" + (f" + {gpu}" if gpu else "")
+
+
 def data_name(record: dict[str, Any]) -> str:
     """How a cell names its data: stored by the engine (``metrics["data"]["name"]``); for
     older image-folder cells, the folder's name; else empty (the registry name is shown)."""
@@ -208,6 +219,10 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
             )
             table.rows.append(row)
         row.seeds.append(int(rec["seed"]))
+        machine = machine_name(rec)
+        if machine is not None and machine not in row.machines:
+            row.machines.append(machine)
+            row.machines.sort()
         for name, value in rec["metrics"].items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row.metrics.setdefault(name, []).append(float(value))

@@ -146,9 +146,9 @@ def legend(table: Table, shown: Iterable[str]) -> str:
     out.append(
         "train img/s: training throughput. cost ×ERM: training wall time relative to ERM's in "
         "the same table, shown only where the row's cells ran on the same kind of machine as "
-        "ERM's (shared machines still add noise to it). #: rank by mean top-1. Bold: the best value of each column among the "
-        "rows with two or more seeds (a one-seed row is never marked best: its lead may be "
-        f"seed noise). {DASH}: not measured."
+        "ERM's (shared machines still add noise to it). #: rank by mean top-1. Bold: the best "
+        "value of each column among the rows with two or more seeds (a one-seed row is never "
+        f"marked best: its lead may be seed noise). {DASH}: not measured."
     )
     text = " ".join(out)
     if table.notes:

@@ -139,6 +139,10 @@ def test_evaluate_prints_a_table_without_json(tiny_run, capsys):
     assert main(["evaluate", str(_checkpoint(tiny_run)), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "pgd_top1" in text and "corruption_official_note" in text and "epoch 1" in text
+    # Percentages, as the leaderboard prints them (the stored metrics are fractions).
+    metrics, _, _ = _stored(tiny_run)
+    (top1_line,) = [line for line in text.splitlines() if line.split()[:1] == ["top1"]]
+    assert top1_line.split()[1:] == [f"{100 * metrics['top1']:.2f}", "%"]
 
 
 def test_evaluate_refuses_missing_files_with_one_line(tmp_path, tiny_run, capsys):

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from mixbench.bench.engine import InterruptNoiseFilter
 from mixbench.cli import main
@@ -186,3 +187,30 @@ def test_a_hung_test_ends_the_run_with_a_stack_dump(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Timeout" in output and "test_hangs" in output and "time.sleep" in output, output
+
+
+def test_decoding_progress_counts_every_image_once(tmp_path, monkeypatch):
+    """The one-time decode of an image folder counts 1..N (it showed 49999/9999 before)."""
+    from torchvision.io import write_jpeg
+
+    from mixbench.datasets import folder
+
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"{i}.jpg"
+        write_jpeg(torch.full((3, 8, 8), 40 * i, dtype=torch.uint8), str(path))
+        paths.append(str(path))
+    seen = {}
+
+    class Recording(folder.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False})  # as on a terminal
+
+        def close(self):
+            seen.update(total=self.total, n=self.n)
+            super().close()
+
+    monkeypatch.setattr(folder, "tqdm", Recording)
+    images = folder.decode_all(paths, None, "decoding test")
+    assert images.shape == (5, 3, 8, 8)
+    assert seen == {"total": 5, "n": 5}

@@ -634,7 +634,7 @@ def _lazy(module: str, function: str) -> Any:
 
 
 def _plugin_parser() -> argparse.ArgumentParser:
-    """The ``--plugin`` option that every subcommand (and ``mixbench`` itself) takes."""
+    """The ``--plugin`` option that every subcommand takes (``mixbench run --plugin M ...``)."""
     from mixbench.plugins import PLUGINS_ENV
 
     common = argparse.ArgumentParser(add_help=False)

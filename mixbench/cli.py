@@ -599,6 +599,29 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluators(args: argparse.Namespace) -> int:
+    """``mixbench evaluators``: the registered evaluators, as a table or JSON."""
+    from tabulate import tabulate
+
+    from mixbench.bench.evaluators import evaluator_info, list_evaluators
+
+    infos = [evaluator_info(name) for name in list_evaluators()]
+    if args.json:
+        print(json.dumps(infos, indent=2, default=str))
+        return 0
+    rows = [
+        [
+            i["name"],
+            i["description"],
+            ", ".join(c["header"] for c in i["columns"]) or "—",
+            ", ".join(f"{k}={s['default']!r}" for k, s in i["settings"].items()) or "—",
+        ]
+        for i in infos
+    ]
+    print(tabulate(rows, headers=["evaluator", "description", "columns", "settings (defaults)"]))
+    return 0
+
+
 def cmd_list(kind: str) -> Any:
     """``mixbench models|datasets|presets``: one name per line."""
 
@@ -745,6 +768,10 @@ def make_parser() -> argparse.ArgumentParser:
     methods = add("methods", help="list the registered methods")
     methods.add_argument("--json", action="store_true", help="print a JSON list")
     methods.set_defaults(func=cmd_methods)
+
+    evaluators = add("evaluators", help="list the registered evaluators")
+    evaluators.add_argument("--json", action="store_true", help="print a JSON list")
+    evaluators.set_defaults(func=cmd_evaluators)
 
     for kind in ("models", "datasets", "presets"):
         add(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))

@@ -68,27 +68,25 @@ class ScheduleConfig:
 class EvalConfig:
     """Which evaluators run after training, and their settings (stored with every result).
 
-    ``evaluators`` names what runs (see :data:`EVALUATORS`): ``calibration`` (ECE, MCE, OE and
-    reliability bins of the full test set), ``fgsm`` and ``pgd`` (accuracy under L-infinity
-    attacks in pixel space on ``attack_subset`` test images), ``generated_corruptions``
-    (mixbench's own corruptions made with tensor operations, on ``corruption_subset`` test
-    images), ``official_corruptions`` (CIFAR-10-C and kin when their files are under the data
-    root; skipped with a note otherwise) and ``embedding`` (alignment and uniformity of
-    ``embedding_subset`` test embeddings). A subset size of ``None`` means the whole test set;
+    ``evaluators`` names what runs, registered evaluators or shell-style patterns of their names
+    (``"*"``, the default, runs every registered one; ``mixbench evaluators`` lists them):
+    ``calibration`` (ECE, MCE, OE and reliability bins of the full test set), ``fgsm`` and
+    ``pgd`` (accuracy under L-infinity attacks in pixel space on ``attack_subset`` test
+    images), ``generated_corruptions`` (mixbench's own corruptions made with tensor operations,
+    on ``corruption_subset`` test images), ``official_corruptions`` (CIFAR-10-C and kin when
+    their files are under the data root; skipped with a note otherwise), ``embedding``
+    (alignment and uniformity of ``embedding_subset`` test embeddings) and ``ood``
+    (out-of-distribution detection). A subset size of ``None`` means the whole test set;
     subsets are drawn from generators seeded from the cell's seed. An attack setting of
     ``None`` takes the default for the data set's image size: FGSM eps 8/255 and PGD eps 8/255,
     step 2/255 up to 32 pixels, eps 4/255 and step 1/255 on larger images.
+
+    The settings of the evaluators above are this dataclass's fields; an evaluator with its own
+    settings dataclass (``ood``, and evaluators of plugins) takes them from ``options``, one
+    table per evaluator: ``[eval.options.ood]`` in a preset, ``--set
+    eval.options.ood.sets='["DIR"]'`` on the command line.
     """
 
-    #: The evaluators that can run, in the order they run.
-    EVALUATORS: typing.ClassVar[tuple[str, ...]] = (
-        "calibration",
-        "fgsm",
-        "pgd",
-        "generated_corruptions",
-        "official_corruptions",
-        "embedding",
-    )
     #: The generated corruptions shipped with mixbench (``mixbench.bench.evaluators``).
     GENERATED: typing.ClassVar[tuple[str, ...]] = (
         "brightness",
@@ -102,7 +100,7 @@ class EvalConfig:
     )
 
     calibration_bins: int = 15
-    evaluators: list[str] = field(default_factory=lambda: list(EvalConfig.EVALUATORS))
+    evaluators: list[str] = field(default_factory=lambda: ["*"])
     batch_size: int = 256
     attack_subset: int | None = None
     fgsm_eps: float | None = None
@@ -116,14 +114,11 @@ class EvalConfig:
     corruption_benchmark: str | None = None
     embedding_subset: int | None = 2048
     uniformity_t: float = 2.0
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [e for e in self.evaluators if e not in self.EVALUATORS]
-        if unknown:
-            raise UsageError(
-                f"unknown evaluator {unknown[0]!r} in eval.evaluators; valid evaluators: "
-                f"{', '.join(self.EVALUATORS)}"
-            )
+        self.evaluators = _resolve_evaluators(self.evaluators)
+        self.options = _check_evaluator_options(self.options, self.evaluators)
         if self.calibration_bins < 1:
             raise UsageError(f"eval.calibration_bins must be >= 1, got {self.calibration_bins}")
         if self.batch_size < 1:
@@ -167,6 +162,52 @@ class EvalConfig:
             raise UsageError(f"eval.uniformity_t must be > 0, got {self.uniformity_t}")
 
 
+def _resolve_evaluators(names: list[str]) -> list[str]:
+    """``names`` with patterns expanded to the registered evaluators they match (in run order);
+    an unknown name is a one-line error naming the valid ones."""
+    from mixbench.bench.evaluators import EVALUATORS, list_evaluators
+    from mixbench.errors import UnknownNameError
+
+    out: list[str] = []
+    for entry in names:
+        if any(c in entry for c in "*?["):
+            found = list_evaluators(entry)
+            if not found:
+                raise UsageError(
+                    f"eval.evaluators: {entry!r} matches no evaluator; valid evaluators: "
+                    f"{', '.join(list_evaluators())}"
+                )
+        else:
+            try:
+                EVALUATORS.get(entry)
+            except UnknownNameError as exc:
+                raise UsageError(f"{exc} (in eval.evaluators)") from None
+            found = [entry]
+        out += [name for name in found if name not in out]
+    return out
+
+
+def _check_evaluator_options(
+    options: dict[str, dict[str, Any]], evaluators: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The ``eval.options`` tables of the evaluators that run, each checked against its
+    evaluator's settings; tables of registered evaluators that do not run are dropped (they
+    would change nothing), a table naming no evaluator is an error."""
+    from mixbench.bench.evaluators import EVALUATORS
+    from mixbench.bench.evaluators.base import resolve_settings
+
+    kept = {}
+    for name, values in options.items():
+        if name not in EVALUATORS:
+            EVALUATORS.get(name)  # the one-line error with close matches
+        if not isinstance(values, dict):
+            raise UsageError(f"eval.options.{name} must be a table, got {values!r}")
+        if name in evaluators:
+            resolve_settings(name, values)
+            kept[name] = values
+    return kept
+
+
 @dataclass
 class RuntimeConfig:
     """Where and how a cell runs; not part of the cell's identity (its key)."""
@@ -207,14 +248,17 @@ class CellConfig:
     def identity(self) -> dict[str, Any]:
         """Everything that defines the experiment (the runtime section left out).
 
-        ``processes`` and ``method_version`` count only from 2 on, so the cells made before
-        these fields existed (one process, version 1) keep their keys.
+        ``processes`` and ``method_version`` count only from 2 on, and ``eval.options`` only
+        when it holds a table, so the cells made before these fields existed (one process,
+        version 1, no evaluator options) keep their keys.
         """
         data = to_dict(self)
         data.pop("runtime")
         for name in ("processes", "method_version"):
             if data[name] == 1:
                 data.pop(name)
+        if not data["eval"].get("options"):
+            data["eval"].pop("options", None)
         return data
 
     @property
@@ -407,7 +451,7 @@ def table_key(config: dict[str, Any]) -> str:
         "schedule": config["schedule"],
         "dataset_options": config["dataset_options"],
         "model_options": config["model_options"],
-        "eval": config["eval"],
+        "eval": {k: v for k, v in config["eval"].items() if k != "options" or v},
     }
     if int(config.get("processes") or 1) > 1:
         shared["processes"] = int(config["processes"])
@@ -534,12 +578,19 @@ def parse_literal(text: str) -> Any:
         return text
 
 
+#: Sections whose entries are tables named after a component (a data set, a model, a method,
+#: an evaluator): ``--set`` creates a missing one.
+_NAMED_TABLES = (["dataset_options"], ["model_options"], ["method_params"], ["eval", "options"])
+
+
 def apply_setting(matrix: MatrixConfig, text: str) -> None:
     """Apply a ``--set section.key=value`` override (e.g. ``schedule.lr=0.05``) in place."""
     parts, raw = parse_assignment(text, "--set")
     data = to_dict(matrix)
     node = data
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, dict) and part not in node and parts[:depth] in _NAMED_TABLES:
+            node[part] = {}  # a component's options table, checked where it is used
         if not isinstance(node, dict) or part not in node:
             raise UsageError(f"--set {text!r}: no section {part!r} in the preset")
         node = node[part]

@@ -272,7 +272,7 @@ def test_confidence_gap_column_tells_under_from_overconfidence():
 
 
 def test_fractions_of_255():
-    from mixbench.leaderboard.legend import fraction_of_255
+    from mixbench.bench.evaluators.builtin.adversarial import fraction_of_255
 
     assert fraction_of_255(8 / 255) == "8/255"
     assert fraction_of_255(0.5 / 255) == "0.5/255"

@@ -3,7 +3,8 @@
 ``train_cell`` reads like a table of contents: device, data, model, method, optimizer and
 schedule, trainer, evaluator, handlers (progress bar, timer, NaN check, checkpoint with
 resume), run. The trainer's update step only calls ``method.loss(model, images, labels)``: the
-engine never branches on a method's name.
+engine never branches on a method's name. It returns after training: the matrix runner then
+runs the cell's evaluators on the trained network (:mod:`mixbench.bench.evaluate`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class CellResult:
     metrics: dict[str, Any]
     timings: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The trained network, its data and device, for the evaluators that the matrix runner
+    #: runs next (not stored).
+    backbone: nn.Module | None = field(default=None, repr=False)
+    bundle: Any = field(default=None, repr=False)
+    device: torch.device | None = None
 
 
 class TrainingModule(nn.Module):
@@ -432,13 +438,7 @@ def train_cell(
         compute.remove()  # the evaluators run the model too: their passes are not training's
     result = _collect_result(last_metrics, progress, resumed_from, schedule)
     result.metrics["data"] = describe_data(bundle)
-    # Post-training evaluators (robustness, corruptions, embedding quality): issue 5.
-    if rank == 0:  # only rank 0 records results; the others wait at the next cell's broadcast
-        from mixbench.bench.evaluate import run_evaluators
-
-        report = run_evaluators(backbone, bundle, cell, device, heartbeat=heartbeat)
-        result.metrics.update(report.metrics)
-        result.timings.update(report.timings)
+    result.backbone, result.bundle, result.device = backbone, bundle, device
     return result
 
 

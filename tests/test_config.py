@@ -157,7 +157,7 @@ def test_negative_epochs_refused():
 
 def test_config_hash_canonical():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": (1, 2), "a": 1})
-    assert to_dict(load_preset("smoke"))["schedule"]["epochs"] == 4
+    assert to_dict(load_preset("smoke"))["schedule"]["epochs"] == 3
 
 
 def test_param_set_paper_takes_each_methods_paper_set_and_shares_the_others_cells() -> None:

@@ -34,6 +34,7 @@ from mixbench.config import CellConfig, ScheduleConfig
 from mixbench.errors import UsageError
 from mixbench.methods import MixMethod, get_method
 from mixbench.models import create_model
+from mixbench.seeding import epoch_seed, global_seed
 
 logger = logging.getLogger("mixbench")
 
@@ -132,11 +133,6 @@ class RunProgress:
                 self.compute.load_state_dict(state["compute"])
             else:
                 self.compute.reset()
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's random streams, derived from the cell's seed."""
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**62)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -328,7 +324,7 @@ def train_cell(
         epoch = engine.state.epoch
         train_loader.set_epoch(epoch)
         method.seed(epoch_seed(cell.seed, epoch), rank)
-        torch.manual_seed(epoch_seed(cell.seed, epoch) * 131 + rank)
+        torch.manual_seed(global_seed(cell.seed, epoch, rank))
 
     # Timer: training time only (data and step), paused before evaluation runs; on a GPU the
     # queued work is waited for first so that the last steps are counted.

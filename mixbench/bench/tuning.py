@@ -34,6 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mixbench.config import CellConfig, MatrixConfig, config_hash, to_dict
 from mixbench.errors import UsageError
 from mixbench.methods import MixMethod, get_method_class, resolve_params
+from mixbench.seeding import trial_seed
 
 VALIDATION_FRACTION = 0.1  # default validation split: this share of the training set
 STARTUP_TRIALS = 5  # random trials before TPE models the space; trials before pruning starts
@@ -175,7 +176,7 @@ def make_sampler(seed: int, trial_number: int) -> optuna.samplers.TPESampler:
     suggestions) while workers sharing a study never draw the same random start-up points.
     """
     return optuna.samplers.TPESampler(
-        seed=(int(seed) * 1_000_003 + int(trial_number)) % (2**31),
+        seed=trial_seed(seed, trial_number),
         n_startup_trials=STARTUP_TRIALS,
     )
 

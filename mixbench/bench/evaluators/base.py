@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from torch import nn
 
 from mixbench.errors import UsageError
 from mixbench.registry import Registry
+from mixbench.seeding import purpose_seed
 
 __all__ = [
     "EVALUATORS",
@@ -127,8 +127,7 @@ def evaluator_generator(seed: int, purpose: str) -> torch.Generator:
     Each purpose gets its own stream, so that the draws of one evaluator do not depend on which
     other evaluators run, or in which order.
     """
-    salt = zlib.crc32(purpose.encode())
-    return torch.Generator().manual_seed((int(seed) * 2_654_435_761 + salt) % 2**63)
+    return torch.Generator().manual_seed(purpose_seed(seed, purpose))
 
 
 class Heartbeat:

@@ -4,10 +4,10 @@ The import graph is read from the source with :mod:`ast` (nothing is imported): 
 ``import`` and ``from ... import`` counts, relative ones and those inside functions included,
 and ``from package import name`` counts as an import of ``package.name`` when that is a module.
 
-Layers, lowest first: core (errors, registry, file I/O, plug-in loading, typed configuration),
-components (methods, models, data sets, evaluators), runner (the rest of ``mixbench.bench``),
-apps (the command line, the leaderboard, the package itself and ``python -m mixbench``). A
-module may import modules of its own layer or lower ones only.
+Layers, lowest first: core (errors, registry, file I/O, plug-in loading, typed configuration,
+version), components (methods, models, data sets, evaluators), runner (the rest of
+``mixbench.bench``), apps (the command line, the leaderboard, the package itself and
+``python -m mixbench``). A module may import modules of its own layer or lower ones only.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ LAYERS = {
     "mixbench.fileio": 0,
     "mixbench.plugins": 0,
     "mixbench.config": 0,
-    "mixbench.configio": 0,
+    "mixbench.version": 0,
     "mixbench.methods": 1,
     "mixbench.models": 1,
     "mixbench.datasets": 1,

@@ -1,7 +1,9 @@
 """Typed configuration: a benchmark matrix (a preset) and the cells it expands to.
 
 Presets are TOML files shipped in ``mixbench/presets/``; every key maps onto a field of the
-dataclasses below and unknown keys are refused. A :class:`CellConfig` is one training run
+dataclasses below and unknown keys are refused. These dataclasses are plain data checked
+without the registries; names of methods and evaluators are resolved where the cells are
+built (:func:`mixbench.bench.cells.build_cells`). A :class:`CellConfig` is one training run
 (method x data set x model x seed plus the shared schedule); its ``key`` is the hash of
 everything that defines the experiment (the ``runtime`` section, which only says where and
 how fast it runs, is left out).
@@ -85,6 +87,10 @@ class EvalConfig:
     settings dataclass (``ood``, and evaluators of plugins) takes them from ``options``, one
     table per evaluator: ``[eval.options.ood]`` in a preset, ``--set
     eval.options.ood.sets='["DIR"]'`` on the command line.
+
+    Construction checks what needs no registry; evaluator names, patterns, ``options`` tables
+    and plug-in corruption names are checked (and ``evaluators`` expanded) by
+    :func:`mixbench.bench.cells.resolve_eval`, which every cell goes through.
     """
 
     #: The generated corruptions shipped with mixbench (``mixbench.bench.evaluators``).
@@ -117,8 +123,6 @@ class EvalConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.evaluators = _resolve_evaluators(self.evaluators)
-        self.options = _check_evaluator_options(self.options, self.evaluators)
         if self.calibration_bins < 1:
             raise UsageError(f"eval.calibration_bins must be >= 1, got {self.calibration_bins}")
         if self.batch_size < 1:
@@ -146,66 +150,8 @@ class EvalConfig:
                 f"eval.corruption_severities must list severities 1 to 5, "
                 f"got {self.corruption_severities}"
             )
-        if not self.generated_corruptions and "generated_corruptions" in self.evaluators:
-            raise UsageError("eval.generated_corruptions is empty; list some or drop the evaluator")
-        extra = [c for c in self.generated_corruptions if c not in self.GENERATED]
-        if extra:  # perhaps registered by a plugin: ask the registry (imports torch)
-            from mixbench.bench.evaluators import generated_corruptions
-
-            valid = generated_corruptions()
-            if any(c not in valid for c in extra):
-                raise UsageError(
-                    f"unknown generated corruption {extra[0]!r} in eval.generated_corruptions; "
-                    f"valid: {', '.join(valid)}"
-                )
         if self.uniformity_t <= 0:
             raise UsageError(f"eval.uniformity_t must be > 0, got {self.uniformity_t}")
-
-
-def _resolve_evaluators(names: list[str]) -> list[str]:
-    """``names`` with patterns expanded to the registered evaluators they match (in run order);
-    an unknown name is a one-line error naming the valid ones."""
-    from mixbench.bench.evaluators import EVALUATORS, list_evaluators
-    from mixbench.errors import UnknownNameError
-
-    out: list[str] = []
-    for entry in names:
-        if any(c in entry for c in "*?["):
-            found = list_evaluators(entry)
-            if not found:
-                raise UsageError(
-                    f"eval.evaluators: {entry!r} matches no evaluator; valid evaluators: "
-                    f"{', '.join(list_evaluators())}"
-                )
-        else:
-            try:
-                EVALUATORS.get(entry)
-            except UnknownNameError as exc:
-                raise UsageError(f"{exc} (in eval.evaluators)") from None
-            found = [entry]
-        out += [name for name in found if name not in out]
-    return out
-
-
-def _check_evaluator_options(
-    options: dict[str, dict[str, Any]], evaluators: list[str]
-) -> dict[str, dict[str, Any]]:
-    """The ``eval.options`` tables of the evaluators that run, each checked against its
-    evaluator's settings; tables of registered evaluators that do not run are dropped (they
-    would change nothing), a table naming no evaluator is an error."""
-    from mixbench.bench.evaluators import EVALUATORS
-    from mixbench.bench.evaluators.base import resolve_settings
-
-    kept = {}
-    for name, values in options.items():
-        if name not in EVALUATORS:
-            EVALUATORS.get(name)  # the one-line error with close matches
-        if not isinstance(values, dict):
-            raise UsageError(f"eval.options.{name} must be a table, got {values!r}")
-        if name in evaluators:
-            resolve_settings(name, values)
-            kept[name] = values
-    return kept
 
 
 @dataclass
@@ -273,7 +219,10 @@ class CellConfig:
 
 @dataclass
 class MatrixConfig:
-    """A benchmark matrix: methods x data sets x models x seeds with a shared schedule."""
+    """A benchmark matrix: methods x data sets x models x seeds with a shared schedule.
+
+    :func:`mixbench.bench.cells.build_cells` expands it into its cells.
+    """
 
     name: str = "custom"
     description: str = ""
@@ -290,138 +239,6 @@ class MatrixConfig:
     param_set: str = "default"
     include: list[str] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
-
-    def resolved_methods(self) -> list[str]:
-        """Method names with ``"*"`` expanded to every registered method."""
-        from mixbench.methods import list_methods
-
-        names: list[str] = []
-        for entry in self.methods:
-            found = list_methods(entry) if any(c in entry for c in "*?[") else [entry]
-            if not found:
-                from mixbench.plugins import HOW_TO_LOAD
-
-                raise UsageError(
-                    f"no registered method matches the pattern {entry!r}; registered methods: "
-                    f"{', '.join(list_methods())}; {HOW_TO_LOAD}"
-                )
-            names.extend(n for n in found if n not in names)
-        return names
-
-    def cells(self) -> list[CellConfig]:
-        """Every cell of the matrix, names and parameters validated, in a stable order."""
-        from mixbench.methods import get_method_class, resolve_params
-
-        self.schedule.validate()
-        if not self.seeds:
-            raise UsageError("the matrix has no seeds; pass --seeds 0,1,2")
-        out: list[CellConfig] = []
-        for dataset in self.datasets:
-            for model in self.models:
-                for method, variant_params, seeds, variant_set in self.entries():
-                    cls = get_method_class(method)
-                    if variant_set is not None:
-                        preset_params, param_set = _named_param_set(cls, variant_set)
-                    else:
-                        preset_params, param_set = _method_param_set(cls, self, dataset, model)
-                    given = dict(preset_params)
-                    given.update(self.method_params.get(method, {}))
-                    given.update(variant_params)
-                    params = resolve_params(cls, given)
-                    for seed in seeds:
-                        out.append(
-                            CellConfig(
-                                preset=self.name,
-                                method=method,
-                                params=params,
-                                dataset=dataset,
-                                dataset_options=dict(self.dataset_options.get(dataset, {})),
-                                model=model,
-                                model_options=dict(self.model_options.get(model, {})),
-                                seed=int(seed),
-                                schedule=copy.deepcopy(self.schedule),
-                                eval=copy.deepcopy(self.eval),
-                                runtime=copy.deepcopy(self.runtime),
-                                param_set=param_set,
-                                method_version=int(getattr(cls, "version", 1)),
-                            )
-                        )
-        if not out:
-            raise UsageError("the matrix is empty: no methods, data sets or models selected")
-        unique: dict[str, CellConfig] = {}
-        for cell in out:  # variants that resolve to the same parameters are one cell
-            unique.setdefault(cell.key, cell)
-        return list(unique.values())
-
-    def entries(self) -> list[tuple[str, dict[str, Any], list[int], str | None]]:
-        """(method, variant parameters, seeds, variant parameter set) of every matrix row.
-
-        Without ``variants`` every selected method is one row with the matrix's seeds. With
-        ``variants`` (a list of tables: ``method``, optional ``param_set`` (a named parameter
-        set of the method, e.g. ``"ce"``), ``params`` (applied on top) and ``seeds``) each
-        variant is a row; ``methods`` then filters them (``["*"]`` keeps all).
-        """
-        if not self.variants:
-            return [(m, {}, list(self.seeds), None) for m in self.resolved_methods()]
-        keep = None if self.methods == ["*"] else set(self.resolved_methods())
-        rows = []
-        for i, variant in enumerate(self.variants):
-            unknown = sorted(set(variant) - {"method", "param_set", "params", "seeds"})
-            if unknown or "method" not in variant:
-                raise UsageError(
-                    f"variant {i + 1} of preset {self.name!r} needs a 'method' and may have "
-                    f"'param_set', 'params' and 'seeds'; got keys {sorted(variant)}"
-                )
-            if keep is not None and variant["method"] not in keep:
-                continue
-            seeds = variant.get("seeds", self.seeds)
-            if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
-                raise UsageError(f"variant {i + 1} of preset {self.name!r}: seeds must be a list")
-            named = variant.get("param_set")
-            if named is not None and not isinstance(named, str):
-                raise UsageError(
-                    f"variant {i + 1} of preset {self.name!r}: param_set must be a name"
-                )
-            rows.append((variant["method"], dict(variant.get("params", {})), seeds, named))
-        return rows
-
-
-def _named_param_set(cls: type, name: str) -> tuple[dict[str, Any], str]:
-    """A method's named parameter set (e.g. ``ce``) and the name recorded in the cell."""
-    sets = getattr(cls, "param_sets", {}) or {}
-    if name == "default":
-        return {}, "default"
-    if name not in sets:
-        valid = ", ".join(["default", *sorted(sets)])
-        raise UsageError(f"method {cls.name!r} has no parameter set {name!r}; its sets: {valid}")
-    return dict(sets[name]), name
-
-
-def _method_param_set(
-    cls: type, matrix: MatrixConfig, dataset: str, model: str
-) -> tuple[dict[str, Any], str]:
-    """The parameters of the matrix's param set for one method, data set and model, and the
-    param set recorded in the cell.
-
-    ``default``: none (the declared defaults), recorded as ``default``. A named set such as
-    ``paper``: the method's ``param_sets[name]``; a method that declares no such set runs (and
-    records) its defaults, so its cells are shared with a ``default`` run. ``best``
-    (``best@STORAGE_URL`` once the command line has added the storage): the best trial of the
-    method's tuning study (:func:`mixbench.bench.tuning.best_param_set`), recorded as
-    ``best:<study name>``; ``default`` when the method has no search space or no study.
-    """
-    name = matrix.param_set
-    if name == "best" or name.startswith("best@"):
-        from mixbench.bench.tuning import best_param_set
-
-        storage = name.partition("@")[2] or None
-        return best_param_set(cls, storage, matrix.name, dataset, model)
-    if name == "default":
-        return {}, name
-    sets = getattr(cls, "param_sets", {}) or {}
-    if name not in sets:  # e.g. ERM under ``--param-set paper``: its cells are the default ones
-        return {}, "default"
-    return dict(sets[name]), name
 
 
 # -- (de)serialisation ------------------------------------------------------------------

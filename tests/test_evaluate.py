@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mixbench.bench.cells import build_cells, resolve_eval
 from mixbench.bench.evaluate import run_evaluators
 from mixbench.bench.evaluators import (
     NormalizedModel,
@@ -196,7 +197,7 @@ def _cell(**eval_options):
     matrix.model_options = {"preactresnet18": {"width": 4}}
     matrix.eval = dataclasses.replace(EvalConfig(), batch_size=16, **eval_options)
     matrix.runtime.device = "cpu"
-    return matrix.cells()[0]
+    return build_cells(matrix)[0]
 
 
 def test_only_the_listed_evaluators_run(small):
@@ -356,23 +357,23 @@ def test_official_corruptions_of_another_image_size_are_skipped(small, tmp_path)
 
 def test_eval_config_refuses_bad_settings():
     with pytest.raises(UsageError, match="unknown evaluator 'robustness'"):
-        EvalConfig(evaluators=["robustness"])
+        resolve_eval(EvalConfig(evaluators=["robustness"]))
     with pytest.raises(UsageError, match="attack_subset"):
         EvalConfig(attack_subset=0)
     with pytest.raises(UsageError, match="severities"):
         EvalConfig(corruption_severities=[0, 6])
     with pytest.raises(UsageError, match="unknown generated corruption 'snow'"):
-        EvalConfig(generated_corruptions=["snow"])
+        resolve_eval(EvalConfig(generated_corruptions=["snow"]))
     matrix = load_preset("smoke")
     with pytest.raises(UsageError, match="pixel units"):
         apply_setting(matrix, "eval.pgd_eps=8")
     apply_setting(matrix, 'eval.evaluators=["pgd"]')
-    assert matrix.cells()[0].eval.evaluators == ["pgd"]
+    assert build_cells(matrix)[0].eval.evaluators == ["pgd"]
 
 
 def test_presets_store_their_evaluator_settings():
     smoke, short = load_preset("smoke").eval, load_preset("short").eval
-    assert smoke.evaluators == list_evaluators()
+    assert resolve_eval(smoke).evaluators == list_evaluators()
     assert smoke.attack_subset and smoke.corruption_subset and smoke.embedding_subset
     assert short.attack_subset == 2000 and short.corruption_subset == 1000
     paper = load_preset("paper-cifar10").eval

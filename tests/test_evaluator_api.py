@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mixbench.bench.cells import build_cells, resolve_eval
 from mixbench.bench.evaluate import run_evaluators
 from mixbench.bench.evaluators import (
     EVALUATORS,
@@ -84,7 +85,7 @@ def _cell(**eval_options) -> CellConfig:
     matrix.model_options = {"preactresnet18": {"width": 4}}
     matrix.eval = EvalConfig(batch_size=16, **eval_options)
     matrix.runtime.device = "cpu"
-    return matrix.cells()[0]
+    return build_cells(matrix)[0]
 
 
 def _record(cell: CellConfig, metrics: dict, seed: int) -> dict:
@@ -138,18 +139,21 @@ def test_a_column_no_row_has_is_left_out(mean_logit, small):
 
 def test_evaluator_options_are_typed_and_checked():
     with pytest.raises(UsageError, match="unknown evaluator 'odd'"):
-        EvalConfig(options={"odd": {}})
+        resolve_eval(EvalConfig(options={"odd": {}}))
     with pytest.raises(UsageError, match="unknown key 'sizes' in eval.options.ood"):
-        EvalConfig(options={"ood": {"sizes": 3}})
+        resolve_eval(EvalConfig(options={"ood": {"sizes": 3}}))
     with pytest.raises(UsageError, match="eval.options.ood.in_subset must be of type int"):
-        EvalConfig(options={"ood": {"in_subset": "many"}})
+        resolve_eval(EvalConfig(options={"ood": {"in_subset": "many"}}))
     with pytest.raises(UsageError, match="takes no settings"):
-        EvalConfig(options={"pgd": {"eps": 1}})
+        resolve_eval(EvalConfig(options={"pgd": {"eps": 1}}))
     with pytest.raises(UsageError, match="matches no evaluator"):
-        EvalConfig(evaluators=["robust*"])
+        resolve_eval(EvalConfig(evaluators=["robust*"]))
     # A table of an evaluator that does not run changes nothing and is dropped.
-    assert EvalConfig(evaluators=["pgd"], options={"ood": {"in_subset": 3}}).options == {}
-    assert EvalConfig(evaluators=["*"]).evaluators == list_evaluators()
+    assert (
+        resolve_eval(EvalConfig(evaluators=["pgd"], options={"ood": {"in_subset": 3}})).options
+        == {}
+    )
+    assert resolve_eval(EvalConfig(evaluators=["*"])).evaluators == list_evaluators()
 
 
 def test_evaluator_options_enter_the_key_only_when_set():
@@ -164,7 +168,7 @@ def test_set_fills_an_evaluator_table_from_the_command_line():
     matrix = load_preset("short")
     apply_setting(matrix, 'eval.evaluators=["pgd", "ood"]')
     apply_setting(matrix, "eval.options.ood.in_subset=64")
-    assert matrix.cells()[0].eval.options == {"ood": {"in_subset": 64}}
+    assert build_cells(matrix)[0].eval.options == {"ood": {"in_subset": 64}}
     with pytest.raises(UsageError, match="no section 'nope'"):
         apply_setting(matrix, "eval.nope.x=1")
 
@@ -215,9 +219,9 @@ def test_ood_scores_the_test_set_against_folders_and_generated_sets(small, tmp_p
 
 def test_ood_settings_refuse_what_cannot_work(tmp_path):
     with pytest.raises(UsageError, match="unknown set 'svhn'"):
-        EvalConfig(options={"ood": {"generated": ["svhn"]}})
+        resolve_eval(EvalConfig(options={"ood": {"generated": ["svhn"]}}))
     with pytest.raises(UsageError, match="no OOD set"):
-        EvalConfig(options={"ood": {"generated": []}})
+        resolve_eval(EvalConfig(options={"ood": {"generated": []}}))
     cell = _cell(evaluators=["ood"], options={"ood": {"sets": [str(tmp_path / "missing")]}})
     bundle = create_dataset("synthetic", n_train=20, n_test=48)
     net = create_model("preactresnet18", bundle.num_classes, seed=0, width=4)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mixbench.bench.cells import resolve_cell, resolve_eval
 from mixbench.bench.evaluators import (
     EvalContext,
     NormalizedModel,
@@ -166,7 +167,8 @@ def run_evaluators(
 
     began = time.perf_counter()
     device = torch.device(device)
-    wanted = [name for name in list_evaluators() if name in cell.eval.evaluators]
+    selection = resolve_eval(cell.eval)  # patterns expanded, names and options checked
+    wanted = [name for name in list_evaluators() if name in selection.evaluators]
     if cell.dataset_options.get("validation"):
         # A tuning trial: the test split is a validation split carved from the training set,
         # and only the objective (clean top-1) matters there.
@@ -191,7 +193,7 @@ def run_evaluators(
         context.beat()
     for name in wanted:
         cls = get_evaluator(name)
-        context.settings = resolve_settings(name, cell.eval.options.get(name))
+        context.settings = resolve_settings(name, selection.options.get(name))
         start = time.perf_counter()
         with _restored_modes(backbone):
             backbone.eval()
@@ -240,7 +242,7 @@ def load_cell_checkpoint(checkpoint: Path) -> tuple[CellConfig, dict[str, Any]]:
         raise UsageError(f"cannot read {cell_file}: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{cell_file} does not hold a cell configuration")
-    cell = from_dict(CellConfig, data, CELL_FILE)
+    cell = resolve_cell(from_dict(CellConfig, data, CELL_FILE))
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or not a torch file at all

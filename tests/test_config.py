@@ -23,7 +23,7 @@ def test_smoke_preset_covers_every_method():
     cells = build_cells(matrix)
     assert sorted({c.method for c in cells}) == list_methods()
     assert {c.dataset for c in cells} == {"synthetic"}
-    assert all(c.model_options == {"width": 16} for c in cells)
+    assert all(c.model_options == {"width": 8} for c in cells)
 
 
 def test_every_shipped_preset_loads():

@@ -28,6 +28,7 @@ LAYERS = {
     "mixbench.plugins": 0,
     "mixbench.config": 0,
     "mixbench.version": 0,
+    "mixbench.seeding": 0,
     "mixbench.methods": 1,
     "mixbench.models": 1,
     "mixbench.datasets": 1,

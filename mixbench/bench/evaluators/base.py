@@ -31,20 +31,6 @@ from mixbench.errors import UsageError
 from mixbench.registry import Registry
 from mixbench.seeding import purpose_seed
 
-__all__ = [
-    "EVALUATORS",
-    "ColumnSpec",
-    "EvalContext",
-    "EvalResult",
-    "Evaluator",
-    "evaluator_columns",
-    "evaluator_generator",
-    "evaluator_info",
-    "get_evaluator",
-    "list_evaluators",
-    "register_evaluator",
-]
-
 #: Seconds between two heartbeats of a long evaluation (the results store marks a cell whose
 #: worker stops beating as abandoned).
 HEARTBEAT_SECONDS = 30.0

@@ -239,17 +239,21 @@ class _Attack(Evaluator):
         return attack_legend(settings)
 
 
+def _attack_column(attack: str, position: float) -> tuple[ColumnSpec, ...]:
+    """The one column of an attack: its top-1, always shown, with a robustness-plot panel."""
+    name = attack.upper()
+    return (
+        ColumnSpec(key=f"{attack}_top1", header=f"{name} (%)", optional=False,
+                   position=position, plot=f"{name} top-1 (%)"),
+    )  # fmt: skip
+
+
 @register_evaluator("fgsm")
 class FGSM(_Attack):
     """Top-1 under the fast gradient sign method (one step of size eps)."""
 
     description = "top-1 under FGSM (L-inf, pixel space) on a fixed subset of test images"
-    order = 20
-    attack = "fgsm"
-    columns = (
-        ColumnSpec(key="fgsm_top1", header="FGSM (%)", optional=False, position=30,
-                   plot="FGSM top-1 (%)"),
-    )  # fmt: skip
+    order, attack, columns = 20, "fgsm", _attack_column("fgsm", 30)
 
 
 @register_evaluator("pgd")
@@ -257,9 +261,4 @@ class PGD(_Attack):
     """Top-1 under projected gradient descent from a random start."""
 
     description = "top-1 under PGD (L-inf, pixel space, random start) on a fixed test subset"
-    order = 30
-    attack = "pgd"
-    columns = (
-        ColumnSpec(key="pgd_top1", header="PGD (%)", optional=False, position=31,
-                   plot="PGD top-1 (%)"),
-    )  # fmt: skip
+    order, attack, columns = 30, "pgd", _attack_column("pgd", 31)

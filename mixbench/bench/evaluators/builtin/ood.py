@@ -26,14 +26,7 @@ from typing import Any
 
 import torch
 
-from mixbench.bench.evaluators._ood import (
-    GENERATED_OOD_SETS,
-    energy_scores,
-    generated_ood_images,
-    load_ood_folder,
-    msp_scores,
-    ood_metrics,
-)
+import mixbench.bench.evaluators._ood as ood
 from mixbench.bench.evaluators.base import (
     ColumnSpec,
     EvalContext,
@@ -60,17 +53,17 @@ class OODSettings:
     """
 
     sets: list[str] = field(default_factory=list)
-    generated: list[str] = field(default_factory=lambda: list(GENERATED_OOD_SETS))
+    generated: list[str] = field(default_factory=lambda: list(ood.GENERATED_OOD_SETS))
     in_subset: int | None = 1000
     out_subset: int | None = 1000
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        unknown = [g for g in self.generated if g not in GENERATED_OOD_SETS]
+        unknown = [g for g in self.generated if g not in ood.GENERATED_OOD_SETS]
         if unknown:
             raise UsageError(
                 f"eval.options.ood.generated: unknown set {unknown[0]!r}; valid: "
-                f"{', '.join(GENERATED_OOD_SETS)}"
+                f"{', '.join(ood.GENERATED_OOD_SETS)}"
             )
         for name in ("in_subset", "out_subset"):
             value = getattr(self, name)
@@ -143,8 +136,8 @@ class OOD(Evaluator):
         size = tuple(context.bundle.image_size)
         logits_in = _logits(context, images)
         score_in = {
-            "msp": msp_scores(logits_in),
-            "energy": energy_scores(logits_in, settings.temperature),
+            "msp": ood.msp_scores(logits_in),
+            "energy": ood.energy_scores(logits_in, settings.temperature),
         }
         sets: dict[str, torch.Tensor] = {}
         notes = []
@@ -154,12 +147,12 @@ class OOD(Evaluator):
                     "ood: the generated synthetic set is skipped: the data set is synthetic"
                 )
                 continue
-            sets[_LABELS[kind]] = generated_ood_images(
+            sets[_LABELS[kind]] = ood.generated_ood_images(
                 kind, settings.out_subset, size, channels, context.generator(f"ood-{kind}")
             )
         for folder in settings.sets:
             name = Path(folder).expanduser().name or str(folder)
-            loaded = load_ood_folder(
+            loaded = ood.load_ood_folder(
                 Path(folder).expanduser(), size, settings.out_subset, context.generator("ood-dir")
             )
             sets[name] = _match_channels(loaded, channels, f"eval.options.ood.sets: {folder}")
@@ -169,9 +162,9 @@ class OOD(Evaluator):
         for name, ood_images in sets.items():
             logits_out = _logits(context, ood_images)
             per_set[name] = {
-                "msp": ood_metrics(score_in["msp"], msp_scores(logits_out)),
-                "energy": ood_metrics(
-                    score_in["energy"], energy_scores(logits_out, settings.temperature)
+                "msp": ood.ood_metrics(score_in["msp"], ood.msp_scores(logits_out)),
+                "energy": ood.ood_metrics(
+                    score_in["energy"], ood.energy_scores(logits_out, settings.temperature)
                 ),
                 "examples": int(ood_images.shape[0]),
             }

@@ -106,7 +106,8 @@ def test_every_cell_stores_the_evaluators_metrics_settings_and_times(tiny_run):
 
 def test_smoke_runs_the_ood_evaluator_and_its_leaderboard_shows_it(tiny_run):
     metrics, _, config = _stored(tiny_run)
-    assert config["eval"]["options"] == {"ood": {"in_subset": 256, "out_subset": 256}}
+    options = load_preset("smoke").eval.options
+    assert config["eval"]["options"] == options and set(options["ood"]) >= {"out_subset"}
     assert 0 <= metrics["ood_auroc"] <= 1 and 0 <= metrics["ood_fpr95"] <= 1
     assert set(metrics["ood"]["sets"]) == {
         "uniform noise (generated)",
@@ -115,7 +116,8 @@ def test_smoke_runs_the_ood_evaluator_and_its_leaderboard_shows_it(tiny_run):
     page = (tiny_run / "LEADERBOARD.md").read_text()  # written by mixbench run
     assert "OOD AUROC (%)" in page and "OOD FPR95 (%)" in page
     assert "OOD AUROC / AUPR / FPR95: out-of-distribution detection" in page
-    assert "uniform noise (generated) (256)" in page and "not a named OOD benchmark" in page
+    per_set = options["ood"]["out_subset"]
+    assert f"uniform noise (generated) ({per_set})" in page and "not a named OOD benchmark" in page
     assert "the generated synthetic set is skipped" in page  # the note under the table
 
 

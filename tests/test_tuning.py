@@ -26,6 +26,7 @@ TINY = [
     "--set", "dataset_options.synthetic.n_test=64",
     "--set", "model_options.preactresnet18.width=8",
     "--set", "schedule.batch_size=128",
+    "--set", "schedule.eval_every=1",  # pruning looks at every epoch's validation score
     "--no-progress",
 ]  # fmt: skip
 

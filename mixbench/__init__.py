@@ -1,3 +1,5 @@
 """mixbench: a fair, reproducible benchmark suite for mixup data augmentation."""
 
-__version__ = "0.1.0"
+from mixbench.version import __version__
+
+__all__ = ["__version__"]

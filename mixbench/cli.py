@@ -116,9 +116,32 @@ def build_matrices(args: argparse.Namespace) -> list[Any]:
     return matrices
 
 
+def matrix_cells(matrix: Any, args: argparse.Namespace) -> list[Any]:
+    """The cells of ``matrix`` (built by :func:`build_matrices`); under ``--param-set best``
+    each method's parameters are the best trial of its study in the tuning storage of ``args``
+    (``--tuning-storage``, by default ``OUT/tuning.db``)."""
+    from mixbench.bench.cells import build_cells
+
+    best = None
+    if matrix.param_set == "best":
+        from mixbench.bench.store import sqlite_url
+        from mixbench.bench.tuning import best_params_from
+
+        storage = args.tuning_storage or sqlite_url(_out_dir(args) / "tuning.db")
+        best = best_params_from(storage)
+    return build_cells(matrix, best=best)
+
+
+def _all_cells(args: argparse.Namespace) -> list[Any]:
+    """The cells of every matrix of ``args``."""
+    return [cell for matrix in build_matrices(args) for cell in matrix_cells(matrix, args)]
+
+
 def _note_unused_params(matrices: list[Any], params: list[str]) -> None:
     """Say so when a ``--param`` names a method that no cell of the matrices runs."""
-    in_matrix = {method for m in matrices for method, *_ in m.entries()}
+    from mixbench.bench.cells import matrix_entries
+
+    in_matrix = {method for m in matrices for method, *_ in matrix_entries(m)}
     for text in params:
         method = text.split("=", 1)[0].split(".", 1)[0].strip()
         if method not in in_matrix:
@@ -162,11 +185,6 @@ def _apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
                 f"unknown parameter set {args.param_set!r}; valid sets: {', '.join(valid)}"
             )
         matrix.param_set = args.param_set
-    if matrix.param_set == "best":  # each method's best tuned parameters: needs the storage
-        from mixbench.bench.store import sqlite_url
-
-        storage = args.tuning_storage or sqlite_url(_out_dir(args) / "tuning.db")
-        matrix.param_set = f"best@{storage}"
     for text in args.param:
         parts, value = parse_assignment(text, "--param")
         if len(parts) != 2:
@@ -207,7 +225,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``mixbench run``: run every cell not done yet, then write the leaderboard."""
-    cells = [cell for matrix in build_matrices(args) for cell in matrix.cells()]
+    cells = _all_cells(args)
     if args.dry_run:
         return _print_dry_run(cells)
     from mixbench.bench.matrix import default_db_url, run_matrix
@@ -236,6 +254,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.failed:
         print("failed cells: see `mixbench status`; rerun with --retry-failed", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def worker_job(argv: list[str]) -> int:
+    """What each launched job runs: ``mixbench worker ARGV``; returns its exit status."""
+    return main(["worker", *argv])
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """``mixbench tune``: the tuning command, given how the command line builds matrices."""
+    from mixbench.bench.tuning import cmd_tune as tune
+
+    return tune(args, build_matrices)
 
 
 def matrix_argv(args: argparse.Namespace) -> list[str]:
@@ -293,7 +323,9 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], out_dir: Path
     if args.launcher == "local":
         env.update(shared_cpu_environment(args.workers))
     with environment(env):
-        jobs = launch_workers(args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm)
+        jobs = launch_workers(
+            args.launcher, args.workers, argv, out_dir / "launcher-logs", slurm, entry=worker_job
+        )
     print(
         f"launched {len(jobs)} {args.launcher} worker(s); logs in {out_dir}/launcher-logs",
         file=sys.stderr,
@@ -322,7 +354,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """``mixbench worker``: claim and run cells of a shared database until none is left."""
     from mixbench.bench.matrix import run_matrix
 
-    cells = [cell for matrix in build_matrices(args) for cell in matrix.cells()]
+    cells = _all_cells(args)
     summary = run_matrix(
         cells,
         _out_dir(args),
@@ -599,6 +631,29 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluators(args: argparse.Namespace) -> int:
+    """``mixbench evaluators``: the registered evaluators, as a table or JSON."""
+    from tabulate import tabulate
+
+    from mixbench.bench.evaluators import evaluator_info, list_evaluators
+
+    infos = [evaluator_info(name) for name in list_evaluators()]
+    if args.json:
+        print(json.dumps(infos, indent=2, default=str))
+        return 0
+    rows = [
+        [
+            i["name"],
+            i["description"],
+            ", ".join(c["header"] for c in i["columns"]) or "—",
+            ", ".join(f"{k}={s['default']!r}" for k, s in i["settings"].items()) or "—",
+        ]
+        for i in infos
+    ]
+    print(tabulate(rows, headers=["evaluator", "description", "columns", "settings (defaults)"]))
+    return 0
+
+
 def cmd_list(kind: str) -> Any:
     """``mixbench models|datasets|presets``: one name per line."""
 
@@ -746,6 +801,10 @@ def make_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="print a JSON list")
     methods.set_defaults(func=cmd_methods)
 
+    evaluators = add("evaluators", help="list the registered evaluators")
+    evaluators.add_argument("--json", action="store_true", help="print a JSON list")
+    evaluators.set_defaults(func=cmd_evaluators)
+
     for kind in ("models", "datasets", "presets"):
         add(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
 
@@ -765,7 +824,7 @@ def make_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--validation", type=int, help="size of the validation split carved from the training set"
     )
-    tune.set_defaults(func=_lazy("mixbench.bench.tuning", "cmd_tune"))
+    tune.set_defaults(func=cmd_tune)
 
     evaluate = add("evaluate", help="run every evaluator on a saved checkpoint")
     evaluate.add_argument("checkpoint", type=Path, help="a checkpoint_<epoch>.pt of a cell")

@@ -1,7 +1,9 @@
 """Typed configuration: a benchmark matrix (a preset) and the cells it expands to.
 
 Presets are TOML files shipped in ``mixbench/presets/``; every key maps onto a field of the
-dataclasses below and unknown keys are refused. A :class:`CellConfig` is one training run
+dataclasses below and unknown keys are refused. These dataclasses are plain data checked
+without the registries; names of methods and evaluators are resolved where the cells are
+built (:func:`mixbench.bench.cells.build_cells`). A :class:`CellConfig` is one training run
 (method x data set x model x seed plus the shared schedule); its ``key`` is the hash of
 everything that defines the experiment (the ``runtime`` section, which only says where and
 how fast it runs, is left out).
@@ -68,27 +70,29 @@ class ScheduleConfig:
 class EvalConfig:
     """Which evaluators run after training, and their settings (stored with every result).
 
-    ``evaluators`` names what runs (see :data:`EVALUATORS`): ``calibration`` (ECE, MCE, OE and
-    reliability bins of the full test set), ``fgsm`` and ``pgd`` (accuracy under L-infinity
-    attacks in pixel space on ``attack_subset`` test images), ``generated_corruptions``
-    (mixbench's own corruptions made with tensor operations, on ``corruption_subset`` test
-    images), ``official_corruptions`` (CIFAR-10-C and kin when their files are under the data
-    root; skipped with a note otherwise) and ``embedding`` (alignment and uniformity of
-    ``embedding_subset`` test embeddings). A subset size of ``None`` means the whole test set;
+    ``evaluators`` names what runs, registered evaluators or shell-style patterns of their names
+    (``"*"``, the default, runs every registered one; ``mixbench evaluators`` lists them):
+    ``calibration`` (ECE, MCE, OE and reliability bins of the full test set), ``fgsm`` and
+    ``pgd`` (accuracy under L-infinity attacks in pixel space on ``attack_subset`` test
+    images), ``generated_corruptions`` (mixbench's own corruptions made with tensor operations,
+    on ``corruption_subset`` test images), ``official_corruptions`` (CIFAR-10-C and kin when
+    their files are under the data root; skipped with a note otherwise), ``embedding``
+    (alignment and uniformity of ``embedding_subset`` test embeddings) and ``ood``
+    (out-of-distribution detection). A subset size of ``None`` means the whole test set;
     subsets are drawn from generators seeded from the cell's seed. An attack setting of
     ``None`` takes the default for the data set's image size: FGSM eps 8/255 and PGD eps 8/255,
     step 2/255 up to 32 pixels, eps 4/255 and step 1/255 on larger images.
+
+    The settings of the evaluators above are this dataclass's fields; an evaluator with its own
+    settings dataclass (``ood``, and evaluators of plugins) takes them from ``options``, one
+    table per evaluator: ``[eval.options.ood]`` in a preset, ``--set
+    eval.options.ood.sets='["DIR"]'`` on the command line.
+
+    Construction checks what needs no registry; evaluator names, patterns, ``options`` tables
+    and plug-in corruption names are checked (and ``evaluators`` expanded) by
+    :func:`mixbench.bench.cells.resolve_eval`, which every cell goes through.
     """
 
-    #: The evaluators that can run, in the order they run.
-    EVALUATORS: typing.ClassVar[tuple[str, ...]] = (
-        "calibration",
-        "fgsm",
-        "pgd",
-        "generated_corruptions",
-        "official_corruptions",
-        "embedding",
-    )
     #: The generated corruptions shipped with mixbench (``mixbench.bench.evaluators``).
     GENERATED: typing.ClassVar[tuple[str, ...]] = (
         "brightness",
@@ -102,7 +106,7 @@ class EvalConfig:
     )
 
     calibration_bins: int = 15
-    evaluators: list[str] = field(default_factory=lambda: list(EvalConfig.EVALUATORS))
+    evaluators: list[str] = field(default_factory=lambda: ["*"])
     batch_size: int = 256
     attack_subset: int | None = None
     fgsm_eps: float | None = None
@@ -116,14 +120,9 @@ class EvalConfig:
     corruption_benchmark: str | None = None
     embedding_subset: int | None = 2048
     uniformity_t: float = 2.0
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [e for e in self.evaluators if e not in self.EVALUATORS]
-        if unknown:
-            raise UsageError(
-                f"unknown evaluator {unknown[0]!r} in eval.evaluators; valid evaluators: "
-                f"{', '.join(self.EVALUATORS)}"
-            )
         if self.calibration_bins < 1:
             raise UsageError(f"eval.calibration_bins must be >= 1, got {self.calibration_bins}")
         if self.batch_size < 1:
@@ -151,18 +150,6 @@ class EvalConfig:
                 f"eval.corruption_severities must list severities 1 to 5, "
                 f"got {self.corruption_severities}"
             )
-        if not self.generated_corruptions and "generated_corruptions" in self.evaluators:
-            raise UsageError("eval.generated_corruptions is empty; list some or drop the evaluator")
-        extra = [c for c in self.generated_corruptions if c not in self.GENERATED]
-        if extra:  # perhaps registered by a plugin: ask the registry (imports torch)
-            from mixbench.bench.evaluators import generated_corruptions
-
-            valid = generated_corruptions()
-            if any(c not in valid for c in extra):
-                raise UsageError(
-                    f"unknown generated corruption {extra[0]!r} in eval.generated_corruptions; "
-                    f"valid: {', '.join(valid)}"
-                )
         if self.uniformity_t <= 0:
             raise UsageError(f"eval.uniformity_t must be > 0, got {self.uniformity_t}")
 
@@ -207,14 +194,17 @@ class CellConfig:
     def identity(self) -> dict[str, Any]:
         """Everything that defines the experiment (the runtime section left out).
 
-        ``processes`` and ``method_version`` count only from 2 on, so the cells made before
-        these fields existed (one process, version 1) keep their keys.
+        ``processes`` and ``method_version`` count only from 2 on, and ``eval.options`` only
+        when it holds a table, so the cells made before these fields existed (one process,
+        version 1, no evaluator options) keep their keys.
         """
         data = to_dict(self)
         data.pop("runtime")
         for name in ("processes", "method_version"):
             if data[name] == 1:
                 data.pop(name)
+        if not data["eval"].get("options"):
+            data["eval"].pop("options", None)
         return data
 
     @property
@@ -229,7 +219,10 @@ class CellConfig:
 
 @dataclass
 class MatrixConfig:
-    """A benchmark matrix: methods x data sets x models x seeds with a shared schedule."""
+    """A benchmark matrix: methods x data sets x models x seeds with a shared schedule.
+
+    :func:`mixbench.bench.cells.build_cells` expands it into its cells.
+    """
 
     name: str = "custom"
     description: str = ""
@@ -246,138 +239,6 @@ class MatrixConfig:
     param_set: str = "default"
     include: list[str] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
-
-    def resolved_methods(self) -> list[str]:
-        """Method names with ``"*"`` expanded to every registered method."""
-        from mixbench.methods import list_methods
-
-        names: list[str] = []
-        for entry in self.methods:
-            found = list_methods(entry) if any(c in entry for c in "*?[") else [entry]
-            if not found:
-                from mixbench.plugins import HOW_TO_LOAD
-
-                raise UsageError(
-                    f"no registered method matches the pattern {entry!r}; registered methods: "
-                    f"{', '.join(list_methods())}; {HOW_TO_LOAD}"
-                )
-            names.extend(n for n in found if n not in names)
-        return names
-
-    def cells(self) -> list[CellConfig]:
-        """Every cell of the matrix, names and parameters validated, in a stable order."""
-        from mixbench.methods import get_method_class, resolve_params
-
-        self.schedule.validate()
-        if not self.seeds:
-            raise UsageError("the matrix has no seeds; pass --seeds 0,1,2")
-        out: list[CellConfig] = []
-        for dataset in self.datasets:
-            for model in self.models:
-                for method, variant_params, seeds, variant_set in self.entries():
-                    cls = get_method_class(method)
-                    if variant_set is not None:
-                        preset_params, param_set = _named_param_set(cls, variant_set)
-                    else:
-                        preset_params, param_set = _method_param_set(cls, self, dataset, model)
-                    given = dict(preset_params)
-                    given.update(self.method_params.get(method, {}))
-                    given.update(variant_params)
-                    params = resolve_params(cls, given)
-                    for seed in seeds:
-                        out.append(
-                            CellConfig(
-                                preset=self.name,
-                                method=method,
-                                params=params,
-                                dataset=dataset,
-                                dataset_options=dict(self.dataset_options.get(dataset, {})),
-                                model=model,
-                                model_options=dict(self.model_options.get(model, {})),
-                                seed=int(seed),
-                                schedule=copy.deepcopy(self.schedule),
-                                eval=copy.deepcopy(self.eval),
-                                runtime=copy.deepcopy(self.runtime),
-                                param_set=param_set,
-                                method_version=int(getattr(cls, "version", 1)),
-                            )
-                        )
-        if not out:
-            raise UsageError("the matrix is empty: no methods, data sets or models selected")
-        unique: dict[str, CellConfig] = {}
-        for cell in out:  # variants that resolve to the same parameters are one cell
-            unique.setdefault(cell.key, cell)
-        return list(unique.values())
-
-    def entries(self) -> list[tuple[str, dict[str, Any], list[int], str | None]]:
-        """(method, variant parameters, seeds, variant parameter set) of every matrix row.
-
-        Without ``variants`` every selected method is one row with the matrix's seeds. With
-        ``variants`` (a list of tables: ``method``, optional ``param_set`` (a named parameter
-        set of the method, e.g. ``"ce"``), ``params`` (applied on top) and ``seeds``) each
-        variant is a row; ``methods`` then filters them (``["*"]`` keeps all).
-        """
-        if not self.variants:
-            return [(m, {}, list(self.seeds), None) for m in self.resolved_methods()]
-        keep = None if self.methods == ["*"] else set(self.resolved_methods())
-        rows = []
-        for i, variant in enumerate(self.variants):
-            unknown = sorted(set(variant) - {"method", "param_set", "params", "seeds"})
-            if unknown or "method" not in variant:
-                raise UsageError(
-                    f"variant {i + 1} of preset {self.name!r} needs a 'method' and may have "
-                    f"'param_set', 'params' and 'seeds'; got keys {sorted(variant)}"
-                )
-            if keep is not None and variant["method"] not in keep:
-                continue
-            seeds = variant.get("seeds", self.seeds)
-            if not isinstance(seeds, list) or not all(isinstance(x, int) for x in seeds):
-                raise UsageError(f"variant {i + 1} of preset {self.name!r}: seeds must be a list")
-            named = variant.get("param_set")
-            if named is not None and not isinstance(named, str):
-                raise UsageError(
-                    f"variant {i + 1} of preset {self.name!r}: param_set must be a name"
-                )
-            rows.append((variant["method"], dict(variant.get("params", {})), seeds, named))
-        return rows
-
-
-def _named_param_set(cls: type, name: str) -> tuple[dict[str, Any], str]:
-    """A method's named parameter set (e.g. ``ce``) and the name recorded in the cell."""
-    sets = getattr(cls, "param_sets", {}) or {}
-    if name == "default":
-        return {}, "default"
-    if name not in sets:
-        valid = ", ".join(["default", *sorted(sets)])
-        raise UsageError(f"method {cls.name!r} has no parameter set {name!r}; its sets: {valid}")
-    return dict(sets[name]), name
-
-
-def _method_param_set(
-    cls: type, matrix: MatrixConfig, dataset: str, model: str
-) -> tuple[dict[str, Any], str]:
-    """The parameters of the matrix's param set for one method, data set and model, and the
-    param set recorded in the cell.
-
-    ``default``: none (the declared defaults), recorded as ``default``. A named set such as
-    ``paper``: the method's ``param_sets[name]``; a method that declares no such set runs (and
-    records) its defaults, so its cells are shared with a ``default`` run. ``best``
-    (``best@STORAGE_URL`` once the command line has added the storage): the best trial of the
-    method's tuning study (:func:`mixbench.bench.tuning.best_param_set`), recorded as
-    ``best:<study name>``; ``default`` when the method has no search space or no study.
-    """
-    name = matrix.param_set
-    if name == "best" or name.startswith("best@"):
-        from mixbench.bench.tuning import best_param_set
-
-        storage = name.partition("@")[2] or None
-        return best_param_set(cls, storage, matrix.name, dataset, model)
-    if name == "default":
-        return {}, name
-    sets = getattr(cls, "param_sets", {}) or {}
-    if name not in sets:  # e.g. ERM under ``--param-set paper``: its cells are the default ones
-        return {}, "default"
-    return dict(sets[name]), name
 
 
 # -- (de)serialisation ------------------------------------------------------------------
@@ -407,7 +268,7 @@ def table_key(config: dict[str, Any]) -> str:
         "schedule": config["schedule"],
         "dataset_options": config["dataset_options"],
         "model_options": config["model_options"],
-        "eval": config["eval"],
+        "eval": {k: v for k, v in config["eval"].items() if k != "options" or v},
     }
     if int(config.get("processes") or 1) > 1:
         shared["processes"] = int(config["processes"])
@@ -534,12 +395,19 @@ def parse_literal(text: str) -> Any:
         return text
 
 
+#: Sections whose entries are tables named after a component (a data set, a model, a method,
+#: an evaluator): ``--set`` creates a missing one.
+_NAMED_TABLES = (["dataset_options"], ["model_options"], ["method_params"], ["eval", "options"])
+
+
 def apply_setting(matrix: MatrixConfig, text: str) -> None:
     """Apply a ``--set section.key=value`` override (e.g. ``schedule.lr=0.05``) in place."""
     parts, raw = parse_assignment(text, "--set")
     data = to_dict(matrix)
     node = data
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, dict) and part not in node and parts[:depth] in _NAMED_TABLES:
+            node[part] = {}  # a component's options table, checked where it is used
         if not isinstance(node, dict) or part not in node:
             raise UsageError(f"--set {text!r}: no section {part!r} in the preset")
         node = node[part]

@@ -26,6 +26,7 @@ TINY = [
     "--set", "dataset_options.synthetic.n_train=256",
     "--set", "dataset_options.synthetic.n_test=128",
     "--set", "schedule.batch_size=64",
+    "--set", "schedule.eval_every=1",  # the tests look at every epoch's evaluation
     "--epochs", "1",
     "--no-progress",
 ]  # fmt: skip

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mixbench.cli import main
+from mixbench.config import load_preset
 from mixbench.methods import list_methods
 
 from .conftest import TINY, run_cli
@@ -170,7 +171,9 @@ def test_dry_run_needs_no_data(capsys, tmp_path):
     )
     out = capsys.readouterr().out
     n = 2 * len(list_methods())
-    assert f"{n} cells, about {n * 4 * 2048:,} training images" in out
+    smoke = load_preset("smoke")
+    images = smoke.schedule.epochs * smoke.dataset_options["synthetic"]["n_train"]
+    assert f"{n} cells, about {n * images:,} training images" in out
 
 
 def test_unreadable_preset_file(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mixbench.bench.cells import build_cells
 from mixbench.config import (
     MatrixConfig,
     apply_setting,
@@ -19,16 +20,16 @@ from mixbench.methods import list_methods
 
 def test_smoke_preset_covers_every_method():
     matrix = load_preset("smoke")
-    cells = matrix.cells()
+    cells = build_cells(matrix)
     assert sorted({c.method for c in cells}) == list_methods()
     assert {c.dataset for c in cells} == {"synthetic"}
-    assert all(c.model_options == {"width": 16} for c in cells)
+    assert all(c.model_options == {"width": 8} for c in cells)
 
 
 def test_every_shipped_preset_loads():
     for name in list_presets():
         matrices = load_matrices(name)
-        assert all(m.cells() for m in matrices)
+        assert all(build_cells(m) for m in matrices)
         if len(matrices) == 1:
             assert matrices[0].name == name
 
@@ -41,21 +42,21 @@ def test_paper_preset_is_the_union_of_its_parts():
         "paper-tinyimagenet",
         "paper-imagenet",
     ]
-    cells = [c for m in parts for c in m.cells()]
+    cells = [c for m in parts for c in build_cells(m)]
     assert {c.dataset for c in cells} == {"cifar10", "cifar100", "tinyimagenet", "imagenet"}
     assert {c.model for c in cells} == {"preactresnet18", "wrn16_8", "resnet50"}
     assert {c.seed for c in cells} == {0, 1, 2}
     # CIFAR-10/100 with two networks each, Tiny-ImageNet and ImageNet with one.
     assert len(cells) == len(list_methods()) * 6 * 3
-    alone = {c.key for c in load_preset("paper-cifar10").cells()}
+    alone = {c.key for c in build_cells(load_preset("paper-cifar10"))}
     assert alone <= {c.key for c in cells}
     sched = load_preset("paper-cifar10").schedule
     assert (sched.epochs, sched.milestones, sched.weight_decay) == (2000, [500, 1000, 1500], 1e-4)
 
 
 def test_cell_key_is_stable_and_ignores_runtime():
-    a = load_preset("smoke").cells()[0]
-    b = load_preset("smoke").cells()[0]
+    a = build_cells(load_preset("smoke"))[0]
+    b = build_cells(load_preset("smoke"))[0]
     assert a.key == b.key and len(a.key) == 16
     b.runtime.device = "cpu"
     b.runtime.data_root = "/elsewhere"
@@ -71,7 +72,7 @@ def test_process_count_is_part_of_the_key_from_two_on():
 
     from mixbench.bench.matrix import with_process_count
 
-    cell = load_preset("smoke").cells()[0]
+    cell = build_cells(load_preset("smoke"))[0]
     assert "processes" not in cell.identity() and cell.processes == 1
     legacy = to_dict(cell)
     del legacy["processes"], legacy["runtime"]
@@ -96,7 +97,7 @@ def test_thread_count_is_not_part_of_the_key(tmp_path):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            keys.add(load_preset("smoke").cells()[0].key)
+            keys.add(build_cells(load_preset("smoke"))[0].key)
             assert hardware()["torch_threads"] == threads
             assert f"{threads} torch thread" in describe_hardware(hardware())
     finally:
@@ -107,9 +108,9 @@ def test_thread_count_is_not_part_of_the_key(tmp_path):
 def test_params_are_part_of_the_key():
     matrix = load_preset("smoke")
     matrix.methods = ["mixup"]
-    before = matrix.cells()[0]
+    before = build_cells(matrix)[0]
     matrix.method_params = {"mixup": {"alpha": 0.4}}
-    after = matrix.cells()[0]
+    after = build_cells(matrix)[0]
     assert after.params["alpha"] == 0.4
     assert before.key != after.key
 
@@ -152,21 +153,21 @@ def test_negative_epochs_refused():
     matrix = MatrixConfig(methods=["erm"])
     matrix.schedule.epochs = -1
     with pytest.raises(UsageError, match="epochs must be >= 1"):
-        matrix.cells()
+        build_cells(matrix)
 
 
 def test_config_hash_canonical():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": (1, 2), "a": 1})
-    assert to_dict(load_preset("smoke"))["schedule"]["epochs"] == 4
+    assert to_dict(load_preset("smoke"))["schedule"]["epochs"] == 3
 
 
 def test_param_set_paper_takes_each_methods_paper_set_and_shares_the_others_cells() -> None:
     from mixbench.methods import get_method_class
 
-    default = {c.method: c for c in load_preset("smoke").cells()}
+    default = {c.method: c for c in build_cells(load_preset("smoke"))}
     matrix = load_preset("smoke")
     matrix.param_set = "paper"
-    paper = {c.method: c for c in matrix.cells()}
+    paper = {c.method: c for c in build_cells(matrix)}
     for name in ("multimix", "dense_multimix"):
         assert paper[name].param_set == "paper"
         assert paper[name].params == get_method_class(name).param_sets["paper"]
@@ -182,7 +183,7 @@ def test_method_version_is_part_of_the_key_from_two_on():
     import dataclasses
 
     matrix = load_preset("smoke")
-    cells = {c.method: c for c in matrix.cells()}
+    cells = {c.method: c for c in build_cells(matrix)}
     assert cells["erm"].method_version == 1 and "method_version" not in cells["erm"].identity()
     assert cells["cutmix"].method_version == 2 and cells["multimix"].method_version == 2
     legacy = dataclasses.replace(cells["cutmix"], method_version=1)
@@ -194,14 +195,16 @@ def test_method_version_is_part_of_the_key_from_two_on():
 
 def test_variants_can_name_a_parameter_set():
     short = load_preset("short")
-    ce = [c for c in short.cells() if c.param_set == "ce"]
+    ce = [c for c in build_cells(short) if c.param_set == "ce"]
     assert sorted((c.method, c.seed) for c in ce) == [("dense_multimix", 0), ("multimix", 0)]
     assert all(c.params["clean_weight"] == 1.0 for c in ce)
-    defaults = [c for c in short.cells() if c.method == "multimix" and c.param_set == "default"]
+    defaults = [
+        c for c in build_cells(short) if c.method == "multimix" and c.param_set == "default"
+    ]
     assert [c.seed for c in defaults] == [0, 1, 2] and defaults[0].params["clean_weight"] == 0.0
     short.variants = [{"method": "erm", "param_set": "ce"}]
     with pytest.raises(UsageError, match="has no parameter set 'ce'"):
-        short.cells()
+        build_cells(short)
 
 
 def test_param_set_ce_from_the_command_line(capsys):

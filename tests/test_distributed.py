@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mixbench.bench.cells import build_cells
 from mixbench.bench.data import load_bundle, make_loaders
 from mixbench.bench.matrix import _matrix_loop
 from mixbench.bench.store import DONE, ResultStore, sqlite_url
@@ -94,7 +95,7 @@ def test_process_group_threads_are_gone_before_the_process_exits(tmp_path):
                     "schedule.batch_size=64", "schedule.epochs=1", "runtime.progress=false",
                     "eval.evaluators=[]"):  # fmt: skip
         apply_setting(matrix, setting)
-    cells = matrix.cells()
+    cells = build_cells(matrix)
     out, reports = tmp_path / "out", tmp_path / "reports"
     out.mkdir()
     reports.mkdir()

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from mixbench.bench.evaluate import (
-    adversarial_accuracy,
-    attack_settings,
+from mixbench.bench.cells import build_cells, resolve_eval
+from mixbench.bench.evaluate import run_evaluators
+from mixbench.bench.evaluators import (
+    NormalizedModel,
     draw_subset,
     evaluator_generator,
-    run_evaluators,
+    list_evaluators,
     take_examples,
 )
-from mixbench.bench.evaluators import NormalizedModel
+from mixbench.bench.evaluators.builtin.adversarial import adversarial_accuracy, attack_settings
 from mixbench.cli import main
 from mixbench.config import EvalConfig, apply_setting, load_preset
 from mixbench.datasets import create_dataset
@@ -75,7 +76,7 @@ def test_every_cell_stores_the_evaluators_metrics_settings_and_times(tiny_run):
     metrics, timings, config = _stored(tiny_run)
     assert set(metrics) >= METRIC_KEYS
     # The preset's evaluator settings are part of the stored config.
-    assert config["eval"]["evaluators"] == list(EvalConfig.EVALUATORS)
+    assert config["eval"]["evaluators"] == list_evaluators()  # smoke lists none: every one
     assert config["eval"]["attack_subset"] == 128
     settings = metrics["eval_settings"]
     assert settings["attack"]["fgsm_eps"] == pytest.approx(8 / 255)
@@ -101,6 +102,23 @@ def test_every_cell_stores_the_evaluators_metrics_settings_and_times(tiny_run):
     for name in ("fgsm", "pgd", "generated_corruptions", "embedding"):
         assert timings[f"eval_seconds_{name}"] >= 0
     assert timings["evaluators_seconds"] >= timings["eval_seconds_pgd"]
+
+
+def test_smoke_runs_the_ood_evaluator_and_its_leaderboard_shows_it(tiny_run):
+    metrics, _, config = _stored(tiny_run)
+    options = load_preset("smoke").eval.options
+    assert config["eval"]["options"] == options and set(options["ood"]) >= {"out_subset"}
+    assert 0 <= metrics["ood_auroc"] <= 1 and 0 <= metrics["ood_fpr95"] <= 1
+    assert set(metrics["ood"]["sets"]) == {
+        "uniform noise (generated)",
+        "Gaussian noise (generated)",
+    }
+    page = (tiny_run / "LEADERBOARD.md").read_text()  # written by mixbench run
+    assert "OOD AUROC (%)" in page and "OOD FPR95 (%)" in page
+    assert "OOD AUROC / AUPR / FPR95: out-of-distribution detection" in page
+    per_set = options["ood"]["out_subset"]
+    assert f"uniform noise (generated) ({per_set})" in page and "not a named OOD benchmark" in page
+    assert "the generated synthetic set is skipped" in page  # the note under the table
 
 
 def test_attacks_lower_accuracy_and_never_raise_it_above_clean(tiny_run):
@@ -181,7 +199,7 @@ def _cell(**eval_options):
     matrix.model_options = {"preactresnet18": {"width": 4}}
     matrix.eval = dataclasses.replace(EvalConfig(), batch_size=16, **eval_options)
     matrix.runtime.device = "cpu"
-    return matrix.cells()[0]
+    return build_cells(matrix)[0]
 
 
 def test_only_the_listed_evaluators_run(small):
@@ -341,23 +359,23 @@ def test_official_corruptions_of_another_image_size_are_skipped(small, tmp_path)
 
 def test_eval_config_refuses_bad_settings():
     with pytest.raises(UsageError, match="unknown evaluator 'robustness'"):
-        EvalConfig(evaluators=["robustness"])
+        resolve_eval(EvalConfig(evaluators=["robustness"]))
     with pytest.raises(UsageError, match="attack_subset"):
         EvalConfig(attack_subset=0)
     with pytest.raises(UsageError, match="severities"):
         EvalConfig(corruption_severities=[0, 6])
     with pytest.raises(UsageError, match="unknown generated corruption 'snow'"):
-        EvalConfig(generated_corruptions=["snow"])
+        resolve_eval(EvalConfig(generated_corruptions=["snow"]))
     matrix = load_preset("smoke")
     with pytest.raises(UsageError, match="pixel units"):
         apply_setting(matrix, "eval.pgd_eps=8")
     apply_setting(matrix, 'eval.evaluators=["pgd"]')
-    assert matrix.cells()[0].eval.evaluators == ["pgd"]
+    assert build_cells(matrix)[0].eval.evaluators == ["pgd"]
 
 
 def test_presets_store_their_evaluator_settings():
     smoke, short = load_preset("smoke").eval, load_preset("short").eval
-    assert smoke.evaluators == list(EvalConfig.EVALUATORS)
+    assert resolve_eval(smoke).evaluators == list_evaluators()
     assert smoke.attack_subset and smoke.corruption_subset and smoke.embedding_subset
     assert short.attack_subset == 2000 and short.corruption_subset == 1000
     paper = load_preset("paper-cifar10").eval

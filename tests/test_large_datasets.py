@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from mixbench.bench.cells import build_cells
 from mixbench.bench.data import load_bundle, make_loaders
 from mixbench.cli import main
 from mixbench.config import load_matrices
@@ -447,7 +448,7 @@ def _cell(preset: str, data_root: str, batch: int):
     matrix.schedule.batch_size = batch
     matrix.runtime.data_root = data_root
     matrix.runtime.device = "cpu"
-    return matrix.cells()[0]
+    return build_cells(matrix)[0]
 
 
 def test_paper_presets_follow_the_protocols():
@@ -463,9 +464,9 @@ def test_paper_presets_follow_the_protocols():
     assert (s.epochs, s.milestones, s.gamma, s.batch_size, s.nesterov) == (
         300, [75, 150, 225], 0.1, 128, True,
     )  # fmt: skip
-    cutmix = next(c for c in imnet.cells() if c.method == "cutmix")
+    cutmix = next(c for c in build_cells(imnet) if c.method == "cutmix")
     assert cutmix.params["prob"] == 1.0
-    assert next(c for c in tiny.cells() if c.method == "cutmix").params["prob"] == 0.5
+    assert next(c for c in build_cells(tiny) if c.method == "cutmix").params["prob"] == 0.5
 
 
 def test_paper_dry_run_lists_all_four_benchmarks(capsys):

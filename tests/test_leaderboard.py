@@ -6,6 +6,7 @@ import copy
 import re
 import statistics
 
+from mixbench.bench.cells import build_cells
 from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables, write_leaderboard
 from mixbench.leaderboard.markdown import render_table
@@ -21,7 +22,7 @@ def _record(method, seed, top1, *, params=None, lr=0.1, preset="smoke"):
     matrix.name = preset
     if params:
         matrix.method_params = {method: params}
-    cell = matrix.cells()[0]
+    cell = build_cells(matrix)[0]
     return {
         "key": cell.key,
         "preset": cell.preset,
@@ -272,7 +273,7 @@ def test_confidence_gap_column_tells_under_from_overconfidence():
 
 
 def test_fractions_of_255():
-    from mixbench.leaderboard.legend import fraction_of_255
+    from mixbench.bench.evaluators.builtin.adversarial import fraction_of_255
 
     assert fraction_of_255(8 / 255) == "8/255"
     assert fraction_of_255(0.5 / 255) == "0.5/255"

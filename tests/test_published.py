@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from mixbench.bench.cells import build_cells
 from mixbench.cli import main
 from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables
@@ -41,7 +42,7 @@ def _records(preset: str, top1_of, *, seeds=(0,), versions=VERSIONS, data=DATA, 
     for key, value in overrides.items():
         setattr(matrix, key, value)
     out = []
-    for i, cell in enumerate(matrix.cells()):
+    for i, cell in enumerate(build_cells(matrix)):
         out.append(
             {
                 "key": cell.key,
@@ -79,7 +80,7 @@ def _sweep_top1(cell) -> float:
 
 def test_sweep_preset_gives_three_seeds_to_the_best_two_settings_of_each_method() -> None:
     seeds: dict[tuple, set[int]] = {}
-    for cell in load_preset("sweep-multimix").cells():
+    for cell in build_cells(load_preset("sweep-multimix")):
         seeds.setdefault((cell.method, json.dumps(cell.params, sort_keys=True)), set()).add(
             cell.seed
         )

@@ -90,6 +90,9 @@ BAD_INPUTS = [
     ("run --out {out} --methods foo*", "no registered method matches the pattern 'foo*'"),
     ("run --out {out} --dry-run --models resnet50", "needs images of at least"),
     ("run --out {out} --plugin no_such_plugin_module", "cannot load plugin"),
+    ("run --out {out} --set eval.options.ood.sizes=3", "unknown key 'sizes' in eval.options.ood"),
+    ("run --out {out} --set eval.options.ood.in_subset=0", "in_subset must be >= 1"),
+    ("run --out {out} --set eval.evaluators=['robustnes']", "unknown evaluator 'robustnes'"),
 ]
 
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from mixbench.bench.cells import build_cells
 from mixbench.bench.store import DONE, FAILED, RUNNING, ResultStore, redact_url, sqlite_url
 from mixbench.config import load_preset
 from mixbench.errors import UsageError
@@ -14,7 +15,7 @@ from mixbench.errors import UsageError
 
 @pytest.fixture
 def cells():
-    return load_preset("smoke").cells()[:3]
+    return build_cells(load_preset("smoke"))[:3]
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import torch
 from optuna.trial import TrialState
 
 from mixbench.bench import tuning
+from mixbench.bench.cells import build_cells
 from mixbench.bench.engine import CellFailed, CellResult
-from mixbench.cli import build_matrices, main, make_parser
+from mixbench.cli import build_matrices, main, make_parser, matrix_cells
 from mixbench.datasets import create_dataset
 from mixbench.errors import UsageError
 from mixbench.methods import get_method_class, list_methods, resolve_params
@@ -25,6 +26,7 @@ TINY = [
     "--set", "dataset_options.synthetic.n_test=64",
     "--set", "model_options.preactresnet18.width=8",
     "--set", "schedule.batch_size=128",
+    "--set", "schedule.eval_every=1",  # pruning looks at every epoch's validation score
     "--no-progress",
 ]  # fmt: skip
 
@@ -162,7 +164,7 @@ def test_pruning_handler_stops_a_trial_whose_validation_score_is_bad(tmp_path, c
     args = parser.parse_args(["tune", "--method", "mixup", "--trials", "1", "--epochs", "2", *TINY])
     (matrix,) = build_matrices(args)
     matrix.methods = ["mixup"]
-    (cell,) = matrix.cells()
+    (cell,) = build_cells(matrix)
     cell = dataclasses.replace(cell, dataset_options={**cell.dataset_options, "validation": 30})
     storage = _storage(tmp_path)
     report = tuning.tune_study(
@@ -272,7 +274,7 @@ def test_workers_on_one_storage_share_a_study_within_its_budget(
     args = make_parser().parse_args(["tune", "--method", "mixup", "--trials", "6", *TINY])
     (matrix,) = build_matrices(args)
     matrix.methods = ["mixup"]
-    (cell,) = matrix.cells()
+    (cell,) = build_cells(matrix)
     cell = dataclasses.replace(cell, dataset_options={**cell.dataset_options, "validation": 30})
     errors = []
 
@@ -308,7 +310,7 @@ def test_failed_trials_count_as_pruned_and_toward_the_budget(tmp_path, fake_trai
     args = parser.parse_args(["tune", "--method", "cutmix", "--trials", "1", *TINY])
     (matrix,) = build_matrices(args)
     matrix.methods = ["cutmix"]
-    (cell,) = matrix.cells()
+    (cell,) = build_cells(matrix)
     cell = dataclasses.replace(cell, dataset_options={**cell.dataset_options, "validation": 30})
     storage = _storage(tmp_path)
     name = tuning.study_name("smoke", "synthetic", "preactresnet18", "cutmix")
@@ -378,7 +380,7 @@ def test_param_set_best_uses_each_studys_best_trial_and_records_the_study(
     args = make_parser().parse_args(
         ["run", "--param-set", "best", "--methods", "erm,mixup,cutmix,multimix", "--out", str(out)]
     )
-    cells = {c.method: c for c in build_matrices(args)[0].cells()}
+    cells = {c.method: c for c in matrix_cells(build_matrices(args)[0], args)}
     err = capsys.readouterr().err
     for method in ("mixup", "cutmix"):
         study = _load(out, f"smoke/synthetic/preactresnet18/{method}")
@@ -394,7 +396,7 @@ def test_param_set_best_uses_each_studys_best_trial_and_records_the_study(
     assert "no study of multimix on synthetic/preactresnet18" in err
     # Tuned cells are other experiments than default ones: another key.
     default = make_parser().parse_args(["run", "--methods", "mixup", "--out", str(out)])
-    assert build_matrices(default)[0].cells()[0].key != cells["mixup"].key
+    assert matrix_cells(build_matrices(default)[0], default)[0].key != cells["mixup"].key
 
 
 def test_param_set_best_reads_another_storage_and_another_presets_study(tmp_path, fake_training):
@@ -408,7 +410,7 @@ def test_param_set_best_reads_another_storage_and_another_presets_study(tmp_path
             "--tuning-storage", tuning.default_storage_url(tuned), "--out", str(tmp_path / "x"),
         ]
     )  # fmt: skip
-    (cell,) = build_matrices(args)[0].cells()
+    (cell,) = matrix_cells(build_matrices(args)[0], args)
     assert cell.preset == "mine"
     assert cell.param_set == "best:smoke/synthetic/preactresnet18/mixup"
 

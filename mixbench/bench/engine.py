@@ -1,9 +1,13 @@
 """The one training engine: every method trains through the same Ignite trainer.
 
-``train_cell`` reads like a table of contents: device, data, model, method, optimizer and
-schedule, trainer, evaluator, handlers (progress bar, timer, NaN check, checkpoint with
-resume), run. The trainer's update step only calls ``method.loss(model, images, labels)``: the
-engine never branches on a method's name.
+``train_cell`` reads like a table of contents, as ignite's examples do: build the parts
+(:func:`build_training`: device, data, model, method, optimizer and schedule), create the
+trainer (:func:`create_trainer`: the update step, per-epoch seeding, timer, NaN check) and the
+evaluator (:func:`create_evaluator`), attach the handlers (evaluation on an event filter,
+heartbeat, checkpoint with resume, progress), run. The trainer's update step only calls
+``method.loss(model, images, labels)``: the engine never branches on a method's name. It
+returns after training: the matrix runner then runs the cell's evaluators on the trained
+network (:mod:`mixbench.bench.evaluate`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from mixbench.config import CellConfig, ScheduleConfig
 from mixbench.errors import UsageError
 from mixbench.methods import MixMethod, get_method
 from mixbench.models import create_model
+from mixbench.seeding import epoch_seed, global_seed
 
 logger = logging.getLogger("mixbench")
 
@@ -78,6 +83,11 @@ class CellResult:
     metrics: dict[str, Any]
     timings: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The trained network, its data and device, for the evaluators that the matrix runner
+    #: runs next (not stored).
+    backbone: nn.Module | None = field(default=None, repr=False)
+    bundle: Any = field(default=None, repr=False)
+    device: torch.device | None = None
 
 
 class TrainingModule(nn.Module):
@@ -126,11 +136,6 @@ class RunProgress:
                 self.compute.load_state_dict(state["compute"])
             else:
                 self.compute.reset()
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch's random streams, derived from the cell's seed."""
-    return (int(seed) * 1_000_003 + int(epoch)) % (2**62)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -240,35 +245,49 @@ def write_cell_file(workdir: Path, cell: CellConfig) -> None:
     atomic_write_text(workdir / CELL_FILE, json.dumps(to_dict(cell), indent=2, sort_keys=True))
 
 
-def train_cell(
-    cell: CellConfig,
-    workdir: Path,
-    *,
-    heartbeat: Callable[[], None] | None = None,
-    bundle_cache: dict[Any, Any] | None = None,
-    setup: Callable[[Engine, Engine], None] | None = None,
-) -> CellResult:
-    """Train and evaluate one cell, resuming from the newest checkpoint in ``workdir``.
+@dataclass
+class TrainingParts:
+    """What one cell trains with: device, data, network, method, optimiser and bookkeeping."""
 
-    ``setup(trainer, evaluator)``, if given, is called once both engines exist, before the
-    checkpoint handler is attached: the place to add handlers such as optuna's pruning handler.
-    """
+    cell: CellConfig
+    device: torch.device
+    rank: int
+    world_size: int
+    bundle: Any
+    train_loader: Any
+    test_loader: Any
+    backbone: nn.Module
+    method: MixMethod
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    progress: RunProgress
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the cell's AMP dtype (nothing on the CPU or with AMP off)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+def build_training(cell: CellConfig, bundle_cache: dict[Any, Any] | None = None) -> TrainingParts:
+    """Device, data, model (its initial weights from the cell's seed), method, optimiser,
+    schedule and bookkeeping of one cell, for this process of the run."""
     from mixbench.bench.data import load_bundle, make_loaders
-    from mixbench.bench.evaluation import attach_metrics
 
     rank, world_size = idist.get_rank(), idist.get_world_size()
     device = resolve_device(cell.runtime.device)
     if world_size > 1 and device.type == "cuda":
         device = idist.device()
     schedule = cell.schedule
-    show_progress = cell.runtime.progress and rank == 0
-    workdir.mkdir(parents=True, exist_ok=True)
 
     # Data: the training split lives on the device; batches are augmented there.
     bundle = load_bundle(cell, cache=bundle_cache)
     train_loader, test_loader = make_loaders(bundle, cell, device, rank, world_size)
 
-    # Model and method; the model's initial weights come from the cell's seed.
     backbone = create_model(cell.model, bundle.num_classes, seed=cell.seed, **cell.model_options)
     # channels_last only where it pays off and is safe: on the CPU, torch 2.14's backward of a
     # 1x1 stride-2 convolution in channels_last corrupts memory for narrow networks.
@@ -288,19 +307,34 @@ def train_cell(
     # Network passes and BatchNorm updates per step, counted by hooks (not under
     # torch.compile, whose graphs would have to break at every hook).
     compute = None if cell.runtime.compile else ComputeCounter(backbone)
-    progress = RunProgress(compute)
+    return TrainingParts(
+        cell=cell, device=device, rank=rank, world_size=world_size, bundle=bundle,
+        train_loader=train_loader, test_loader=test_loader, backbone=backbone, method=method,
+        module=module, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+        autocast_dtype=autocast_dtype, channels_last=channels_last,
+        progress=RunProgress(compute),
+    )  # fmt: skip
 
-    def autocast() -> contextlib.AbstractContextManager:
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=autocast_dtype)
+
+def create_trainer(parts: TrainingParts) -> Engine:
+    """The trainer: each step calls only ``method.loss(model, images, labels)``; every epoch
+    reseeds the data order, the method's draws and torch's global generator from (seed,
+    epoch, rank); its training time is timed; a NaN loss stops it."""
+    cell, device = parts.cell, parts.device
+    module, optimizer, scheduler, scaler = (
+        parts.module,
+        parts.optimizer,
+        parts.scheduler,
+        parts.scaler,
+    )
+    compute = parts.progress.compute
 
     def update(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
-        if channels_last:
+        if parts.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         module.train()
-        with autocast():
+        with parts.autocast():
             loss = module(images, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -320,9 +354,9 @@ def train_cell(
         # augmentation, the method's draws, and torch's global generator (e.g. dropout). A
         # resumed run therefore draws exactly what an uninterrupted one would, on every rank.
         epoch = engine.state.epoch
-        train_loader.set_epoch(epoch)
-        method.seed(epoch_seed(cell.seed, epoch), rank)
-        torch.manual_seed(epoch_seed(cell.seed, epoch) * 131 + rank)
+        parts.train_loader.set_epoch(epoch)
+        parts.method.seed(epoch_seed(cell.seed, epoch), parts.rank)
+        torch.manual_seed(global_seed(cell.seed, epoch, parts.rank))
 
     # Timer: training time only (data and step), paused before evaluation runs; on a GPU the
     # queued work is waited for first so that the last steps are counted.
@@ -333,42 +367,125 @@ def train_cell(
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _account(engine: Engine) -> None:
-        progress.train_seconds += timer.value()
-        progress.train_images += len(train_loader) * train_loader.batch_size * world_size
+        loader = parts.train_loader
+        parts.progress.train_seconds += timer.value()
+        parts.progress.train_images += len(loader) * loader.batch_size * parts.world_size
 
     # Reading the loss synchronises with a GPU: there, check (and show) it every few steps.
-    every = 1 if device.type == "cpu" else 10
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every), TerminateOnNan())
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(every=_loss_every(device)), TerminateOnNan()
+    )
+    return trainer
 
-    evaluator = Engine(_eval_step(backbone, autocast, channels_last))
+
+def _loss_every(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else 10
+
+
+def create_evaluator(parts: TrainingParts) -> tuple[Engine, Callable[[], dict[str, Any]]]:
+    """The test-set evaluator (top-1, NLL, calibration) and a function that runs it once on
+    the model that is checkpointed and returns its metrics (with ``eval_seconds``)."""
+    from mixbench.bench.evaluation import attach_metrics
+
+    backbone = parts.backbone
+    evaluator = Engine(_eval_step(backbone, parts.autocast, parts.channels_last))
     quiet_engine_logger(evaluator)
-    attach_metrics(evaluator, bundle.num_classes, cell.eval.calibration_bins)
+    attach_metrics(evaluator, parts.bundle.num_classes, parts.cell.eval.calibration_bins)
 
-    def evaluate(epoch: int) -> dict[str, Any]:
-        if world_size > 1:
+    def evaluate() -> dict[str, Any]:
+        if parts.world_size > 1:
             # Ranks drift apart in BatchNorm statistics during training; every rank evaluates
             # its shard with rank 0's buffers, i.e. exactly the model that is checkpointed.
             for buffer in backbone.buffers():
                 torch.distributed.broadcast(buffer, src=0)
         start = time.perf_counter()
-        evaluator.run(test_loader)
+        evaluator.run(parts.test_loader)
         metrics = dict(evaluator.state.metrics)
         metrics["eval_seconds"] = time.perf_counter() - start
         return metrics
 
+    return evaluator, evaluate
+
+
+def _evaluated_epochs(schedule: ScheduleConfig) -> Callable[[Engine, int], bool]:
+    """An ignite event filter: every ``eval_every``-th epoch and the last one."""
+    return lambda _, epoch: epoch % schedule.eval_every == 0 or epoch == schedule.epochs
+
+
+def attach_checkpoint(trainer: Engine, parts: TrainingParts, workdir: Path) -> dict[str, Any]:
+    """Save everything a resume needs after every epoch (the newest checkpoint only, written
+    atomically); returns the saved objects, for :func:`load_checkpoint`."""
+    to_save = {
+        "trainer": trainer,
+        "model": parts.backbone,
+        "optimizer": parts.optimizer,
+        "scheduler": parts.scheduler,
+        "method": parts.method,
+        "progress": parts.progress,
+    }
+    if parts.scaler.is_enabled():
+        to_save["scaler"] = parts.scaler
+    checkpoint = Checkpoint(
+        to_save,
+        DiskSaver(str(workdir), require_empty=False, atomic=True),
+        filename_prefix="",
+        filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
+        global_step_transform=lambda engine, _: engine.state.epoch,
+        n_saved=1,
+    )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
+    return to_save
+
+
+def attach_progress(trainer: Engine, parts: TrainingParts, metrics: dict[str, Any]) -> None:
+    """A progress bar on a terminal, one plain line per epoch (with the test top-1 when
+    evaluated) on process 0."""
+    cell = parts.cell
+    if sys.stderr.isatty():  # elsewhere the epoch lines are the progress
+        bar = ProgressBar(
+            persist=False,
+            desc=f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}",
+        )
+        bar.attach(
+            trainer,
+            output_transform=lambda loss: {"loss": float(loss)},
+            event_name=Events.ITERATION_COMPLETED(every=_loss_every(parts.device)),
+        )
+    # After the bar's own handlers, which close it at the end of an epoch.
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, _epoch_line, cell.schedule, metrics)
+
+
+def train_cell(
+    cell: CellConfig,
+    workdir: Path,
+    *,
+    heartbeat: Callable[[], None] | None = None,
+    bundle_cache: dict[Any, Any] | None = None,
+    setup: Callable[[Engine, Engine], None] | None = None,
+) -> CellResult:
+    """Train one cell, resuming from the newest checkpoint in ``workdir``; the result holds the
+    trained network for the evaluators, which the matrix runner runs next.
+
+    ``setup(trainer, evaluator)``, if given, is called once both engines exist, before the
+    checkpoint handler is attached: the place to add handlers such as optuna's pruning handler.
+    """
+    schedule = cell.schedule
+    workdir.mkdir(parents=True, exist_ok=True)
+    parts = build_training(cell, bundle_cache)
+    trainer = create_trainer(parts)
+    evaluator, evaluate = create_evaluator(parts)
+
     last_metrics: dict[str, Any] = {}
 
-    @trainer.on(Events.EPOCH_COMPLETED)
+    @trainer.on(Events.EPOCH_COMPLETED(event_filter=_evaluated_epochs(schedule)))
     def _evaluate(engine: Engine) -> None:
-        epoch = engine.state.epoch
-        if epoch % schedule.eval_every and epoch != schedule.epochs:
-            return
-        metrics = evaluate(epoch)
+        metrics = evaluate()
         last_metrics.clear()
         last_metrics.update(metrics)
-        progress.history.append(
-            {"epoch": epoch, "top1": float(metrics["top1"]), "nll": float(metrics["nll"])}
-        )
+        parts.progress.history.append(
+            {"epoch": engine.state.epoch, "top1": float(metrics["top1"]),
+             "nll": float(metrics["nll"])}
+        )  # fmt: skip
 
     if heartbeat is not None:
         last_beat = [time.monotonic()]
@@ -381,64 +498,28 @@ def train_cell(
 
     if setup is not None:
         setup(trainer, evaluator)
-
-    to_save = {
-        "trainer": trainer,
-        "model": backbone,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "method": method,
-        "progress": progress,
-    }
-    if scaler.is_enabled():
-        to_save["scaler"] = scaler
-    checkpoint = Checkpoint(
-        to_save,
-        DiskSaver(str(workdir), require_empty=False, atomic=True),
-        filename_prefix="",
-        filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
-        global_step_transform=lambda engine, _: engine.state.epoch,
-        n_saved=1,
-    )
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
-
-    if show_progress and sys.stderr.isatty():  # elsewhere the epoch lines are the progress
-        bar = ProgressBar(
-            persist=False,
-            desc=f"{cell.method}/{cell.dataset}/{cell.model}/seed{cell.seed}",
-        )
-        bar.attach(
-            trainer,
-            output_transform=lambda loss: {"loss": float(loss)},
-            event_name=Events.ITERATION_COMPLETED(every=every),
-        )
-    if show_progress:  # after the bar's own handlers, which close it at the end of an epoch
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, _epoch_line, schedule, last_metrics)
+    to_save = attach_checkpoint(trainer, parts, workdir)
+    if cell.runtime.progress and parts.rank == 0:
+        attach_progress(trainer, parts, last_metrics)
 
     write_cell_file(workdir, cell)
     resumed_from = load_checkpoint(workdir, to_save)
     if resumed_from >= schedule.epochs:
         # Training finished before an interruption; evaluation is all that is left.
-        last_metrics.update(evaluate(resumed_from))
+        last_metrics.update(evaluate())
     else:
-        trainer.run(train_loader, max_epochs=schedule.epochs)
+        trainer.run(parts.train_loader, max_epochs=schedule.epochs)
         if trainer.state.epoch < schedule.epochs or not last_metrics:
             raise CellFailed(
                 f"training stopped at epoch {trainer.state.epoch} iteration "
                 f"{trainer.state.iteration}: the loss became NaN or infinite"
             )
 
-    if compute is not None:
-        compute.remove()  # the evaluators run the model too: their passes are not training's
-    result = _collect_result(last_metrics, progress, resumed_from, schedule)
-    result.metrics["data"] = describe_data(bundle)
-    # Post-training evaluators (robustness, corruptions, embedding quality): issue 5.
-    if rank == 0:  # only rank 0 records results; the others wait at the next cell's broadcast
-        from mixbench.bench.evaluate import run_evaluators
-
-        report = run_evaluators(backbone, bundle, cell, device, heartbeat=heartbeat)
-        result.metrics.update(report.metrics)
-        result.timings.update(report.timings)
+    if parts.progress.compute is not None:
+        parts.progress.compute.remove()  # the evaluators run the model too: not training's
+    result = _collect_result(last_metrics, parts.progress, resumed_from, schedule)
+    result.metrics["data"] = describe_data(parts.bundle)
+    result.backbone, result.bundle, result.device = parts.backbone, parts.bundle, parts.device
     return result
 
 

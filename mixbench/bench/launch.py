@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,21 +59,20 @@ class SlurmOptions:
     cpus_per_task: int = 8
 
 
-def worker_entry(argv: list[str]) -> int:
-    """What each launched job runs: ``mixbench worker ARGV``; returns its exit status."""
-    from mixbench.cli import main
-
-    return main(["worker", *argv])
-
-
 def launch_workers(
     launcher: str,
     workers: int,
     worker_argv: list[str],
     log_dir: Path,
     slurm: SlurmOptions | None = None,
+    *,
+    entry: Callable[[list[str]], int],
 ) -> list[Any]:
-    """Submit ``workers`` jobs running ``mixbench worker worker_argv``; returns the jobs."""
+    """Submit ``workers`` jobs, each running ``entry(worker_argv)``; returns the jobs.
+
+    ``entry`` is pickled by reference (a module-level function, such as the command line's
+    ``mixbench worker``); it returns the job's exit status.
+    """
     import submitit
 
     if launcher not in LAUNCHERS:
@@ -98,7 +97,7 @@ def launch_workers(
         if slurm.partition:
             params["slurm_partition"] = slurm.partition
         executor.update_parameters(**params)
-    return executor.map_array(worker_entry, [list(worker_argv) for _ in range(workers)])
+    return executor.map_array(entry, [list(worker_argv) for _ in range(workers)])
 
 
 def wait_for(jobs: list[Any], log: Any = None) -> list[int]:

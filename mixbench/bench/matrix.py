@@ -205,6 +205,8 @@ def _matrix_loop(
                 result = train_cell(
                     cell, cell_dir(out_dir, cell), heartbeat=heartbeat, bundle_cache=bundle_cache
                 )
+                if rank == 0:  # only rank 0 records; the others wait at the next broadcast
+                    evaluate_trained(result, cell, heartbeat)
             except KeyboardInterrupt:
                 if store is not None:
                     from mixbench.bench.engine import latest_checkpoint
@@ -239,6 +241,19 @@ def _matrix_loop(
     finally:
         if store is not None:
             store.close()
+
+
+def evaluate_trained(result: Any, cell: CellConfig, heartbeat: Any = None) -> None:
+    """Run the cell's evaluators on the network ``train_cell`` trained; their metrics and
+    timings join the result's, and the result lets go of the network."""
+    from mixbench.bench.evaluate import run_evaluators
+
+    report = run_evaluators(
+        result.backbone, result.bundle, cell, result.device, heartbeat=heartbeat
+    )
+    result.metrics.update(report.metrics)
+    result.timings.update(report.timings)
+    result.backbone = result.bundle = None
 
 
 def release_cell_objects() -> None:

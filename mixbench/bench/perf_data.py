@@ -292,11 +292,11 @@ def plain_loop(cell: Any, bundle_cache: dict[Any, Any]) -> tuple[float, torch.nn
         amp_dtype,
         build_optimizer,
         build_scheduler,
-        epoch_seed,
         resolve_device,
     )
     from mixbench.methods import get_method
     from mixbench.models import create_model
+    from mixbench.seeding import epoch_seed, global_seed
 
     device = resolve_device(cell.runtime.device)
     bundle = load_bundle(cell, cache=bundle_cache)
@@ -318,7 +318,7 @@ def plain_loop(cell: Any, bundle_cache: dict[Any, Any]) -> tuple[float, torch.nn
     epoch = 1
     train_loader.set_epoch(epoch)
     method.seed(epoch_seed(cell.seed, epoch), 0)
-    torch.manual_seed(epoch_seed(cell.seed, epoch) * 131)
+    torch.manual_seed(global_seed(cell.seed, epoch))
     module.train()
     _sync(device)
     start = time.perf_counter()

@@ -22,9 +22,9 @@ def source_commit(path: Path | None = None) -> tuple[str | None, bool | None]:
     ``dirty`` is true when tracked files differ from the commit. An installed wheel (no git
     checkout around the package) or a machine without git gives ``(None, None)``.
     """
-    import mixbench
+    from mixbench.version import PACKAGE_DIR
 
-    root = path or Path(mixbench.__file__).resolve().parent.parent
+    root = path or PACKAGE_DIR.parent
     if not (root / ".git").exists():
         return None, None
 
@@ -80,11 +80,11 @@ def software_versions() -> dict[str, Any]:
     import ignite
     import torchvision
 
-    import mixbench
+    from mixbench.version import __version__
 
     commit, dirty = source_commit()
     return {
-        "mixbench": mixbench.__version__,
+        "mixbench": __version__,
         "commit": commit,
         "dirty": dirty,
         "torch": torch.__version__,

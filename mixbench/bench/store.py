@@ -8,6 +8,7 @@ sharing one database never run the same cell twice.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -26,6 +27,10 @@ from mixbench.errors import UsageError
 PENDING, RUNNING, DONE, FAILED, INTERRUPTED = "pending", "running", "done", "failed", "interrupted"
 STATUSES = (PENDING, RUNNING, DONE, FAILED, INTERRUPTED)
 
+#: JSON columns (SQLAlchemy's JSON type: a JSON document on PostgreSQL, JSON text on SQLite);
+#: ``None`` is stored as SQL NULL.
+_JSON = sa.JSON(none_as_null=True)
+
 metadata = sa.MetaData()
 cells_table = sa.Table(
     "cells",
@@ -36,12 +41,12 @@ cells_table = sa.Table(
     sa.Column("dataset", sa.String(200), nullable=False),
     sa.Column("model", sa.String(200), nullable=False),
     sa.Column("seed", sa.Integer, nullable=False),
-    sa.Column("params", sa.Text, nullable=False),
-    sa.Column("config", sa.Text, nullable=False),
+    sa.Column("params", _JSON, nullable=False),
+    sa.Column("config", _JSON, nullable=False),
     sa.Column("status", sa.String(20), nullable=False, index=True),
-    sa.Column("metrics", sa.Text),
-    sa.Column("timings", sa.Text),
-    sa.Column("versions", sa.Text),
+    sa.Column("metrics", _JSON),
+    sa.Column("timings", _JSON),
+    sa.Column("versions", _JSON),
     sa.Column("host", sa.String(255)),
     sa.Column("worker", sa.String(255)),
     sa.Column("pid", sa.Integer),
@@ -88,7 +93,8 @@ class CellRecord:
     def from_row(cls, row: Any) -> CellRecord:
         data = dict(row._mapping)
         for col in _JSON_COLUMNS:
-            data[col] = json.loads(data[col]) if data[col] else None
+            if isinstance(data[col], str):  # a PostgreSQL table made when these were text
+                data[col] = json.loads(data[col]) if data[col] else None
         return cls(**data)
 
 
@@ -148,9 +154,11 @@ class ResultStore:
                 time.sleep(0.2 * (attempt + 1))
 
     def _engine_options(self) -> dict[str, Any]:
+        # JSON columns written with sorted keys: the stored text is canonical.
+        serializer = {"json_serializer": functools.partial(json.dumps, sort_keys=True)}
         if self.dialect == "sqlite":
-            return {"connect_args": {"timeout": 60, "isolation_level": None}}
-        return {"pool_pre_ping": True}
+            return {"connect_args": {"timeout": 60, "isolation_level": None}, **serializer}
+        return {"pool_pre_ping": True, **serializer}
 
     def close(self) -> None:
         """Release the connections."""
@@ -273,9 +281,9 @@ class ResultStore:
             key,
             worker,
             status=DONE,
-            metrics=json.dumps(metrics, sort_keys=True),
-            timings=json.dumps(timings, sort_keys=True),
-            versions=json.dumps(versions, sort_keys=True),
+            metrics=metrics,
+            timings=timings,
+            versions=versions,
             finished_at=time.time(),
         )
 
@@ -300,8 +308,8 @@ class ResultStore:
         """Insert a finished cell exported elsewhere; False if its key is already present."""
         values = dict(record)
         for col in _JSON_COLUMNS:
-            if values.get(col) is not None and not isinstance(values[col], str):
-                values[col] = json.dumps(values[col], sort_keys=True)
+            if isinstance(values.get(col), str):  # JSON text, as older exports held it
+                values[col] = json.loads(values[col])
         with self.engine.begin() as conn:
             present = conn.execute(
                 sa.select(cells_table.c.key).where(cells_table.c.key == values["key"])
@@ -368,8 +376,8 @@ def _row_for(cell: CellConfig, now: float) -> dict[str, Any]:
         "dataset": cell.dataset,
         "model": cell.model,
         "seed": cell.seed,
-        "params": json.dumps(to_dict(cell.params), sort_keys=True),
-        "config": json.dumps(to_dict(cell), sort_keys=True),
+        "params": to_dict(cell.params),
+        "config": to_dict(cell),
         "status": PENDING,
         "attempts": 0,
         "created_at": now,

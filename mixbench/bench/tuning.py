@@ -23,6 +23,7 @@ import logging
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,9 +32,11 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from mixbench.bench.cells import NO_TUNING_STORAGE
 from mixbench.config import CellConfig, MatrixConfig, config_hash, to_dict
 from mixbench.errors import UsageError
 from mixbench.methods import MixMethod, get_method_class, resolve_params
+from mixbench.seeding import trial_seed
 
 VALIDATION_FRACTION = 0.1  # default validation split: this share of the training set
 STARTUP_TRIALS = 5  # random trials before TPE models the space; trials before pruning starts
@@ -175,7 +178,7 @@ def make_sampler(seed: int, trial_number: int) -> optuna.samplers.TPESampler:
     suggestions) while workers sharing a study never draw the same random start-up points.
     """
     return optuna.samplers.TPESampler(
-        seed=(int(seed) * 1_000_003 + int(trial_number)) % (2**31),
+        seed=trial_seed(seed, trial_number),
         n_startup_trials=STARTUP_TRIALS,
     )
 
@@ -466,6 +469,19 @@ def find_study(
     return candidates[0] if candidates else None
 
 
+def best_params_from(storage_url: str | None) -> Callable[..., tuple[dict[str, Any], str]]:
+    """The parameter set ``best`` read from the tuning storage at ``storage_url``, as
+    :func:`mixbench.bench.cells.build_cells` takes it: ``best(method_cls, matrix, dataset,
+    model) -> (params, label)`` (see :func:`best_param_set`)."""
+
+    def best(
+        cls: type[MixMethod], matrix: MatrixConfig, dataset: str, model: str
+    ) -> tuple[dict[str, Any], str]:
+        return best_param_set(cls, storage_url, matrix.name, dataset, model)
+
+    return best
+
+
 def best_param_set(
     cls: type[MixMethod],
     storage_url: str | None,
@@ -482,10 +498,7 @@ def best_param_set(
     log = log or sys.stderr
     method = cls.name
     if storage_url is None:
-        raise UsageError(
-            "the parameter set 'best' needs a tuning storage: pass --param-set best "
-            "(default storage OUT/tuning.db) or --tuning-storage URL"
-        )
+        raise UsageError(NO_TUNING_STORAGE)
     if not search_space(cls):
         print(f"param set best: {method} declares no search space: default parameters", file=log)
         return {}, "default"
@@ -535,8 +548,9 @@ def _budget_of(args: argparse.Namespace) -> int:
     return budget
 
 
-def _select_matrix(args: argparse.Namespace) -> MatrixConfig:
-    from mixbench.cli import build_matrices
+def _select_matrix(
+    args: argparse.Namespace, build_matrices: Callable[[argparse.Namespace], list[MatrixConfig]]
+) -> MatrixConfig:
     from mixbench.datasets import DATASETS
     from mixbench.models import MODELS
 
@@ -556,8 +570,14 @@ def _select_matrix(args: argparse.Namespace) -> MatrixConfig:
     return matrix
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    """``mixbench tune``: top every selected method's study up to the same trial budget."""
+def cmd_tune(
+    args: argparse.Namespace, build_matrices: Callable[[argparse.Namespace], list[MatrixConfig]]
+) -> int:
+    """``mixbench tune``: top every selected method's study up to the same trial budget.
+
+    ``build_matrices(args)`` gives the matrices of the command line, overrides applied.
+    """
+    from mixbench.bench.cells import build_cells
     from mixbench.bench.data import load_bundle
     from mixbench.bench.matrix import check_out_dir
 
@@ -567,8 +587,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f"method {args.method!r} declares no search space: nothing to tune "
             "(it runs with its defaults)"
         )
-    matrix = _select_matrix(args)
-    cells = matrix.cells()
+    matrix = _select_matrix(args, build_matrices)
+    cells = build_cells(matrix)
     out_dir = args.out if args.out is not None else Path("runs") / Path(args.preset).stem
 
     # The validation split: carved from the training set once, the same for every trial.
@@ -626,6 +646,7 @@ def _print_summary(reports: list[StudyReport]) -> None:
 __all__: list[str] = [
     "StudyReport",
     "best_param_set",
+    "best_params_from",
     "best_trial",
     "check_validation_size",
     "cmd_tune",

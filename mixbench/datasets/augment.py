@@ -8,17 +8,12 @@ have seen, without any saved loader state.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from ``parts``, stable across processes and Python versions."""
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+from mixbench.seeding import derive_seed
 
 
 def seeded_generator(*parts: int | str) -> torch.Generator:

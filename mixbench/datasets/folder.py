@@ -22,7 +22,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from mixbench.datasets import cache
+import mixbench.datasets.cache as cache
 from mixbench.datasets.base import (
     DatasetBundle,
     TensorImages,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mixbench import seeding
 from mixbench.datasets.base import (
     DatasetBundle,
     TensorImages,
@@ -106,10 +107,10 @@ def synthetic(
     if noise < 0:
         raise UsageError(f"synthetic noise must be >= 0, got {noise}")
     train = generate_gratings(
-        n_train, num_classes, size, torch.Generator().manual_seed(seed), noise
+        n_train, num_classes, size, seeding.generator(seeding.split_seed(seed, "train")), noise
     )
     test = generate_gratings(
-        n_test, num_classes, size, torch.Generator().manual_seed(seed + 1_000_003), noise
+        n_test, num_classes, size, seeding.generator(seeding.split_seed(seed, "test")), noise
     )
     mean, std = channel_stats(train.images)
     return DatasetBundle(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixbench.datasets import archive
+import mixbench.datasets.archive as archive
 from mixbench.datasets.base import DatasetBundle, channel_stats, register_dataset
 from mixbench.datasets.folder import cached_split
 from mixbench.errors import UsageError

@@ -156,7 +156,8 @@ def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{key}={format_value(value)}" for key, value in sorted(params.items()))
 
 
-COLUMNS: list[Column] = [
+#: The columns of training itself, before the evaluators' columns.
+TRAINING_COLUMNS: list[Column] = [
     Column("top-1 (%)", lambda r, t: r.mean("top1"), lambda r, t: _mean_std(r, "top1")),
     Column(
         "Δ ERM (pp)",
@@ -170,33 +171,10 @@ COLUMNS: list[Column] = [
         lambda r, t: _number(r.mean("nll"), ".3f"),
         False,
     ),
-    Column("ECE (%)", *_metric_pct("ece"), False),
-    Column("OE (%)", *_metric_pct("oe"), False),
-    Column(
-        "conf. − acc. (pp)",
-        lambda r, t: r.confidence_gap(),
-        lambda r, t: DASH if r.confidence_gap() is None else f"{100 * r.confidence_gap():+.2f}",
-        None,
-        optional=True,
-    ),
-    Column("FGSM (%)", *_metric_pct("fgsm_top1")),
-    Column("PGD (%)", *_metric_pct("pgd_top1")),
-    Column("corr. official (%)", *_metric_pct("corruption_official_top1")),
-    Column("corr. generated (%)", *_metric_pct("corruption_generated_top1")),
-    Column(
-        "align.",
-        lambda r, t: r.mean("alignment"),
-        lambda r, t: _number(r.mean("alignment"), ".3f"),
-        False,
-        optional=True,
-    ),
-    Column(
-        "unif.",
-        lambda r, t: r.mean("uniformity"),
-        lambda r, t: _number(r.mean("uniformity"), ".3f"),
-        False,
-        optional=True,
-    ),
+]
+
+#: The cost columns, after the evaluators' columns.
+COST_COLUMNS: list[Column] = [
     Column(
         "train img/s",
         lambda r, t: r.timing("train_images_per_s"),
@@ -218,11 +196,34 @@ COLUMNS: list[Column] = [
 ]
 
 
+def spec_column(spec: Any) -> Column:
+    """The leaderboard column of an evaluator's :class:`~mixbench.bench.evaluators.ColumnSpec`."""
+    return Column(
+        spec.header,
+        lambda r, t: spec.row_value(r),
+        lambda r, t: spec.format(spec.row_value(r), DASH),
+        spec.higher_is_better,
+        optional=spec.optional,
+    )
+
+
+def all_columns() -> list[Column]:
+    """Every column a table can have: training's, then each registered evaluator's (by their
+    declared position), then the cost columns."""
+    from mixbench.bench.evaluators import evaluator_columns
+
+    return [
+        *TRAINING_COLUMNS,
+        *(spec_column(spec) for _, spec in evaluator_columns()),
+        *COST_COLUMNS,
+    ]
+
+
 def table_columns(table: Table) -> list[Column]:
     """The columns shown for ``table``: every column, less optional ones no row has."""
     return [
         col
-        for col in COLUMNS
+        for col in all_columns()
         if not col.optional or any(col.value(r, table) is not None for r in table.rows)
     ]
 

@@ -160,13 +160,17 @@ def reliability_diagrams(table: Table, path: Path) -> bool:
     return True
 
 
-#: Robustness measures drawn against clean top-1: (metric, axis label).
-ROBUSTNESS = (
-    ("fgsm_top1", "FGSM top-1 (%)"),
-    ("pgd_top1", "PGD top-1 (%)"),
-    ("corruption_generated_top1", "generated corruptions top-1 (%)"),
-    ("corruption_official_top1", "official corruptions top-1 (%)"),
-)
+def robustness_measures() -> list[tuple[Any, str]]:
+    """The measures drawn against clean top-1, ``(column spec, axis label)``: every registered
+    evaluator's columns that name a plot axis, in the order the evaluators run."""
+    from mixbench.bench.evaluators import get_evaluator, list_evaluators
+
+    return [
+        (spec, spec.plot)
+        for name in list_evaluators()
+        for spec in get_evaluator(name).columns
+        if spec.plot
+    ]
 
 
 #: Marker shapes cycled with the colours, so that rows stay apart in grey print too.
@@ -198,11 +202,12 @@ def accuracy_vs_robustness(table: Table, path: Path) -> bool:
     per row. Returns False (and writes nothing) when no row has a robustness measure."""
     labels = row_labels(table)
     panels = []
-    for metric, axis in ROBUSTNESS:
+    for spec, axis in robustness_measures():
+        scale = 100 if spec.fmt in ("pct", "pp") else 1
         points = [
-            (100 * r.mean("top1"), 100 * r.mean(metric), label)
+            (100 * r.mean("top1"), scale * spec.row_value(r), label)
             for r, label in zip(table.rows, labels)
-            if r.mean("top1") is not None and r.mean(metric) is not None
+            if r.mean("top1") is not None and spec.row_value(r) is not None
         ]
         if points:
             panels.append((axis, points))

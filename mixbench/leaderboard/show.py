@@ -403,7 +403,7 @@ BATCH = 8
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``mixbench show METHOD --out FILE.png``: draw what a method does to one batch."""
-    from mixbench.bench.evaluate import draw_subset, take_examples
+    from mixbench.bench.evaluators import draw_subset, take_examples
     from mixbench.datasets import create_dataset
     from mixbench.methods import get_method, get_method_class
     from mixbench.models import create_model

@@ -18,8 +18,9 @@ from typing import Any
 
 from mixbench.config import table_key
 
-#: Metrics that hold a note on an evaluator that was skipped (shown under the table).
-NOTE_KEYS = ("corruption_official_note", "embedding_note")
+#: Metrics whose name ends so hold a note on an evaluator that was skipped (shown under the
+#: table), e.g. ``corruption_official_note``.
+NOTE_SUFFIX = "_note"
 
 
 @dataclass
@@ -240,9 +241,8 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         settings = metrics.get("eval_settings")
         if isinstance(settings, dict) and settings not in table.eval_settings:
             table.eval_settings.append(settings)
-        for key in NOTE_KEYS:
-            note = metrics.get(key)
-            if isinstance(note, str) and note not in table.notes:
+        for key, note in metrics.items():
+            if key.endswith(NOTE_SUFFIX) and isinstance(note, str) and note not in table.notes:
                 table.notes.append(note)
         if rec.get("host") and rec["host"] not in table.hosts:
             table.hosts.append(rec["host"])

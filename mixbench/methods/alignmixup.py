@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods import register_method
 from mixbench.methods.base import MixMethod, Param
 from mixbench.methods.functional import (
     align_mix,
@@ -17,6 +16,7 @@ from mixbench.methods.functional import (
     sinkhorn,
 )
 from mixbench.methods.mixup import mixing_draws, require_staged
+from mixbench.methods.registry import register_method
 
 
 @register_method("alignmixup")

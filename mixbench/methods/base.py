@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
+from mixbench.seeding import method_seed
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -130,8 +131,7 @@ class MixMethod:
         if gen is None:
             gen = torch.Generator(device=device)
             # A distinct, fixed stream per (seed, rank, device type).
-            offset = 0 if device.type == "cpu" else 7919
-            gen.manual_seed((self._seed * 1_000_003 + self._rank * 10_007 + offset) % (2**63))
+            gen.manual_seed(method_seed(self._seed, self._rank, device.type))
             self._generators[key] = gen
         return gen
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods import register_method
 from mixbench.methods.base import MixMethod, Param
 from mixbench.methods.functional import (
     cross_entropy,
@@ -16,6 +15,7 @@ from mixbench.methods.functional import (
     paste_box,
     sample_beta,
 )
+from mixbench.methods.registry import register_method
 
 
 @register_method("cutmix")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods import register_method
 from mixbench.methods.base import Param
 from mixbench.methods.functional import (
     dense_attention,
@@ -22,6 +21,7 @@ from mixbench.methods.multimix import (
     MULTIMIX_PARAMS,
     MultiMixBase,
 )
+from mixbench.methods.registry import register_method
 
 
 @register_method("dense_multimix")

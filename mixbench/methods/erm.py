@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods import register_method
 from mixbench.methods.base import MixMethod
 from mixbench.methods.functional import cross_entropy
+from mixbench.methods.registry import register_method
 
 
 @register_method("erm")

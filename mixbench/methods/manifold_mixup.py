@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods import register_method
 from mixbench.methods.base import MixMethod, Param
 from mixbench.methods.functional import (
     mix,
@@ -19,6 +18,7 @@ from mixbench.methods.functional import (
     soft_binary_cross_entropy,
 )
 from mixbench.methods.mixup import mixing_draws, num_classes_of, require_staged
+from mixbench.methods.registry import register_method
 
 
 @register_method("manifold_mixup")

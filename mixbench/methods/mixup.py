@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods import register_method
 from mixbench.methods.base import MixMethod, Param
 from mixbench.methods.functional import mix, mixed_cross_entropy, sample_beta
+from mixbench.methods.registry import register_method
 
 __all__ = ["Mixup", "input_mixup_loss", "mixing_draws", "num_classes_of", "require_staged"]
 

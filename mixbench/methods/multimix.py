@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods import register_method
 from mixbench.methods.base import MixMethod, Param
 from mixbench.methods.functional import (
     cross_entropy,
@@ -19,6 +18,7 @@ from mixbench.methods.functional import (
     soft_cross_entropy,
 )
 from mixbench.methods.mixup import input_mixup_loss, num_classes_of, require_staged
+from mixbench.methods.registry import register_method
 
 __all__ = [
     "MULTIMIX_CE_SET",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.models import register_model
+from mixbench.models.registry import register_model
 from mixbench.models.staged import StagedNet, init_weights, positive_int_option
 
 __all__ = ["PreActBlock", "PreActResNet", "preactresnet18"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from mixbench.models import register_model
+from mixbench.models.registry import register_model
 from mixbench.models.staged import StagedNet, init_weights
 
 __all__ = ["ImageNetResNet", "resnet50"]

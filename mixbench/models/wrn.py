@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.models import register_model
+from mixbench.models.registry import register_model
 from mixbench.models.staged import StagedNet, init_weights, positive_int_option
 
 __all__ = ["WideBlock", "WideResNet", "wrn16_8"]

@@ -1,5 +1,11 @@
 """Evaluators run on every finished cell, the same code for every method.
 
+The interface (:mod:`mixbench.bench.evaluators.base`): :class:`Evaluator` (a registered class
+with a ``name``, optional ``settings`` dataclass, ``columns`` and ``run(context)``),
+:class:`EvalResult`, :class:`ColumnSpec`, :class:`EvalContext`, :func:`register_evaluator`,
+:func:`list_evaluators`; mixbench's own evaluators are the modules of
+:mod:`mixbench.bench.evaluators.builtin`. The arithmetic they use:
+
 - Calibration: :func:`calibration_errors` (ECE, MCE, OE) from per-bin statistics, and the ignite
   metric :class:`CalibrationError` that sums those statistics across processes.
 - Adversarial robustness in pixel space: :func:`fgsm`, :func:`pgd`, :func:`robust_accuracy`,
@@ -9,8 +15,12 @@
   (:func:`generated_corruptions`, :func:`apply_corruption`), both measured by
   :func:`corruption_accuracy`.
 - Embedding quality: :func:`alignment` and :func:`uniformity`.
+- Out-of-distribution detection: :func:`ood_metrics` (AUROC, AUPR, FPR95) of scores such as
+  :func:`msp_scores` and :func:`energy_scores`, on folders (:func:`load_ood_folder`) or
+  generated sets (:func:`generated_ood_images`).
 """
 
+from mixbench.bench.evaluators import builtin as _builtin  # noqa: F401  (registers them)
 from mixbench.bench.evaluators._attacks import (
     Attack,
     NormalizedModel,
@@ -42,8 +52,49 @@ from mixbench.bench.evaluators._official import (
     list_folder_images,
     load_cifar_c,
 )
+from mixbench.bench.evaluators._ood import (
+    GENERATED_OOD_SETS,
+    energy_scores,
+    generated_ood_images,
+    load_ood_folder,
+    msp_scores,
+    ood_metrics,
+)
+from mixbench.bench.evaluators.base import (
+    EVALUATORS,
+    ColumnSpec,
+    EvalContext,
+    EvalResult,
+    Evaluator,
+    evaluator_columns,
+    evaluator_generator,
+    evaluator_info,
+    get_evaluator,
+    list_evaluators,
+    register_evaluator,
+)
+from mixbench.bench.evaluators.data import draw_subset, take_examples
 
 __all__ = [
+    "GENERATED_OOD_SETS",
+    "energy_scores",
+    "generated_ood_images",
+    "load_ood_folder",
+    "msp_scores",
+    "ood_metrics",
+    "EVALUATORS",
+    "ColumnSpec",
+    "EvalContext",
+    "EvalResult",
+    "Evaluator",
+    "draw_subset",
+    "evaluator_columns",
+    "evaluator_generator",
+    "evaluator_info",
+    "get_evaluator",
+    "list_evaluators",
+    "register_evaluator",
+    "take_examples",
     "BENCHMARK_CORRUPTIONS",
     "EXTRA_CORRUPTIONS",
     "Attack",

@@ -8,7 +8,6 @@ batches with their labels: :class:`CorruptionSet` (official files) and
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from torch import nn
 from mixbench.bench.evaluators._attacks import robust_accuracy
 from mixbench.bench.evaluators._generated import SEVERITIES, apply_corruption, generated_corruptions
 from mixbench.errors import UsageError
+from mixbench.seeding import purpose_seed
 
 
 class CorruptionSource(Protocol):
@@ -81,8 +81,7 @@ class GeneratedCorruptionSet:
 
     def generator(self, corruption: str, severity: int) -> torch.Generator:
         """The generator of one (corruption, severity) pair, on the CPU."""
-        salt = zlib.crc32(f"{corruption}/{severity}".encode())
-        return torch.Generator().manual_seed((int(self.seed) * 2_654_435_761 + salt) % 2**63)
+        return torch.Generator().manual_seed(purpose_seed(self.seed, f"{corruption}/{severity}"))
 
     def batches(
         self,

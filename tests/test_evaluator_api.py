@@ -227,3 +227,25 @@ def test_ood_settings_refuse_what_cannot_work(tmp_path):
     net = create_model("preactresnet18", bundle.num_classes, seed=0, width=4)
     with pytest.raises(UsageError, match="missing"):
         run_evaluators(net, bundle, cell, "cpu")
+
+
+@pytest.mark.parametrize("name", list_evaluators())
+def test_every_registered_evaluator_gives_its_columns_or_says_why_not(name, small):
+    """Conformance over the registry: each evaluator, alone on a tiny model, stores a metric for
+    every column it declares (or a note saying why it was skipped), settings that are JSON, and
+    leaves the model as it found it."""
+    from mixbench.bench.evaluators import get_evaluator
+
+    bundle, net = small
+    net.train()
+    cell = _cell(evaluators=[name], attack_subset=8, corruption_subset=4, embedding_subset=16,
+                 corruption_severities=[1], pgd_steps=1)  # fmt: skip
+    report = run_evaluators(net, bundle, cell, "cpu", clean=True)
+    assert net.training
+    metrics = report.metrics
+    notes = [k for k in metrics if k.endswith("_note")]
+    for spec in get_evaluator(name).columns:
+        if spec.value is None:
+            assert spec.key in metrics or notes, (name, spec.key)
+    json.dumps(metrics["eval_settings"])
+    assert report.timings[f"eval_seconds_{name}"] >= 0

@@ -15,11 +15,10 @@ model twice gives the same numbers, and one evaluator's draws do not depend on w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from mixbench.bench.evaluators import (
     reliability_diagram_data,
 )
 from mixbench.bench.evaluators.base import Heartbeat, resolve_settings
+from mixbench.bench.evaluators.runtime import autocast, restored_modes, synchronize
 from mixbench.config import CellConfig
 from mixbench.datasets import DatasetBundle
 from mixbench.errors import UsageError
@@ -55,28 +55,6 @@ class EvalReport:
 
     metrics: dict[str, Any]
     timings: dict[str, float]
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def _restored_modes(model: nn.Module) -> Iterator[None]:
-    """Leave every module's train/eval flag as it was found."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def clean_metrics(
@@ -112,13 +90,13 @@ def clean_metrics(
     def step(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> Any:
         backbone.eval()
         images, labels = batch
-        with torch.no_grad(), _autocast(device, dtype):
+        with torch.no_grad(), autocast(device, dtype):
             logits = backbone(images)
         return logits.float(), labels
 
     evaluator = Engine(step)
     attach_metrics(evaluator, bundle.num_classes, cell.eval.calibration_bins)
-    with _restored_modes(backbone):
+    with restored_modes(backbone):
         evaluator.run(loader)
     metrics = evaluator.state.metrics
     out: dict[str, Any] = {"top1": float(metrics["top1"]), "nll": float(metrics["nll"])}
@@ -195,18 +173,17 @@ def run_evaluators(
         cls = get_evaluator(name)
         context.settings = resolve_settings(name, selection.options.get(name))
         start = time.perf_counter()
-        with _restored_modes(backbone):
-            backbone.eval()
+        with context.eval_mode():
             result = cls().run(context)
-        _sync(device)
+        synchronize(device)
         metrics.update(result.metrics)
         timings.update(result.timings)
         timings.setdefault(f"eval_seconds_{name}", time.perf_counter() - start)
         if result.settings:
-            key = getattr(cls, "settings_key", name)
+            key = cls.settings_key or name
             settings[key] = {**settings.get(key, {}), **result.settings}
         if result.notes:
-            metrics[getattr(cls, "note_key", f"{name}_note")] = "; ".join(result.notes)
+            metrics[cls.note_key or f"{name}_note"] = "; ".join(result.notes)
         context.beat()
     metrics["eval_settings"] = settings
     timings["evaluators_seconds"] = time.perf_counter() - began

@@ -39,7 +39,7 @@ def legend(table: Table, shown: Iterable[str]) -> str:
     ]
     for name in list_evaluators():
         cls = get_evaluator(name)
-        found = evaluator_settings(table, getattr(cls, "settings_key", name))
+        found = evaluator_settings(table, cls.settings_key or name)
         out.append(cls().legend(found, shown, table.eval))
     if "passes/step" in shown:
         out.append(

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mixbench.bench.evaluators.runtime import autocast as _autocast
 from mixbench.errors import UsageError
 
 #: An attack: ``(model, images, labels) -> adversarial images``.
@@ -83,14 +84,6 @@ def _attack_mode(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
         for m, training in modes:
             m.training = training
-
-
-def _autocast(
-    device: torch.device, amp_dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
-    if amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
 def _check_attack_inputs(images: torch.Tensor, labels: torch.Tensor, eps: float) -> None:

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+import mixbench.bench.evaluators.runtime as runtime
 from mixbench.errors import UsageError
 from mixbench.registry import Registry
 from mixbench.seeding import purpose_seed
@@ -175,20 +176,19 @@ class EvalContext:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to :attr:`amp_dtype` on :attr:`device` (nothing when it is ``None``)."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return runtime.autocast(self.device, self.amp_dtype)
 
     @contextlib.contextmanager
     def eval_mode(self) -> Iterator[None]:
         """The backbone in eval mode, every module's train/eval flag restored afterwards."""
-        modes = [(m, m.training) for m in self.backbone.modules()]
-        try:
+        with runtime.restored_modes(self.backbone):
             self.backbone.eval()
             yield
-        finally:
-            for m, training in modes:
-                m.training = training
+
+
+def examples_text(n: Any) -> str:
+    """``2,000 test images`` (for legends)."""
+    return f"{int(n):,} test image{'s' if int(n) != 1 else ''}"
 
 
 class Evaluator:
@@ -206,6 +206,11 @@ class Evaluator:
     settings: ClassVar[type | None] = None
     columns: ClassVar[tuple[ColumnSpec, ...]] = ()
     order: ClassVar[float] = 100.0
+    #: Where the resolved settings are stored (``eval_settings[settings_key]``); ``None``: the
+    #: evaluator's name. Evaluators that share a key (FGSM and PGD) merge their settings there.
+    settings_key: ClassVar[str | None] = None
+    #: The metric that holds the evaluator's notes; ``None``: ``"<name>_note"``.
+    note_key: ClassVar[str | None] = None
 
     def run(self, context: EvalContext) -> EvalResult:
         """Measure the trained model of ``context``; the same code for every method."""

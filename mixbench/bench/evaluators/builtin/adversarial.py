@@ -11,7 +11,6 @@ alone or together.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +24,11 @@ from mixbench.bench.evaluators.base import (
     EvalContext,
     EvalResult,
     Evaluator,
+    examples_text,
     register_evaluator,
 )
 from mixbench.bench.evaluators.data import as_unit
+from mixbench.bench.evaluators.runtime import autocast, restored_modes, synchronize
 from mixbench.errors import UsageError
 
 __all__ = ["FGSM", "PGD", "adversarial_accuracy", "attack_legend", "attack_settings"]
@@ -50,11 +51,6 @@ def attack_settings(config: Any, image_size: tuple[int, int]) -> dict[str, float
         ),
         "pgd_steps": int(config.pgd_steps),
     }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def adversarial_accuracy(
@@ -98,18 +94,12 @@ def adversarial_accuracy(
     clean = fgsm_correct = pgd_correct = 0
     seconds = {"fgsm": 0.0, "pgd": 0.0}
 
-    def autocast() -> Any:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
     def predict(x: torch.Tensor) -> torch.Tensor:
         model.eval()
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), autocast(device, amp_dtype):
             return model(x).argmax(dim=1)
 
-    modes = [(m, m.training) for m in model.modules()]
-    try:
+    with restored_modes(model):
         for start in range(0, images.shape[0], batch_size):
             x = as_unit(images[start : start + batch_size].to(device, non_blocking=True))
             y = labels[start : start + batch_size].to(device, non_blocking=True)
@@ -122,7 +112,7 @@ def adversarial_accuracy(
                     began = time.perf_counter()
                     adv = fgsm(model, xs, ys, fgsm_eps, amp_dtype=amp_dtype)
                     fgsm_correct += int((predict(adv) == ys).sum())
-                    _sync(device)
+                    synchronize(device)
                     seconds["fgsm"] += time.perf_counter() - began
                 if pgd_eps is not None:
                     began = time.perf_counter()
@@ -131,13 +121,10 @@ def adversarial_accuracy(
                         generator=generator, amp_dtype=amp_dtype,
                     )  # fmt: skip
                     pgd_correct += int((predict(adv) == ys).sum())
-                    _sync(device)
+                    synchronize(device)
                     seconds["pgd"] += time.perf_counter() - began
             if heartbeat is not None:
                 heartbeat()
-    finally:
-        for m, training in modes:
-            m.training = training
     n = int(images.shape[0])
     out: dict[str, Any] = {"clean_top1": clean / n, "examples": n}
     if fgsm_eps is not None:
@@ -159,10 +146,6 @@ def fraction_of_255(x: float) -> str:
     return f"{x:g}"
 
 
-def _examples(n: Any) -> str:
-    return f"{int(n):,} test image{'s' if int(n) != 1 else ''}"
-
-
 def _attack_text(settings: dict[str, Any]) -> str:
     parts = []
     if "fgsm_eps" in settings:
@@ -176,7 +159,7 @@ def _attack_text(settings: dict[str, Any]) -> str:
     if not parts:
         return ""
     amp = f", autocast {settings['amp']}" if settings.get("amp") else ""
-    return f"{'; '.join(parts)}, on {_examples(settings['examples'])}{amp}"
+    return f"{'; '.join(parts)}, on {examples_text(settings['examples'])}{amp}"
 
 
 def attack_legend(settings: list[dict[str, Any]]) -> str:

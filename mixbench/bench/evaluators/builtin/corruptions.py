@@ -23,6 +23,7 @@ from mixbench.bench.evaluators.base import (
     EvalContext,
     EvalResult,
     Evaluator,
+    examples_text,
     register_evaluator,
 )
 
@@ -117,10 +118,6 @@ def _severities(values: Any) -> str:
     return ", ".join(str(v) for v in values)
 
 
-def _examples(n: Any) -> str:
-    return f"{int(n):,} test image{'s' if int(n) != 1 else ''}"
-
-
 @register_evaluator("generated_corruptions")
 class GeneratedCorruptions(Evaluator):
     """Mean top-1 over mixbench's generated corruptions (tensor operations, no download)."""
@@ -155,7 +152,7 @@ class GeneratedCorruptions(Evaluator):
     def legend(self, settings: list[dict[str, Any]], shown: set[str], table_eval: dict) -> str:
         texts = dict.fromkeys(
             f"{', '.join(s['corruptions'])} at severities {_severities(s['severities'])} on "
-            f"{_examples(s['examples'])}"
+            f"{examples_text(s['examples'])}"
             for s in settings
         )
         if not texts:

@@ -18,6 +18,7 @@ from mixbench.bench.evaluators.base import (
     EvalContext,
     EvalResult,
     Evaluator,
+    examples_text,
     register_evaluator,
 )
 from mixbench.bench.evaluators.data import as_unit
@@ -76,10 +77,7 @@ class Embedding(Evaluator):
         if "align." not in shown and "unif." not in shown:
             return ""
         found = dict.fromkeys(
-            f"{int(s['examples']):,} test image{'s' if int(s['examples']) != 1 else ''}, "
-            f"t = {s['t']:g}"
-            for s in settings
-            if "examples" in s
+            f"{examples_text(s['examples'])}, t = {s['t']:g}" for s in settings if "examples" in s
         )
         return (
             "align. / unif.: alignment (mean squared distance between normalised embeddings of "

@@ -3,7 +3,7 @@
 Presets are TOML files shipped in ``mixbench/presets/``; every key maps onto a field of the
 dataclasses below and unknown keys are refused. These dataclasses are plain data checked
 without the registries; names of methods and evaluators are resolved where the cells are
-built (:func:`mixbench.bench.cells.build_cells`). A :class:`CellConfig` is one training run
+built (:func:`mixbench.bench.run.cells.build_cells`). A :class:`CellConfig` is one training run
 (method x data set x model x seed plus the shared schedule); its ``key`` is the hash of
 everything that defines the experiment (the ``runtime`` section, which only says where and
 how fast it runs, is left out).
@@ -90,7 +90,7 @@ class EvalConfig:
 
     Construction checks what needs no registry; evaluator names, patterns, ``options`` tables
     and plug-in corruption names are checked (and ``evaluators`` expanded) by
-    :func:`mixbench.bench.cells.resolve_eval`, which every cell goes through.
+    :func:`mixbench.bench.run.cells.resolve_eval`, which every cell goes through.
     """
 
     #: The generated corruptions shipped with mixbench (``mixbench.bench.evaluators``).
@@ -221,7 +221,7 @@ class CellConfig:
 class MatrixConfig:
     """A benchmark matrix: methods x data sets x models x seeds with a shared schedule.
 
-    :func:`mixbench.bench.cells.build_cells` expands it into its cells.
+    :func:`mixbench.bench.run.cells.build_cells` expands it into its cells.
     """
 
     name: str = "custom"

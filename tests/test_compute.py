@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixbench.bench.compute import ComputeCounter
+from mixbench.bench.train.compute import ComputeCounter
 from mixbench.cli import main
 from mixbench.methods import METHODS, MixMethod, get_method, get_method_class, list_methods
 from mixbench.models import create_model
@@ -98,7 +98,7 @@ def test_counts_survive_a_resume():
 
 
 def test_perf_reports_passes_per_step_beside_the_step_ratio(tmp_path):
-    from mixbench.bench.perf_methods import perf_methods
+    from mixbench.bench.perf.methods import perf_methods
 
     saved = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mixbench.bench.cells import build_cells
+from mixbench.bench.run.cells import build_cells
 from mixbench.config import (
     MatrixConfig,
     apply_setting,
@@ -70,7 +70,7 @@ def test_process_count_is_part_of_the_key_from_two_on():
     the batch); a one-process cell keeps the key it had before the field existed."""
     import dataclasses
 
-    from mixbench.bench.matrix import with_process_count
+    from mixbench.bench.run.matrix import with_process_count
 
     cell = build_cells(load_preset("smoke"))[0]
     assert "processes" not in cell.identity() and cell.processes == 1
@@ -89,7 +89,7 @@ def test_thread_count_is_not_part_of_the_key(tmp_path):
     count is stored with the cell's hardware and shown in the protocol block."""
     import torch
 
-    from mixbench.bench.provenance import hardware
+    from mixbench.bench.run.provenance import hardware
     from mixbench.leaderboard.protocol import describe_hardware
 
     keys = set()

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixbench.bench.cells import build_cells
-from mixbench.bench.data import load_bundle, make_loaders
-from mixbench.bench.matrix import _matrix_loop
-from mixbench.bench.store import DONE, ResultStore, sqlite_url
+from mixbench.bench.run.cells import build_cells
+from mixbench.bench.run.matrix import _matrix_loop
+from mixbench.bench.run.store import DONE, ResultStore, sqlite_url
+from mixbench.bench.train.data import load_bundle, make_loaders
 from mixbench.config import CellConfig, apply_setting, from_dict, load_preset
 from mixbench.models import create_model
 
@@ -87,7 +87,7 @@ def test_process_group_threads_are_gone_before_the_process_exits(tmp_path):
     """
     import ignite.distributed as idist
 
-    from mixbench.bench.launch import environment, shared_cpu_environment
+    from mixbench.bench.run.environment import environment, shared_cpu_environment
 
     matrix = load_preset("smoke")
     matrix.methods = ["mixup"]

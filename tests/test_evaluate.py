@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from mixbench.bench.cells import build_cells, resolve_eval
-from mixbench.bench.evaluate import run_evaluators
 from mixbench.bench.evaluators import (
     NormalizedModel,
     draw_subset,
@@ -21,6 +19,8 @@ from mixbench.bench.evaluators import (
     take_examples,
 )
 from mixbench.bench.evaluators.builtin.adversarial import adversarial_accuracy, attack_settings
+from mixbench.bench.run.cells import build_cells, resolve_eval
+from mixbench.bench.run.evaluate import run_evaluators
 from mixbench.cli import main
 from mixbench.config import EvalConfig, apply_setting, load_preset
 from mixbench.datasets import create_dataset

@@ -12,8 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mixbench.bench.cells import build_cells, resolve_eval
-from mixbench.bench.evaluate import run_evaluators
 from mixbench.bench.evaluators import (
     EVALUATORS,
     ColumnSpec,
@@ -23,6 +21,8 @@ from mixbench.bench.evaluators import (
     list_evaluators,
     register_evaluator,
 )
+from mixbench.bench.run.cells import build_cells, resolve_eval
+from mixbench.bench.run.evaluate import run_evaluators
 from mixbench.cli import main
 from mixbench.config import CellConfig, EvalConfig, apply_setting, load_preset, to_dict
 from mixbench.datasets import create_dataset

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from mixbench.bench.cells import build_cells
-from mixbench.bench.data import load_bundle, make_loaders
+from mixbench.bench.run.cells import build_cells
+from mixbench.bench.train.data import load_bundle, make_loaders
 from mixbench.cli import main
 from mixbench.config import load_matrices
 from mixbench.datasets import (

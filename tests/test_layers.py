@@ -4,9 +4,11 @@ The import graph is read from the source with :mod:`ast` (nothing is imported): 
 ``import`` and ``from ... import`` counts, relative ones and those inside functions included,
 and ``from package import name`` counts as an import of ``package.name`` when that is a module.
 
-Layers, lowest first: core (errors, registry, file I/O, plug-in loading, typed configuration,
-version), components (methods, models, data sets, evaluators), runner (the rest of
-``mixbench.bench``), apps (the command line, the leaderboard, the package itself and
+Layers, lowest first: core (errors, registry, seeding, file I/O, plug-in loading, typed
+configuration, version), components (methods, models, data sets, evaluators), the runner in
+three steps (``bench.train``: one cell's training; ``bench.run``: the matrix, the store,
+evaluation after training, launching; ``bench.tuning`` and ``bench.perf``: built on both), and
+apps (the command line and its subcommands, the leaderboard, ``show``, the package itself and
 ``python -m mixbench``). A module may import modules of its own layer or lower ones only.
 """
 
@@ -34,12 +36,18 @@ LAYERS = {
     "mixbench.datasets": 1,
     "mixbench.bench.evaluators": 1,
     "mixbench.bench": 2,
-    "mixbench.cli": 3,
-    "mixbench.leaderboard": 3,
-    "mixbench.__main__": 3,
-    "mixbench": 3,
+    "mixbench.bench.train": 2,
+    "mixbench.bench.run": 3,
+    "mixbench.bench.tuning": 4,
+    "mixbench.bench.perf": 4,
+    "mixbench.cli": 5,
+    "mixbench.commands": 5,
+    "mixbench.leaderboard": 5,
+    "mixbench.show": 5,
+    "mixbench.__main__": 5,
+    "mixbench": 5,
 }
-LAYER_NAMES = ("core", "components", "runner", "apps")
+LAYER_NAMES = ("core", "components", "runner: training", "runner: matrix", "runner: tools", "apps")
 
 
 def _modules() -> dict[str, Path]:
@@ -140,8 +148,9 @@ def _layer(name: str) -> int:
 
 def test_the_graph_is_read():
     graph = _graph()
-    assert "mixbench.cli" in graph and "mixbench.bench.engine" in graph
-    assert "mixbench.config" in graph["mixbench.cli"]
+    assert "mixbench.cli" in graph and "mixbench.bench.train.engine" in graph
+    assert "mixbench.commands" in graph["mixbench.cli"]
+    assert "mixbench.bench.run.matrix" in graph["mixbench.commands.worker"]  # inside a function
     assert all(_layer(name) in range(len(LAYER_NAMES)) for name in graph)
 
 
@@ -163,3 +172,19 @@ def test_no_module_imports_a_higher_layer():
     assert not upward, "imports of a higher layer:\n" + "\n".join(
         f"  {a} ({LAYER_NAMES[_layer(a)]}) -> {b} ({LAYER_NAMES[_layer(b)]})" for a, b in upward
     )
+
+
+def test_every_subcommand_has_its_module():
+    """The parser's table names one module per subcommand, each with add_arguments and run."""
+    import importlib
+
+    from mixbench.cli import make_parser
+    from mixbench.commands import COMMANDS
+
+    names = [c.name for c in COMMANDS]
+    assert len(names) == len(set(names))
+    for command in COMMANDS:
+        module = importlib.import_module(command.module_name)
+        assert callable(module.add_arguments) and callable(module.run), command.name
+    choices = make_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert list(choices) == names

@@ -6,7 +6,7 @@ import copy
 import re
 import statistics
 
-from mixbench.bench.cells import build_cells
+from mixbench.bench.run.cells import build_cells
 from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables, write_leaderboard
 from mixbench.leaderboard.markdown import render_table

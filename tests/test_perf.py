@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from mixbench.bench import perf_data
-from mixbench.bench.engine import train_cell
+from mixbench.bench.perf import data as perf_data
+from mixbench.bench.train.engine import train_cell
 from mixbench.cli import main
 from mixbench.datasets import create_dataset
 from mixbench.errors import UsageError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mixbench.bench.provenance import hardware, software_versions, source_commit
+from mixbench.bench.run.provenance import hardware, software_versions, source_commit
 
 
 def _git(root: Path, *args: str) -> str:

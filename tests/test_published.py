@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mixbench.bench.cells import build_cells
+from mixbench.bench.run.cells import build_cells
 from mixbench.cli import main
 from mixbench.config import load_preset, to_dict
 from mixbench.leaderboard import build_tables

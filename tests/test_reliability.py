@@ -201,7 +201,7 @@ def test_nan_cell_fails_with_reason_the_matrix_goes_on_and_retry(tmp_path, capsy
 
 
 def test_truncated_checkpoint_restarts_with_a_warning(tmp_path):
-    from mixbench.bench.engine import load_checkpoint
+    from mixbench.bench.train.engine import load_checkpoint
 
     folder = tmp_path / "cell"
     folder.mkdir()
@@ -236,7 +236,7 @@ def test_database_password_never_reaches_results_or_output(tmp_path, capsys):
     assert main(["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out),
                  "--db", url]) == 0  # fmt: skip
     capsys.readouterr()
-    from mixbench.bench.store import redact_url
+    from mixbench.bench.run.store import redact_url
 
     secret = "postgresql+psycopg://bob:hunter2@db.example:5432/bench"
     assert "hunter2" not in redact_url(secret)

@@ -7,9 +7,9 @@ import torch
 
 from mixbench.cli import main
 from mixbench.datasets import create_dataset
-from mixbench.leaderboard.show import TAG_SCALE, ProbeNet, observe, save_figure, show_figure
 from mixbench.methods import get_method, list_methods
 from mixbench.models import create_model
+from mixbench.show import TAG_SCALE, ProbeNet, observe, save_figure, show_figure
 
 B = 6
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from mixbench.bench.cells import build_cells
-from mixbench.bench.store import DONE, FAILED, RUNNING, ResultStore, redact_url, sqlite_url
+from mixbench.bench.run.cells import build_cells
+from mixbench.bench.run.store import DONE, FAILED, RUNNING, ResultStore, redact_url, sqlite_url
 from mixbench.config import load_preset
 from mixbench.errors import UsageError
 

@@ -13,9 +13,10 @@ import torch
 from optuna.trial import TrialState
 
 from mixbench.bench import tuning
-from mixbench.bench.cells import build_cells
-from mixbench.bench.engine import CellFailed, CellResult
-from mixbench.cli import build_matrices, main, make_parser, matrix_cells
+from mixbench.bench.run.cells import build_cells
+from mixbench.bench.train.engine import CellFailed, CellResult
+from mixbench.cli import main, make_parser
+from mixbench.commands.matrices import build_matrices, matrix_cells
 from mixbench.datasets import create_dataset
 from mixbench.errors import UsageError
 from mixbench.methods import get_method_class, list_methods, resolve_params
@@ -54,7 +55,7 @@ def fake_training(monkeypatch):
         top1 = 1.0 / (1.0 + cell.params.get("alpha", 1.0))
         return CellResult(metrics={"top1": top1}, timings={}, history=[])
 
-    monkeypatch.setattr("mixbench.bench.engine.train_cell", fake_train_cell)
+    monkeypatch.setattr("mixbench.bench.train.engine.train_cell", fake_train_cell)
     return seen
 
 
@@ -113,7 +114,7 @@ def test_validation_size_is_a_tenth_rounded_to_whole_classes():
 def test_tune_trains_on_a_validation_split_and_stores_the_study(tmp_path, monkeypatch, capsys):
     """Two real trials: the study's name, params within bounds, user attrs, and evaluation on
     30 images carved from the training set (never the test set)."""
-    import mixbench.bench.data as data
+    import mixbench.bench.train.data as data
 
     splits = []
     real_make_loaders = data.make_loaders
@@ -262,13 +263,13 @@ def test_workers_on_one_storage_share_a_study_within_its_budget(
     import threading
     import time
 
-    from mixbench.bench.engine import CellResult as Result
+    from mixbench.bench.train.engine import CellResult as Result
 
     def slow_train_cell(cell, workdir, **kwargs):
         time.sleep(0.2)  # long enough for the workers to overlap
         return Result(metrics={"top1": 1.0 / (1.0 + cell.params["alpha"])}, timings={})
 
-    import mixbench.bench.engine as engine
+    import mixbench.bench.train.engine as engine
 
     engine.train_cell = slow_train_cell  # undone by the fixture's monkeypatch
     args = make_parser().parse_args(["tune", "--method", "mixup", "--trials", "6", *TINY])

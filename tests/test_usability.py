@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from mixbench.bench.engine import InterruptNoiseFilter
+from mixbench.bench.train.engine import InterruptNoiseFilter
 from mixbench.cli import main
 from mixbench.plugins import PLUGINS_ENV, load_plugin
 
@@ -163,12 +163,12 @@ def test_ctrl_c_leaves_no_empty_engine_error_line():
 
 
 def test_evaluate_prints_percentages_like_the_leaderboard():
-    from mixbench.bench.evaluate import _format_value, is_percentage
+    from mixbench.commands.evaluate import format_value, is_percentage
 
     assert is_percentage("top1") and is_percentage("pgd_top1") and is_percentage("ece")
     assert not is_percentage("nll") and not is_percentage("alignment")
-    assert _format_value("top1", 0.7876) == "78.76 %"
-    assert _format_value("nll", 0.7876) == "0.7876"
+    assert format_value("top1", 0.7876) == "78.76 %"
+    assert format_value("nll", 0.7876) == "0.7876"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the dump check reads Linux output")

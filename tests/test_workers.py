@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mixbench.bench.store import ResultStore, sqlite_url
+from mixbench.bench.run.store import ResultStore, sqlite_url
 
 from .conftest import TINY
 

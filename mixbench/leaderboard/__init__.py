@@ -16,7 +16,7 @@ __all__ = ["Table", "build_tables", "records_from_store", "write_leaderboard"]
 
 def records_from_store(url: str) -> list[dict[str, Any]]:
     """Finished cells of a results database as plain dicts."""
-    from mixbench.bench.store import DONE, ResultStore
+    from mixbench.bench.run.store import DONE, ResultStore
 
     store = ResultStore(url)
     try:

@@ -14,7 +14,7 @@ with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18), and also with 
 parameter set (``multimix [ce]``: the clean cross-entropy added to the mixed loss).
 
 Beside the time, each entry reports its measured compute: the network's full forward passes
-and BatchNorm statistics updates per step (:class:`mixbench.bench.compute.ComputeCounter`),
+and BatchNorm statistics updates per step (:class:`mixbench.bench.train.compute.ComputeCounter`),
 1.00 for every built-in method.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mixbench.bench.compute import ComputeCounter
+from mixbench.bench.train.compute import ComputeCounter
 from mixbench.methods import get_method, list_methods
 from mixbench.models import create_model
 
@@ -217,7 +217,7 @@ def _run(
     return out
 
 
-if __name__ == "__main__":  # python -m mixbench.bench.perf_methods [threads]
+if __name__ == "__main__":  # python -m mixbench.bench.perf.methods [threads]
     import json
 
     count = int(sys.argv[1]) if len(sys.argv) > 1 else None

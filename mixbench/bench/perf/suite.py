@@ -1,11 +1,11 @@
-"""``mixbench perf``: every speed benchmark in one run, in one JSON file.
+"""Every speed benchmark in one run, in one JSON file (what ``mixbench perf`` runs).
 
 Each benchmark measures ratios within one run (the machines are shared and noisy, so absolute
 times are only indicative). Benchmarks register in ``BENCHMARKS``: a name and a function
 ``(PerfOptions) -> dict`` whose result becomes that name's section of the JSON:
 
-- ``methods``: each method's training step against ERM's (:mod:`mixbench.bench.perf_methods`);
-- ``loader``, ``engine``, ``end_to_end``: the data path (:mod:`mixbench.bench.perf_data`).
+- ``methods``: each method's training step against ERM's (:mod:`mixbench.bench.perf.methods`);
+- ``loader``, ``engine``, ``end_to_end``: the data path (:mod:`mixbench.bench.perf.data`).
 
 Without ``--data-root`` the loader and end-to-end benchmarks read the ``synthetic`` data set
 written as JPEG files into a temporary folder; with it, that image folder.
@@ -13,7 +13,6 @@ written as JPEG files into a temporary folder; with it, that image folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -45,7 +44,7 @@ class PerfOptions:
 
 
 def _methods(opts: PerfOptions) -> dict[str, Any]:
-    from mixbench.bench.perf_methods import perf_methods
+    from mixbench.bench.perf.methods import perf_methods
 
     if opts.quick:
         return perf_methods(
@@ -57,7 +56,7 @@ def _methods(opts: PerfOptions) -> dict[str, Any]:
 def image_folder(opts: PerfOptions) -> Path:
     """The image folder of the data benchmarks: ``--data-root``, or the synthetic data set
     written as JPEG files into the scratch folder (once per run)."""
-    from mixbench.bench.perf_data import check_image_folder, write_jpeg_folder
+    from mixbench.bench.perf.data import check_image_folder, write_jpeg_folder
 
     if opts.data_root is not None:
         return check_image_folder(opts.data_root)
@@ -69,7 +68,7 @@ def image_folder(opts: PerfOptions) -> Path:
 
 
 def _loader(opts: PerfOptions) -> dict[str, Any]:
-    from mixbench.bench.perf_data import perf_loader
+    from mixbench.bench.perf.data import perf_loader
 
     sizes: dict[str, Any] = {}
     if opts.quick:
@@ -78,7 +77,7 @@ def _loader(opts: PerfOptions) -> dict[str, Any]:
 
 
 def _engine(opts: PerfOptions) -> dict[str, Any]:
-    from mixbench.bench.perf_data import perf_engine
+    from mixbench.bench.perf.data import perf_engine
 
     if opts.quick:
         sizes = {"rounds": 1, "warmup": 0, "steps_per_epoch": 2, "batch_size": 8, "width": 4}
@@ -88,7 +87,7 @@ def _engine(opts: PerfOptions) -> dict[str, Any]:
 
 
 def _end_to_end(opts: PerfOptions) -> dict[str, Any]:
-    from mixbench.bench.perf_data import perf_end_to_end
+    from mixbench.bench.perf.data import perf_end_to_end
 
     if opts.quick:
         sizes = {"rounds": 1, "warmup": 0, "steps": 2, "batch_size": 8, "width": 4}
@@ -117,23 +116,36 @@ def _print_section(name: str, section: dict[str, Any]) -> None:
             print(f"  {key}: {value:.3f}" if isinstance(value, float) else f"  {key}: {value}")
 
 
-def run_perf(args: argparse.Namespace) -> int:
-    """Run the selected benchmarks, print them, and write ``--json FILE`` if asked."""
+def run_perf(
+    *,
+    device: str = "auto",
+    only: list[str] | None = None,
+    steps: int = 5,
+    warmup: int = 2,
+    threads: int | None = None,
+    data_root: str | Path | None = None,
+    quick: bool = False,
+    json_path: Path | None = None,
+) -> dict[str, Any]:
+    """Run the benchmarks ``only`` names (all by default), print each section and return them
+    (also written to ``json_path`` if given).
+
+    ``threads`` sets torch's intra-op threads for the run (restored afterwards); ``quick``
+    shrinks every benchmark to seconds.
+    """
     import torch
 
-    from mixbench.bench.engine import resolve_device
+    from mixbench.bench.train.engine import resolve_device
 
-    device = str(resolve_device(args.device))
-    names = args.only or list(BENCHMARKS)
+    device = str(resolve_device(device))
+    names = only or list(BENCHMARKS)
     for name in names:
         if name not in BENCHMARKS:
             raise UsageError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
-    if args.steps < 1 or args.warmup < 0:
+    if steps < 1 or warmup < 0:
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
-    threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
-    data_root = getattr(args, "data_root", None)
     result: dict[str, Any] = {"device": device}
     saved_threads = torch.get_num_threads()
     if threads is not None:
@@ -143,10 +155,10 @@ def run_perf(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="mixbench-perf-") as scratch:
             opts = PerfOptions(
                 device=device,
-                steps=args.steps,
-                warmup=args.warmup,
+                steps=steps,
+                warmup=warmup,
                 data_root=Path(data_root).expanduser() if data_root else None,
-                quick=bool(getattr(args, "quick", False)),
+                quick=quick,
                 scratch=Path(scratch),
             )
             for name in names:
@@ -155,6 +167,6 @@ def run_perf(args: argparse.Namespace) -> int:
                 _print_section(name, result[name])
     finally:
         torch.set_num_threads(saved_threads)
-    if args.json_path is not None:
-        atomic_write_text(args.json_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return 0
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result

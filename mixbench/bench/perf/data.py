@@ -286,8 +286,8 @@ def plain_loop(cell: Any, bundle_cache: dict[Any, Any]) -> tuple[float, torch.nn
     weights, method (through the same module), SGD optimizer and per-step schedule, autocast
     and seeding; only the Ignite engine, its events and handlers are left out.
     """
-    from mixbench.bench.data import load_bundle, make_loaders
-    from mixbench.bench.engine import (
+    from mixbench.bench.train.data import load_bundle, make_loaders
+    from mixbench.bench.train.engine import (
         TrainingModule,
         amp_dtype,
         build_optimizer,
@@ -343,7 +343,7 @@ def plain_loop(cell: Any, bundle_cache: dict[Any, Any]) -> tuple[float, torch.nn
 def trainer_rate(cell: Any, bundle_cache: dict[Any, Any], workdir: Path) -> float:
     """Train ``cell`` with ``train_cell`` in a fresh folder; its training images per second
     (the engine's own timer: the epoch's steps, without evaluation and checkpointing)."""
-    from mixbench.bench.engine import train_cell
+    from mixbench.bench.train.engine import train_cell
 
     with tempfile.TemporaryDirectory(dir=workdir) as folder:
         result = train_cell(cell, Path(folder), bundle_cache=bundle_cache)

@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mixbench.bench.store import DONE, ResultStore
+from mixbench.bench.run.store import DONE, ResultStore
 from mixbench.errors import UsageError
 from mixbench.fileio import atomic_write_text
 

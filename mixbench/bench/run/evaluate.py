@@ -1,11 +1,12 @@
 """The post-training evaluation suite: every evaluator of a cell's preset, on one trained model.
 
 :func:`run_evaluators` is what the matrix runner calls once a cell has finished training and
-what ``mixbench evaluate CHECKPOINT`` (:func:`cmd_evaluate`) calls on a saved checkpoint; the
-code is the same for every method. Which evaluators run comes from the cell's
-:class:`~mixbench.config.EvalConfig` (``evaluators``, and ``options`` for evaluators with
-settings); each is a registered :class:`~mixbench.bench.evaluators.Evaluator` (``mixbench
-evaluators`` lists them), run in its declared order.
+what ``mixbench evaluate CHECKPOINT`` calls on a checkpoint (read by
+:func:`load_cell_checkpoint`); the code is the same for every method. Which evaluators
+run comes from the cell's :class:`~mixbench.config.EvalConfig` (``evaluators``, and
+``options`` for evaluators with settings); each is a registered
+:class:`~mixbench.bench.evaluators.Evaluator` (``mixbench evaluators`` lists them), run in its
+declared order.
 
 Reproducibility: every random draw (the subsets, PGD's random start, the generated noises) comes
 from a generator seeded from the cell's seed and the draw's purpose, so evaluating the same
@@ -14,9 +15,7 @@ model twice gives the same numbers, and one evaluator's draws do not depend on w
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixbench.bench.cells import resolve_cell, resolve_eval
 from mixbench.bench.evaluators import (
     EvalContext,
     NormalizedModel,
@@ -36,6 +34,7 @@ from mixbench.bench.evaluators import (
 )
 from mixbench.bench.evaluators.base import Heartbeat, resolve_settings
 from mixbench.bench.evaluators.runtime import autocast, restored_modes, synchronize
+from mixbench.bench.run.cells import resolve_cell, resolve_eval
 from mixbench.config import CellConfig
 from mixbench.datasets import DatasetBundle
 from mixbench.errors import UsageError
@@ -43,7 +42,7 @@ from mixbench.errors import UsageError
 __all__ = [
     "EvalReport",
     "clean_metrics",
-    "cmd_evaluate",
+    "checkpoint_epoch",
     "load_cell_checkpoint",
     "run_evaluators",
 ]
@@ -71,8 +70,8 @@ def clean_metrics(
     """
     from ignite.engine import Engine
 
-    from mixbench.bench.engine import amp_dtype
-    from mixbench.bench.evaluation import attach_metrics
+    from mixbench.bench.train.engine import amp_dtype
+    from mixbench.bench.train.metrics import attach_metrics
     from mixbench.datasets import make_loader
 
     dtype = amp_dtype(device, cell.runtime.amp)
@@ -141,7 +140,7 @@ def run_evaluators(
         name (``attack`` for FGSM and PGD together) with the list of those that ran. Timings:
         ``evaluators_seconds`` (all of it) and ``eval_seconds_<evaluator>``.
     """
-    from mixbench.bench.engine import amp_dtype
+    from mixbench.bench.train.engine import amp_dtype
 
     began = time.perf_counter()
     device = torch.device(device)
@@ -198,7 +197,7 @@ def load_cell_checkpoint(checkpoint: Path) -> tuple[CellConfig, dict[str, Any]]:
 
     Raises ``UsageError`` with a one-line message for a missing or unreadable file.
     """
-    from mixbench.bench.engine import CELL_FILE
+    from mixbench.bench.train.engine import CELL_FILE
     from mixbench.config import from_dict
 
     checkpoint = Path(checkpoint)
@@ -232,7 +231,7 @@ def load_cell_checkpoint(checkpoint: Path) -> tuple[CellConfig, dict[str, Any]]:
     return cell, state
 
 
-def _checkpoint_epoch(state: dict[str, Any]) -> int | None:
+def checkpoint_epoch(state: dict[str, Any]) -> int | None:
     """The epoch a checkpoint was saved at (from its trainer state), or ``None``."""
     trainer = state.get("trainer")
     if not isinstance(trainer, dict):
@@ -242,74 +241,3 @@ def _checkpoint_epoch(state: dict[str, Any]) -> int | None:
     if "iteration" in trainer and trainer.get("epoch_length"):
         return int(trainer["iteration"]) // int(trainer["epoch_length"])
     return None
-
-
-#: Metrics stored as fractions that people read as percentages (as the leaderboard prints them).
-PERCENT_METRICS = ("ece", "mce", "oe")
-
-
-def is_percentage(name: str) -> bool:
-    """True for accuracies and calibration errors: stored in [0, 1], printed in percent."""
-    return name in PERCENT_METRICS or name.endswith(("top1", "top5"))
-
-
-def _format_value(name: str, value: Any) -> str:
-    if isinstance(value, float) and math.isfinite(value) and is_percentage(name):
-        return f"{100 * value:.2f} %"
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """``mixbench evaluate CHECKPOINT``: every evaluator of the cell's preset on a checkpoint.
-
-    Prints the metrics (with ``--json`` a JSON object with ``metrics`` and ``timings``).
-    """
-    from tabulate import tabulate
-
-    from mixbench.bench.data import load_bundle
-    from mixbench.bench.engine import resolve_device
-    from mixbench.models import create_model
-
-    cell, state = load_cell_checkpoint(args.checkpoint)
-    device = resolve_device(args.device)
-    cell.runtime.device = args.device
-    if args.data_root:
-        cell.runtime.data_root = args.data_root
-    bundle = load_bundle(cell)
-    backbone = create_model(cell.model, bundle.num_classes, seed=cell.seed, **cell.model_options)
-    try:
-        backbone.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UsageError(
-            f"checkpoint {args.checkpoint} does not fit model {cell.model!r}: {first}"
-        ) from None
-    backbone.to(device)
-    report = run_evaluators(backbone, bundle, cell, device, clean=True)
-    epoch = _checkpoint_epoch(state)
-    out = {
-        "checkpoint": str(args.checkpoint),
-        "key": cell.key,
-        "method": cell.method,
-        "dataset": cell.dataset,
-        "model": cell.model,
-        "seed": cell.seed,
-        "epoch": epoch,
-        "metrics": report.metrics,
-        "timings": report.timings,
-    }
-    if args.json:
-        print(json.dumps(out, indent=2, sort_keys=True))
-        return 0
-    rows = [
-        [name, _format_value(name, value)]
-        for name, value in sorted(report.metrics.items())
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool)
-    ]
-    rows += [[name, f"{value:.2f} s"] for name, value in sorted(report.timings.items())]
-    print(f"{cell.method} / {cell.dataset} / {cell.model} / seed {cell.seed}, epoch {epoch}")
-    print("accuracies and calibration errors in percent (--json gives the stored fractions)")
-    print(tabulate(rows, headers=["metric", "value"], disable_numparse=True))
-    return 0

@@ -7,7 +7,7 @@ evaluator (:func:`create_evaluator`), attach the handlers (evaluation on an even
 heartbeat, checkpoint with resume, progress), run. The trainer's update step only calls
 ``method.loss(model, images, labels)``: the engine never branches on a method's name. It
 returns after training: the matrix runner then runs the cell's evaluators on the trained
-network (:mod:`mixbench.bench.evaluate`).
+network (:mod:`mixbench.bench.run.evaluate`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver, TerminateOnNan, Timer
 from torch import nn
 
-from mixbench.bench.compute import ComputeCounter
 from mixbench.bench.evaluators import reliability_diagram_data
+from mixbench.bench.train.compute import ComputeCounter
 from mixbench.config import CellConfig, ScheduleConfig
 from mixbench.errors import UsageError
 from mixbench.methods import MixMethod, get_method
@@ -108,7 +108,7 @@ class TrainingModule(nn.Module):
 
 class RunProgress:
     """Bookkeeping that must survive a resume: evaluation history, time spent, and the
-    measured compute (:class:`~mixbench.bench.compute.ComputeCounter`, when counting)."""
+    measured compute (:class:`~mixbench.bench.train.compute.ComputeCounter`, when counting)."""
 
     def __init__(self, compute: ComputeCounter | None = None) -> None:
         self.history: list[dict[str, Any]] = []
@@ -276,7 +276,7 @@ class TrainingParts:
 def build_training(cell: CellConfig, bundle_cache: dict[Any, Any] | None = None) -> TrainingParts:
     """Device, data, model (its initial weights from the cell's seed), method, optimiser,
     schedule and bookkeeping of one cell, for this process of the run."""
-    from mixbench.bench.data import load_bundle, make_loaders
+    from mixbench.bench.train.data import load_bundle, make_loaders
 
     rank, world_size = idist.get_rank(), idist.get_world_size()
     device = resolve_device(cell.runtime.device)
@@ -385,7 +385,7 @@ def _loss_every(device: torch.device) -> int:
 def create_evaluator(parts: TrainingParts) -> tuple[Engine, Callable[[], dict[str, Any]]]:
     """The test-set evaluator (top-1, NLL, calibration) and a function that runs it once on
     the model that is checkpointed and returns its metrics (with ``eval_seconds``)."""
-    from mixbench.bench.evaluation import attach_metrics
+    from mixbench.bench.train.metrics import attach_metrics
 
     backbone = parts.backbone
     evaluator = Engine(_eval_step(backbone, parts.autocast, parts.channels_last))

@@ -20,7 +20,6 @@ A method that changes nothing (ERM) gets the clean batch and a line saying so.
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,12 +34,10 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mixbench.errors import UsageError  # noqa: E402
 from mixbench.fileio import atomic_write  # noqa: E402
-from mixbench.leaderboard.markdown import format_params  # noqa: E402
 from mixbench.methods import MixMethod  # noqa: E402
 
-__all__ = ["Observation", "ProbeNet", "cmd_show", "observe", "show_figure"]
+__all__ = ["Observation", "ProbeNet", "observe", "save_figure", "show_figure"]
 
 _PNG_METADATA = {"Software": None}
 
@@ -375,60 +372,3 @@ def save_figure(fig: Any, path: Path) -> None:
         lambda tmp: fig.savefig(tmp, format="png", metadata=_PNG_METADATA, bbox_inches="tight"),
     )
     plt.close(fig)
-
-
-def _parse_params(cls: type[MixMethod], texts: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for text in texts:
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if key.startswith(f"{cls.name}."):
-            key = key[len(cls.name) + 1 :]
-        if not sep or not key or not value.strip():
-            raise UsageError(f"malformed --param {text!r}: expected KEY=VALUE, e.g. alpha=0.4")
-        if key not in cls.params:
-            valid = ", ".join(sorted(cls.params)) or "none"
-            raise UsageError(
-                f"method {cls.name!r} has no parameter {key!r}; its parameters: {valid}"
-            )
-        params[key] = cls.params[key].parse(key, value)
-    return params
-
-
-#: The probe's network: small and fast, any staged network would do.
-PROBE_MODEL = ("preactresnet18", {"width": 16})
-#: Examples in the batch that is shown.
-BATCH = 8
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    """``mixbench show METHOD --out FILE.png``: draw what a method does to one batch."""
-    from mixbench.bench.evaluators import draw_subset, take_examples
-    from mixbench.datasets import create_dataset
-    from mixbench.methods import get_method, get_method_class
-    from mixbench.models import create_model
-
-    cls = get_method_class(args.method)
-    params = _parse_params(cls, args.param)
-    method = get_method(args.method, **params)
-    method.seed(args.seed)
-    bundle = create_dataset(args.dataset, args.data_root)
-    generator = torch.Generator().manual_seed(args.seed)
-    chosen = draw_subset(len(bundle.test), BATCH, generator)
-    images, labels = take_examples(bundle.test, chosen)
-    name, options = PROBE_MODEL
-    net = create_model(name, bundle.num_classes, seed=args.seed, **options)
-    title = f"{args.method} ({format_params(method.hparams)}) on {bundle.name}, seed {args.seed}"
-    fig = show_figure(
-        method,
-        net,
-        images,
-        labels,
-        mean=bundle.mean,
-        std=bundle.std,
-        class_names=bundle.class_names,
-        title=title,
-    )
-    save_figure(fig, Path(args.out))
-    print(args.out)
-    return 0

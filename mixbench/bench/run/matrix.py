@@ -21,7 +21,7 @@ from typing import Any
 
 import ignite.distributed as idist
 
-from mixbench.bench.store import DONE, FAILED, ResultStore, sqlite_url
+from mixbench.bench.run.store import DONE, FAILED, ResultStore, sqlite_url
 from mixbench.config import CellConfig
 from mixbench.errors import UsageError
 
@@ -62,8 +62,8 @@ def check_out_dir(out_dir: Path) -> None:
 
 def validate_matrix(cells: list[CellConfig], bundle_cache: dict[Any, Any]) -> None:
     """Load every data set of the matrix and check every model fits it, before any write."""
-    from mixbench.bench.data import load_bundle
-    from mixbench.bench.engine import resolve_device
+    from mixbench.bench.train.data import load_bundle
+    from mixbench.bench.train.engine import resolve_device
 
     for cell in cells:
         resolve_device(cell.runtime.device)
@@ -125,7 +125,7 @@ def run_matrix(
     if nproc_per_node > 1 or launched_by_torchrun():
         backend = "nccl" if _cuda_requested(cells) else "gloo"
         spawn = {} if launched_by_torchrun() else {"nproc_per_node": nproc_per_node}
-        from mixbench.bench.launch import environment, shared_cpu_environment
+        from mixbench.bench.run.environment import environment, shared_cpu_environment
 
         cpu_env = {} if backend == "nccl" else shared_cpu_environment(nproc_per_node)
         with environment(cpu_env), idist.Parallel(backend=backend, **spawn) as parallel:
@@ -169,8 +169,8 @@ def _matrix_loop(
     log: Any = None,
 ) -> None:
     """Claim, train, record, until no runnable cell is left (every rank runs this loop)."""
-    from mixbench.bench.engine import CellFailed, train_cell
-    from mixbench.bench.provenance import software_versions
+    from mixbench.bench.run.provenance import software_versions
+    from mixbench.bench.train.engine import CellFailed, train_cell
 
     log = log or sys.stderr
     rank, distributed = idist.get_rank(), idist.get_world_size() > 1
@@ -209,7 +209,7 @@ def _matrix_loop(
                     evaluate_trained(result, cell, heartbeat)
             except KeyboardInterrupt:
                 if store is not None:
-                    from mixbench.bench.engine import latest_checkpoint
+                    from mixbench.bench.train.engine import latest_checkpoint
 
                     last = latest_checkpoint(cell_dir(out_dir, cell))
                     where = f"from {last}" if last else "from the start (no epoch had finished)"
@@ -246,7 +246,7 @@ def _matrix_loop(
 def evaluate_trained(result: Any, cell: CellConfig, heartbeat: Any = None) -> None:
     """Run the cell's evaluators on the network ``train_cell`` trained; their metrics and
     timings join the result's, and the result lets go of the network."""
-    from mixbench.bench.evaluate import run_evaluators
+    from mixbench.bench.run.evaluate import run_evaluators
 
     report = run_evaluators(
         result.backbone, result.bundle, cell, result.device, heartbeat=heartbeat

@@ -1,0 +1,144 @@
+"""Launching workers on a cluster scheduler (SLURM) or locally, through submitit.
+
+``mixbench run ... --launcher slurm --workers K`` submits K worker jobs as a SLURM job array;
+``--launcher local`` starts K local worker processes through submitit's local executor (the
+same code path, which is how the tests exercise it). submitit pickles the matrix's resolved
+cells into each job, which runs :func:`run_worker`: the workers share the results database of
+the run, claim cells one at a time and stop when none is left. The database URL travels in the
+environment (:data:`~mixbench.bench.run.DB_ENV`), never in a job file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mixbench.bench.run import DB_ENV
+from mixbench.bench.run.environment import environment, shared_cpu_environment
+from mixbench.config import CellConfig
+from mixbench.errors import UsageError
+
+LAUNCHERS = ("local", "slurm")
+
+
+@dataclass
+class SlurmOptions:
+    """What the SLURM job array asks for."""
+
+    partition: str | None = None
+    time_minutes: int = 24 * 60
+    gpus_per_task: int = 0
+    cpus_per_task: int = 8
+
+
+def run_worker(
+    index: int,
+    *,
+    cells: list[CellConfig],
+    out_dir: Path,
+    retry_failed: bool = False,
+    nproc_per_node: int = 1,
+) -> int:
+    """What launched job ``index`` runs: claim and run ``cells`` of the shared database (its
+    URL from the environment) until none is left; returns the job's exit status.
+
+    Plug-ins named in the environment (``--plugin`` of the launching command) are imported
+    first, so that their methods, models and data sets resolve.
+    """
+    from mixbench.bench.run.matrix import run_matrix
+    from mixbench.plugins import load_environment_plugins
+
+    load_environment_plugins()
+    summary = run_matrix(
+        cells,
+        out_dir,
+        os.environ.get(DB_ENV),
+        retry_failed=retry_failed,
+        nproc_per_node=nproc_per_node,
+    )
+    print(
+        f"worker {index} done: {summary.ran} cells run, {len(summary.failed)} failed in the matrix",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def launch_matrix(
+    launcher: str,
+    workers: int,
+    cells: list[CellConfig],
+    out_dir: Path,
+    db_url: str,
+    slurm: SlurmOptions | None = None,
+    *,
+    retry_failed: bool = False,
+    nproc_per_node: int = 1,
+) -> list[Any]:
+    """Submit ``workers`` jobs running :func:`run_worker` on ``cells``; returns the jobs.
+
+    Logs go to ``out_dir/launcher-logs``. Launched cells show no progress bars (their output
+    is a log file); local workers share this machine's cores (:func:`shared_cpu_environment`).
+    """
+    import submitit
+
+    if launcher not in LAUNCHERS:
+        raise UsageError(f"unknown launcher {launcher!r}; valid launchers: {', '.join(LAUNCHERS)}")
+    if workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    log_dir = out_dir / "launcher-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    slurm = slurm or SlurmOptions()
+    if launcher == "local":
+        executor: Any = submitit.LocalExecutor(folder=str(log_dir))
+        executor.update_parameters(timeout_min=slurm.time_minutes)
+    else:
+        executor = submitit.AutoExecutor(folder=str(log_dir), cluster="slurm")
+        params: dict[str, Any] = {
+            "timeout_min": slurm.time_minutes,
+            "gpus_per_node": slurm.gpus_per_task,
+            "cpus_per_task": slurm.cpus_per_task,
+            "tasks_per_node": 1,
+            "slurm_array_parallelism": workers,
+            "name": "mixbench-worker",
+        }
+        if slurm.partition:
+            params["slurm_partition"] = slurm.partition
+        executor.update_parameters(**params)
+    quiet = [
+        dataclasses.replace(c, runtime=dataclasses.replace(c.runtime, progress=False))
+        for c in cells
+    ]
+    job = functools.partial(
+        run_worker,
+        cells=quiet,
+        out_dir=out_dir,
+        retry_failed=retry_failed,
+        nproc_per_node=nproc_per_node,
+    )
+    env = {DB_ENV: db_url}
+    if launcher == "local":
+        env.update(shared_cpu_environment(workers))
+    with environment(env):  # copied into the jobs when they are submitted
+        return executor.map_array(job, list(range(workers)))
+
+
+def wait_for(jobs: list[Any], log: Any = None) -> list[int]:
+    """Wait for every job; returns their exit statuses (1 for a job that raised).
+
+    The last lines of a failed job's standard error are printed to ``log``.
+    """
+    statuses = []
+    for job in jobs:
+        try:
+            statuses.append(int(job.result() or 0))
+        except Exception as exc:
+            statuses.append(1)
+            if log is not None:
+                tail = "\n".join(str(exc).strip().splitlines()[-15:])
+                print(f"worker job {job.job_id} failed:\n{tail}", file=log)
+    return statuses

@@ -1,0 +1,38 @@
+"""``mixbench export``: the finished cells of a results database as JSON Lines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mixbench.commands.options import add_db_argument, store_url
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The file to write, the run folder (or ``--db``) and an optional preset filter."""
+    p.add_argument("--out", dest="file", type=Path, required=True, help="FILE.jsonl to write")
+    p.add_argument(
+        "--from",
+        dest="out",
+        type=Path,
+        default=Path("runs/smoke"),
+        help="the run's folder (its results.db)",
+    )
+    add_db_argument(p)
+    p.add_argument("--preset", help="only the cells of this preset")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write one JSON object per finished cell."""
+    from mixbench.bench.run.store import ResultStore
+    from mixbench.bench.run.transfer import export_records, write_jsonl
+
+    store = ResultStore(store_url(args))
+    try:
+        records = export_records(store, preset=args.preset)
+    finally:
+        store.close()
+    count = write_jsonl(records, args.file)
+    print(f"exported {count} finished cells to {args.file}", file=sys.stderr)
+    return 0

@@ -1,0 +1,102 @@
+"""``mixbench status``: every cell of a results database and where it stands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mixbench.commands.options import add_db_argument, store_url
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The run folder or ``--db``, and ``--json``."""
+    p.add_argument("--out", type=Path, default=Path("runs/smoke"), help="a run's folder")
+    add_db_argument(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of cells")
+
+
+# What `mixbench status --json` shows of each cell (plus the metrics of finished ones).
+STATUS_FIELDS = (
+    "key",
+    "preset",
+    "method",
+    "dataset",
+    "model",
+    "seed",
+    "status",
+    "worker",
+    "attempts",
+    "started_at",
+    "heartbeat",
+    "error",
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print every cell of the database and where it stands."""
+    import datetime as dt
+
+    from tabulate import tabulate
+
+    from mixbench.bench.run.store import ResultStore
+
+    store = ResultStore(store_url(args))
+    try:
+        records = store.records()
+    finally:
+        store.close()
+    cells = [
+        {name: getattr(r, name) for name in STATUS_FIELDS}
+        | {"metrics": r.metrics if r.status == "done" else None}
+        for r in records
+    ]
+    if args.json:
+        print(json.dumps(cells, indent=2, default=str))
+        return 0
+
+    def when(ts: float | None) -> str:
+        return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else ""
+
+    rows = []
+    for c in cells:
+        if c["status"] == "done":
+            detail = f"top-1 {100 * c['metrics']['top1']:.2f}%"
+        elif c["status"] == "running":
+            detail = f"on {c['worker']} since {when(c['started_at'])}"
+        else:
+            detail = (c["error"] or "").splitlines()[0][:80] if c["error"] else ""
+        rows.append(
+            [
+                c["key"],
+                c["preset"],
+                c["method"],
+                c["dataset"],
+                c["model"],
+                c["seed"],
+                c["status"],
+                c["attempts"],
+                detail,
+            ]
+        )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "key",
+                "preset",
+                "method",
+                "dataset",
+                "model",
+                "seed",
+                "status",
+                "attempts",
+                "detail",
+            ],
+        )
+    )
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "no cells")
+    return 0

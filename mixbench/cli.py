@@ -20,14 +20,6 @@ from mixbench.errors import UsageError
 
 EXIT_USAGE = 2
 
-# Training-set sizes of the standard data sets, for --dry-run estimates (no data needed).
-KNOWN_TRAIN_SIZES = {
-    "cifar10": 50_000,
-    "cifar100": 50_000,
-    "tinyimagenet": 100_000,
-    "imagenet": 1_281_167,
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit status 2."""
@@ -507,6 +499,7 @@ def _print_dry_run(cells: list[Any]) -> int:
 
     from tabulate import tabulate
 
+    from mixbench.datasets import dataset_info
     from mixbench.leaderboard.markdown import format_params
     from mixbench.methods import default_params
 
@@ -514,8 +507,9 @@ def _print_dry_run(cells: list[Any]) -> int:
     _check_models_fit_declared_sizes(cells)
     rows, total, unknown = [], 0, False
     for c in cells:
+        # The registered training-set size (no data needed), unless the options set one.
         size = c.dataset_options.get("train_subset") or c.dataset_options.get(
-            "n_train", KNOWN_TRAIN_SIZES.get(c.dataset)
+            "n_train", dataset_info(c.dataset).train_size
         )
         images = size * c.schedule.epochs if size else None
         total += images or 0
@@ -654,14 +648,47 @@ def cmd_evaluators(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """``mixbench datasets``: the registered data sets and what is known about each."""
+    from tabulate import tabulate
+
+    from mixbench.datasets import dataset_info, list_datasets
+
+    infos = [{"name": name, **dataset_info(name).as_dict()} for name in list_datasets()]
+    if args.json:
+        print(json.dumps(infos, indent=2))
+        return 0
+
+    def fact(value: Any) -> str:
+        return "—" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+    rows = [
+        [
+            i["name"],
+            i["display_name"],
+            fact(i["num_classes"]),
+            fact(i["train_size"]),
+            fact(i["test_size"]),
+            "x".join(str(v) for v in i["image_size"]) if i["image_size"] else "—",
+            (i["corruption_benchmark"] or {}).get("name", "—"),
+            fact(i["paper_epochs"]),
+            len(i["published"]) or "—",
+            ("generated: " if i["generated"] else "") + i["description"],
+        ]
+        for i in infos
+    ]
+    headers = ["data set", "name", "classes", "train", "test", "size", "corruptions",
+               "paper epochs", "published", "description"]  # fmt: skip
+    print(tabulate(rows, headers=headers, disable_numparse=True))
+    return 0
+
+
 def cmd_list(kind: str) -> Any:
-    """``mixbench models|datasets|presets``: one name per line."""
+    """``mixbench models|presets``: one name per line."""
 
     def run(args: argparse.Namespace) -> int:
         if kind == "models":
             from mixbench.models import list_models as lister
-        elif kind == "datasets":
-            from mixbench.datasets import list_datasets as lister
         else:
             from mixbench.config import list_presets as lister
         print("\n".join(lister()))
@@ -805,7 +832,11 @@ def make_parser() -> argparse.ArgumentParser:
     evaluators.add_argument("--json", action="store_true", help="print a JSON list")
     evaluators.set_defaults(func=cmd_evaluators)
 
-    for kind in ("models", "datasets", "presets"):
+    datasets = add("datasets", help="list the registered data sets and what is known about each")
+    datasets.add_argument("--json", action="store_true", help="print a JSON list")
+    datasets.set_defaults(func=cmd_datasets)
+
+    for kind in ("models", "presets"):
         add(kind, help=f"list the registered {kind}").set_defaults(func=cmd_list(kind))
 
     tune = add("tune", help="optuna search over a method's declared search space")

@@ -37,7 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("methods", "list the registered methods"),
     Command("evaluators", "list the registered evaluators"),
     Command("models", "list the registered models"),
-    Command("datasets", "list the registered datasets"),
+    Command("datasets", "list the registered data sets and what is known about each"),
     Command("presets", "list the registered presets"),
     Command("tune", "optuna search over a method's declared search space"),
     Command("evaluate", "run every evaluator on a saved checkpoint"),

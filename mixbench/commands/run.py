@@ -15,14 +15,6 @@ from typing import Any
 from mixbench.commands.matrices import all_cells
 from mixbench.commands.options import add_matrix_arguments, out_dir
 
-# Training-set sizes of the standard data sets, for --dry-run estimates (no data needed).
-KNOWN_TRAIN_SIZES = {
-    "cifar10": 50_000,
-    "cifar100": 50_000,
-    "tinyimagenet": 100_000,
-    "imagenet": 1_281_167,
-}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The matrix options, the run's own options and the launcher's."""
@@ -145,6 +137,7 @@ def print_dry_run(cells: list[Any]) -> int:
 
     from tabulate import tabulate
 
+    from mixbench.datasets import dataset_info
     from mixbench.leaderboard.markdown import format_params
     from mixbench.methods import default_params
 
@@ -152,8 +145,9 @@ def print_dry_run(cells: list[Any]) -> int:
     _check_models_fit_declared_sizes(cells)
     rows, total, unknown = [], 0, False
     for c in cells:
+        # The registered training-set size (no data needed), unless the options set one.
         size = c.dataset_options.get("train_subset") or c.dataset_options.get(
-            "n_train", KNOWN_TRAIN_SIZES.get(c.dataset)
+            "n_train", dataset_info(c.dataset).train_size
         )
         images = size * c.schedule.epochs if size else None
         total += images or 0

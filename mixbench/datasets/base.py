@@ -1,4 +1,5 @@
-"""The data set bundle, in-memory splits, the registry and the class-balanced training subset."""
+"""The data set bundle, in-memory splits, the registry (factories and the facts registered with
+them, :class:`DatasetInfo`) and the class-balanced training subset."""
 
 from __future__ import annotations
 
@@ -69,11 +70,119 @@ class DatasetBundle:
 
     @property
     def display_name(self) -> str:
-        """How results and the leaderboard name the data set (``CIFAR-10``); else ``name``."""
-        return self.label or self.name
+        """How results and the leaderboard name the data set: ``label`` (``CIFAR-10``), else the
+        display name registered with data set ``name`` (:class:`DatasetInfo`), else ``name``."""
+        if self.label:
+            return self.label
+        return dataset_info(self.name).display_name if self.name in DATASETS else self.name
 
 
 DatasetFactory = Callable[..., DatasetBundle]
+
+#: The layouts of an official corruption benchmark: ``"npy"`` (CIFAR-10-C, CIFAR-100-C: one
+#: ``<corruption>.npy`` per corruption plus ``labels.npy``) and ``"folders"`` (Tiny-ImageNet-C,
+#: ImageNet-C: ``<corruption>/<severity>/<class>/<image files>``).
+CORRUPTION_LAYOUTS = ("npy", "folders")
+
+
+@dataclass(frozen=True)
+class CorruptionBenchmark:
+    """The official corruption benchmark of a data set (Hendrycks & Dietterich, ICLR 2019).
+
+    Attributes:
+        name: the benchmark's name, ``"CIFAR-10-C"``; also the folder name looked for first.
+        layout: how its files are laid out, one of :data:`CORRUPTION_LAYOUTS`.
+        folder_names: further accepted spellings of its folder (``"cifar-10-c"``), looked for
+            under the data root after ``name``, in order.
+    """
+
+    name: str
+    layout: str
+    folder_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a corruption benchmark needs a name")
+        if self.layout not in CORRUPTION_LAYOUTS:
+            raise ValueError(
+                f"corruption benchmark {self.name!r}: layout must be one of "
+                f"{', '.join(CORRUPTION_LAYOUTS)}, got {self.layout!r}"
+            )
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """Every accepted folder name, ``name`` first, without repeats."""
+        return tuple(dict.fromkeys((self.name, *self.folder_names)))
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """A published top-1 on the data set, and the mixbench preset that reproduces its protocol.
+
+    Attributes:
+        model: the network, as mixbench registers it (``"preactresnet18"``).
+        method: the method, as mixbench registers it (``"alignmixup"``).
+        top1: the published top-1 accuracy, in percent.
+        preset: the mixbench preset that runs the paper's protocol (``"paper-cifar10"``).
+        source: where the number comes from (paper, repository logs; which epoch).
+    """
+
+    model: str
+    method: str
+    top1: float
+    preset: str
+    source: str
+
+
+#: The source of the built-in data sets' published results: AlignMixup's own (Venkataramanan et
+#: al., CVPR 2022, arXiv 2103.15375), from its repository's training logs, best test epoch.
+ALIGNMIXUP_LOGS = "AlignMixup repository logs (best epoch)"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a data set without loading it, registered beside its factory.
+
+    Every fact but the display name is optional: ``None`` (or empty) means that it depends on
+    the data or the options, or that nobody has stated it.
+
+    Attributes:
+        display_name: how users, results and the leaderboard name the data set
+            (``"CIFAR-10"``); :func:`register_dataset` fills in the registered name when empty.
+        num_classes: the number of classes; ``None`` when it depends on the data or the options
+            (``imagefolder``, ``synthetic``).
+        train_size: the number of training images (what ``mixbench run --dry-run`` estimates
+            the work from); ``None`` when unknown.
+        test_size: the number of images of the evaluated split (the test split, or the
+            validation split where the test labels are not public); ``None`` when unknown.
+        image_size: ``(height, width)`` of the images a model is given with the default
+            options; ``None`` when it depends on the data.
+        generated: the images are made by mixbench, not collected: a leaderboard table on them
+            only checks that the path works, it ranks nothing.
+        corruption_benchmark: the official corruption benchmark of the data set (its name,
+            layout and accepted folder names), which the ``official_corruptions`` evaluator
+            looks for under the data root; ``None`` when there is none.
+        paper_epochs: the training epochs of the papers' protocol on this data set (the
+            leaderboard warns about runs far shorter); ``None`` when there is none.
+        published: published reference results on this data set, shown in the leaderboard's
+            paper reference section.
+        description: one line about the data set, for ``mixbench datasets``.
+    """
+
+    display_name: str = ""
+    num_classes: int | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    image_size: tuple[int, int] | None = None
+    generated: bool = False
+    corruption_benchmark: CorruptionBenchmark | None = None
+    paper_epochs: int | None = None
+    published: tuple[PublishedResult, ...] = ()
+    description: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The info as JSON-able values (``mixbench datasets --json``); tuples stay tuples."""
+        return dataclasses.asdict(self)
 
 
 def _check_factory(name: str, factory: Any) -> Any:
@@ -82,15 +191,58 @@ def _check_factory(name: str, factory: Any) -> Any:
     return factory
 
 
-DATASETS: Registry[DatasetFactory] = Registry("data set", "mixbench.datasets", _check_factory)
+DATASETS: Registry[DatasetFactory] = Registry(
+    "data set",
+    "mixbench.datasets",
+    _check_factory,
+    default_info=lambda name: DatasetInfo(display_name=name),
+)
 
 
-def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
+def register_dataset(
+    name: str, info: DatasetInfo | None = None
+) -> Callable[[DatasetFactory], DatasetFactory]:
     """Decorator registering a data set factory ``f(root, *, download, **options) -> bundle``.
 
     ``root`` is a ``Path`` or ``None``; a factory that needs one calls :func:`require_root`.
+    ``info`` states what is known about the data set (:class:`DatasetInfo`); by default only
+    its display name, ``name``, which also fills an empty ``display_name``.
     """
-    return DATASETS.register(name)
+    if info is None:
+        info = DatasetInfo()
+    if not isinstance(info, DatasetInfo):
+        raise TypeError(f"data set {name!r}: info must be a DatasetInfo, got {info!r}")
+    if not info.display_name:
+        info = dataclasses.replace(info, display_name=name)
+    return DATASETS.register(name, info)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` registered with data set ``name``.
+
+    A data set registered without one (an entry point's factory, say) has the default info,
+    which states only its display name. Unknown names raise ``UnknownNameError`` naming the
+    close matches and the valid names.
+    """
+    return DATASETS.info(name)
+
+
+def dataset_infos() -> dict[str, DatasetInfo]:
+    """Every registered data set's info, by registered name, sorted."""
+    return {name: dataset_info(name) for name in DATASETS.names()}
+
+
+def find_dataset_info(display_name: str) -> DatasetInfo | None:
+    """The info of the registered data set that users know as ``display_name`` (``"CIFAR-10"``),
+    or ``None``: the first, by registered name, whose info has that display name.
+
+    Stored results name their data by display name, so an ``imagefolder`` of the CIFAR-10
+    images named ``CIFAR-10`` finds the facts of ``cifar10``.
+    """
+    for info in dataset_infos().values():
+        if info.display_name == display_name:
+            return info
+    return None
 
 
 def list_datasets(filter: str = "*", exclude: str | None = None) -> list[str]:

@@ -13,12 +13,49 @@ import torch
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from mixbench.datasets.base import (
+    ALIGNMIXUP_LOGS,
+    CorruptionBenchmark,
     DatasetBundle,
+    DatasetInfo,
+    PublishedResult,
     TensorImages,
     channel_stats,
     register_dataset,
 )
 from mixbench.errors import UsageError
+
+CIFAR10_INFO = DatasetInfo(
+    display_name="CIFAR-10",
+    num_classes=10,
+    train_size=50_000,
+    test_size=10_000,
+    image_size=(32, 32),
+    corruption_benchmark=CorruptionBenchmark(
+        "CIFAR-10-C", "npy", ("cifar-10-c", "CIFAR10-C", "cifar10-c", "cifar10_c")
+    ),
+    paper_epochs=2000,
+    published=(
+        PublishedResult("preactresnet18", "alignmixup", 97.05, "paper-cifar10", ALIGNMIXUP_LOGS),
+        PublishedResult("wrn16_8", "alignmixup", 96.91, "paper-cifar10", ALIGNMIXUP_LOGS),
+    ),
+    description="CIFAR-10 (Krizhevsky, 2009): tiny natural images, torchvision binary release",
+)
+CIFAR100_INFO = DatasetInfo(
+    display_name="CIFAR-100",
+    num_classes=100,
+    train_size=50_000,
+    test_size=10_000,
+    image_size=(32, 32),
+    corruption_benchmark=CorruptionBenchmark(
+        "CIFAR-100-C", "npy", ("cifar-100-c", "CIFAR100-C", "cifar100-c", "cifar100_c")
+    ),
+    paper_epochs=2000,
+    published=(
+        PublishedResult("preactresnet18", "alignmixup", 81.71, "paper-cifar100", ALIGNMIXUP_LOGS),
+        PublishedResult("wrn16_8", "alignmixup", 81.23, "paper-cifar100", ALIGNMIXUP_LOGS),
+    ),
+    description="CIFAR-100 (Krizhevsky, 2009): 100 fine classes, torchvision binary release",
+)
 
 
 def _to_tensors(split: CIFAR10) -> TensorImages:
@@ -28,6 +65,7 @@ def _to_tensors(split: CIFAR10) -> TensorImages:
 
 def load_cifar(name: str, cls: type[CIFAR10], root: Path | None, download: bool) -> DatasetBundle:
     """Both splits of a torchvision CIFAR data set as a :class:`DatasetBundle`."""
+    label = (CIFAR10_INFO if cls is CIFAR10 else CIFAR100_INFO).display_name
     expected = f"{cls.base_folder}/ (the extracted {cls.filename})"
     if root is None:
         raise UsageError(
@@ -57,18 +95,18 @@ def load_cifar(name: str, cls: type[CIFAR10], root: Path | None, download: bool)
         std=std,
         train=train_images,
         test=_to_tensors(test),
-        description=f"{'CIFAR-10' if cls is CIFAR10 else 'CIFAR-100'} (torchvision binary release)",
-        label="CIFAR-10" if cls is CIFAR10 else "CIFAR-100",
+        description=f"{label} (torchvision binary release)",
+        label=label,
     )
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", CIFAR10_INFO)
 def cifar10(root: Path | None, *, download: bool = False) -> DatasetBundle:
     """CIFAR-10: 50,000 training and 10,000 test images, 32x32 RGB, 10 classes."""
     return load_cifar("cifar10", CIFAR10, root, download)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", CIFAR100_INFO)
 def cifar100(root: Path | None, *, download: bool = False) -> DatasetBundle:
     """CIFAR-100: 50,000 training and 10,000 test images, 32x32 RGB, 100 fine classes."""
     return load_cifar("cifar100", CIFAR100, root, download)

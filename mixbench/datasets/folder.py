@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 import mixbench.datasets.cache as cache
 from mixbench.datasets.base import (
     DatasetBundle,
+    DatasetInfo,
     TensorImages,
     channel_stats,
     parse_image_size,
@@ -182,7 +183,14 @@ def sampled_stats(
     return tuple(stats["mean"].tolist()), tuple(stats["std"].tolist())
 
 
-@register_dataset("imagefolder")
+@register_dataset(
+    "imagefolder",
+    DatasetInfo(
+        display_name="imagefolder",
+        description="any folder of class folders (train/ plus val/ or test/); named after the "
+        "folder or its name option",
+    ),
+)
 def imagefolder(
     root: Path | None,
     *,

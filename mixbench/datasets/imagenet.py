@@ -20,7 +20,15 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from mixbench.datasets.base import DatasetBundle, register_dataset, require_root
+from mixbench.datasets.base import (
+    ALIGNMIXUP_LOGS,
+    CorruptionBenchmark,
+    DatasetBundle,
+    DatasetInfo,
+    PublishedResult,
+    register_dataset,
+    require_root,
+)
 from mixbench.datasets.folder import class_folders, decode_file, list_split
 from mixbench.errors import UsageError
 
@@ -32,6 +40,20 @@ DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
 EXPECTED = (
     "ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (the standard ImageNet folders; "
     "ImageNet is not downloaded automatically, its licence requires registration at image-net.org)"
+)
+INFO = DatasetInfo(
+    display_name="ImageNet",
+    num_classes=1000,
+    train_size=1_281_167,
+    test_size=50_000,
+    image_size=(224, 224),
+    corruption_benchmark=CorruptionBenchmark("ImageNet-C", "folders", ("imagenet-c", "imagenet_c")),
+    paper_epochs=300,
+    published=(
+        PublishedResult("resnet50", "alignmixup", 79.32, "paper-imagenet", ALIGNMIXUP_LOGS),
+    ),
+    description="ImageNet-1k (ILSVRC 2012): streamed from disk, 224x224 crops by default, the "
+    "validation split as the test set",
 )
 
 
@@ -137,7 +159,7 @@ def list_as_folders(root: Path) -> tuple[list[str], dict[str, list]]:
     return wnids, {split: list(list_split(root / split, wnids)) for split in ("train", "val")}
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", INFO)
 def imagenet(
     root: Path | None,
     *,
@@ -178,5 +200,5 @@ def imagenet(
         test=test,
         description=f"ImageNet ({root}, {how}, {len(wnids)} classes, {len(train)} training and "
         f"{len(test)} validation images, crops {image_size}x{image_size})",
-        label="ImageNet",
+        label=INFO.display_name,
     )

@@ -19,6 +19,7 @@ import torch
 from mixbench import seeding
 from mixbench.datasets.base import (
     DatasetBundle,
+    DatasetInfo,
     TensorImages,
     channel_stats,
     parse_image_size,
@@ -79,7 +80,16 @@ def generate_gratings(
     return TensorImages(images, labels.to(torch.int64))
 
 
-@register_dataset("synthetic")
+@register_dataset(
+    "synthetic",
+    DatasetInfo(
+        display_name="synthetic",
+        generated=True,
+        description="coloured Gabor patches made from a seed, no files (classes, sizes and "
+        "image size are options: 10 classes, 2,560 training and 1,000 test images, 32x32 by "
+        "default)",
+    ),
+)
 def synthetic(
     root: Path | None = None,
     *,

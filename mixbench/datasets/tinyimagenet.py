@@ -15,7 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import mixbench.datasets.archive as archive
-from mixbench.datasets.base import DatasetBundle, channel_stats, register_dataset
+from mixbench.datasets.base import (
+    ALIGNMIXUP_LOGS,
+    CorruptionBenchmark,
+    DatasetBundle,
+    DatasetInfo,
+    PublishedResult,
+    channel_stats,
+    register_dataset,
+)
 from mixbench.datasets.folder import cached_split
 from mixbench.errors import UsageError
 
@@ -27,6 +35,24 @@ IMAGE_SIZE = (64, 64)
 EXPECTED = (
     f"the official {FOLDER}/ folder (wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG "
     "and val/val_annotations.txt)"
+)
+INFO = DatasetInfo(
+    display_name="Tiny-ImageNet",
+    num_classes=200,
+    train_size=100_000,
+    test_size=10_000,
+    image_size=IMAGE_SIZE,
+    corruption_benchmark=CorruptionBenchmark(
+        "Tiny-ImageNet-C", "folders", ("tiny-imagenet-c", "TinyImageNet-C", "tiny_imagenet_c")
+    ),
+    paper_epochs=1200,
+    published=(
+        PublishedResult(
+            "preactresnet18", "alignmixup", 66.87, "paper-tinyimagenet", ALIGNMIXUP_LOGS
+        ),
+    ),
+    description="Tiny-ImageNet (CS231n): 200 ImageNet classes at 64x64, the validation split "
+    "as the test set",
 )
 
 
@@ -134,7 +160,7 @@ def list_val(folder: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
     return paths, targets
 
 
-@register_dataset("tinyimagenet")
+@register_dataset("tinyimagenet", INFO)
 def tinyimagenet(root: Path | None, *, download: bool = False) -> DatasetBundle:
     """Tiny-ImageNet: 100,000 training and 10,000 validation images, 64x64 RGB, 200 classes.
 
@@ -161,5 +187,5 @@ def tinyimagenet(root: Path | None, *, download: bool = False) -> DatasetBundle:
         test=test,
         description=f"Tiny-ImageNet ({folder}, {len(wnids)} classes, {len(train)} training and "
         f"{len(test)} validation images, 64x64)",
-        label="Tiny-ImageNet",
+        label=INFO.display_name,
     )

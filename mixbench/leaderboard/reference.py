@@ -1,10 +1,10 @@
 """The "paper reference" section: published numbers that the paper presets aim at.
 
-The published figures are AlignMixup's own results (Venkataramanan et al., CVPR 2022,
-arXiv 2103.15375; its repository's training logs, best test epoch), as listed in the method
-reference ``methods.md``. Where mixbench has run the matching paper preset, its own number
-stands beside the published one: the last epoch (what mixbench reports) and the best test epoch
-(what the papers report; selected on the test set).
+The published figures are registered with the data sets (``DatasetInfo.published``); those of
+the built-in data sets are AlignMixup's own results (Venkataramanan et al., CVPR 2022,
+arXiv 2103.15375; its repository's training logs, best test epoch). Where mixbench has run the
+matching paper preset, its own number stands beside the published one: the last epoch (what
+mixbench reports) and the best test epoch (what the papers report; selected on the test set).
 """
 
 from __future__ import annotations
@@ -30,22 +30,20 @@ class PaperResult:
     source: str
 
 
-_ALIGNMIXUP = "AlignMixup repository logs (best epoch)"
+def paper_results() -> tuple[PaperResult, ...]:
+    """The published results registered with the data sets, smallest training set first (data
+    sets of unknown size last, then by name), each data set's in the order it lists them."""
+    from mixbench.datasets import dataset_infos
 
-PAPER_RESULTS: tuple[PaperResult, ...] = (
-    PaperResult("CIFAR-10", "cifar10", "preactresnet18", "alignmixup", 97.05, "paper-cifar10",
-                _ALIGNMIXUP),
-    PaperResult("CIFAR-10", "cifar10", "wrn16_8", "alignmixup", 96.91, "paper-cifar10",
-                _ALIGNMIXUP),
-    PaperResult("CIFAR-100", "cifar100", "preactresnet18", "alignmixup", 81.71, "paper-cifar100",
-                _ALIGNMIXUP),
-    PaperResult("CIFAR-100", "cifar100", "wrn16_8", "alignmixup", 81.23, "paper-cifar100",
-                _ALIGNMIXUP),
-    PaperResult("Tiny-ImageNet", "tinyimagenet", "preactresnet18", "alignmixup", 66.87,
-                "paper-tinyimagenet", _ALIGNMIXUP),
-    PaperResult("ImageNet", "imagenet", "resnet50", "alignmixup", 79.32, "paper-imagenet",
-                _ALIGNMIXUP),
-)  # fmt: skip
+    infos = sorted(
+        dataset_infos().items(),
+        key=lambda item: (item[1].train_size is None, item[1].train_size or 0, item[0]),
+    )
+    return tuple(
+        PaperResult(info.display_name, name, r.model, r.method, r.top1, r.preset, r.source)
+        for name, info in infos
+        for r in info.published
+    )
 
 
 def matching_row(result: PaperResult, tables: list[Table]) -> Row | None:
@@ -67,7 +65,7 @@ def shown_results(tables: list[Table]) -> list[PaperResult]:
     """The published results of the data sets that some table is on (by the name users know,
     ``CIFAR-10``, or the registry name): a leaderboard of other data gets no reference."""
     names = {t.display_dataset for t in tables} | {t.dataset for t in tables}
-    return [r for r in PAPER_RESULTS if r.data in names or r.dataset in names]
+    return [r for r in paper_results() if r.data in names or r.dataset in names]
 
 
 def _pct(row: Row | None, name: str) -> str:

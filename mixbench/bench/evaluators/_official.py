@@ -9,6 +9,9 @@ Perturbations" (ICLR 2019, arXiv 1903.12261). Two layouts are read, as distribut
 - Tiny-ImageNet-C / ImageNet-C: ``<corruption>/<severity>/<class>/<image files>``; class indices
   are the sorted class folder names unless a ``class_to_idx`` mapping is given.
 
+Which benchmark belongs to which data set, its layout and the accepted spellings of its folder
+are facts of the data sets (``DatasetInfo.corruption_benchmark``, registered beside each data
+set), so a data set added with :func:`mixbench.datasets.register_dataset` can name its own.
 Nothing is downloaded and nothing is faked: :func:`find_corruption_set` returns ``None`` with a
 reason when the files are not there, and a damaged file raises ``UsageError`` naming it.
 """
@@ -20,12 +23,16 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from mixbench.errors import UsageError
+
+if TYPE_CHECKING:
+    from mixbench.datasets import CorruptionBenchmark
 
 #: The 15 corruptions of the benchmark (mean corruption accuracy is taken over these).
 BENCHMARK_CORRUPTIONS = (
@@ -50,22 +57,32 @@ EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
-#: Data set name (lower case, letters and digits only) -> (layout, accepted folder names).
-_KNOWN = {
-    "cifar10": ("npy", ("CIFAR-10-C", "cifar-10-c", "CIFAR10-C", "cifar10-c", "cifar10_c")),
-    "cifar100": ("npy", ("CIFAR-100-C", "cifar-100-c", "CIFAR100-C", "cifar100-c", "cifar100_c")),
-    "tinyimagenet": (
-        "folders",
-        ("Tiny-ImageNet-C", "tiny-imagenet-c", "TinyImageNet-C", "tiny_imagenet_c"),
-    ),
-    "imagenet": ("folders", ("ImageNet-C", "imagenet-c", "imagenet_c")),
-}
-
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
 
 
 def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def known_benchmark(name: str) -> CorruptionBenchmark | None:
+    """The official corruption benchmark that ``name`` names, or ``None``.
+
+    ``name`` is a registered data set (``cifar10``), a data set's display name (``CIFAR-10``,
+    ``Tiny-ImageNet``) or a benchmark's name or folder name (``CIFAR-10-C``); case, ``-`` and
+    ``_`` are ignored. Registered names match first, then display names, then benchmarks.
+    """
+    from mixbench.datasets import dataset_infos
+
+    infos = [(n, i) for n, i in dataset_infos().items() if i.corruption_benchmark is not None]
+    spellings: dict[str, CorruptionBenchmark] = {}
+    for n, info in infos:
+        spellings.setdefault(_key(n), info.corruption_benchmark)
+    for _, info in infos:
+        spellings.setdefault(_key(info.display_name), info.corruption_benchmark)
+    for _, info in infos:
+        for folder in info.corruption_benchmark.folders:
+            spellings.setdefault(_key(folder), info.corruption_benchmark)
+    return spellings.get(_key(name))
 
 
 def _check_severity(severity: int) -> None:
@@ -249,25 +266,26 @@ class CorruptionSet:
 
 def find_corruption_set(
     data_root: str | os.PathLike[str] | None,
-    dataset: str,
+    dataset: str | CorruptionBenchmark,
     include_extra: bool = False,
     class_to_idx: Mapping[str, int] | None = None,
 ) -> tuple[CorruptionSet | None, str]:
     """Look for the official corruption set of ``dataset`` under ``data_root``.
 
-    ``dataset`` is a data set name (``cifar10``, ``cifar100``, ``tiny_imagenet``, ``imagenet``;
-    case, ``-`` and ``_`` ignored) or a benchmark folder name (``CIFAR-10-C``). The folder is
-    searched as ``<data_root>/<folder name>`` for the usual spellings of the folder's name.
+    ``dataset`` is a benchmark (a data set's ``DatasetInfo.corruption_benchmark``) or a name
+    that :func:`known_benchmark` resolves: a data set name (``cifar10``, ``tiny_imagenet``;
+    case, ``-`` and ``_`` ignored), a display name (``CIFAR-10``) or a benchmark folder name
+    (``CIFAR-10-C``). The folder is searched as ``<data_root>/<folder name>`` for the accepted
+    spellings of the folder's name.
 
     Returns:
         ``(CorruptionSet, "")`` when found, else ``(None, reason)`` with a one-line reason that
         says where it looked. Damaged files are reported only when read.
     """
-    key = _key(dataset)
-    key = key[:-1] if key.endswith("c") and key[:-1] in _KNOWN else key
-    if key not in _KNOWN:
+    benchmark = known_benchmark(dataset) if isinstance(dataset, str) else dataset
+    if benchmark is None:
         return None, f"no official corruption benchmark is known for data set {dataset!r}"
-    layout, folder_names = _KNOWN[key]
+    layout, folder_names = benchmark.layout, benchmark.folders
     if data_root is None:
         return None, f"no data root is set, so {folder_names[0]} cannot be found"
     root = Path(data_root)

@@ -141,6 +141,10 @@ class EvalContext:
         bundle: the cell's data set (``test`` split, ``num_classes``, ``image_size``, ``mean``,
             ``std``, ``display_name``).
         cell: the cell's resolved configuration (``seed``, ``eval``, ``runtime.data_root``...).
+        info: (a property) what is registered about the cell's data set, a
+            :class:`~mixbench.datasets.DatasetInfo` (its official ``corruption_benchmark``,
+            ``paper_epochs``, sizes...), with the bundle's ``display_name`` (an ``imagefolder``
+            named ``CIFAR-10`` is ``CIFAR-10`` here, its facts stay those of ``imagefolder``).
         device: where the backbone is; amp_dtype: the autocast dtype, or ``None`` for float32.
         settings: this evaluator's settings (an instance of its ``settings`` dataclass), or
             ``None`` for an evaluator without one.
@@ -155,6 +159,18 @@ class EvalContext:
     amp_dtype: torch.dtype | None
     beat: Callable[[], None] = lambda: None
     settings: Any = None
+
+    @property
+    def info(self) -> Any:
+        """The cell's data set's :class:`~mixbench.datasets.DatasetInfo`, named as the bundle
+        names it; a data set that is not registered gets an info with the display name only."""
+        from mixbench.datasets import DATASETS, DatasetInfo, dataset_info
+
+        name = getattr(self.bundle, "display_name", "") or self.cell.dataset
+        if self.cell.dataset not in DATASETS:
+            return DatasetInfo(display_name=name)
+        info = dataset_info(self.cell.dataset)
+        return info if info.display_name == name else dataclasses.replace(info, display_name=name)
 
     @property
     def seed(self) -> int:

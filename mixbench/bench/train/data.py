@@ -89,22 +89,20 @@ def check_model_fits_size(
         )
 
 
-#: Image sizes of the data sets whose factories take no ``image_size`` option.
-FIXED_IMAGE_SIZES = {"cifar10": (32, 32), "cifar100": (32, 32), "tinyimagenet": (64, 64)}
-
-
 def declared_image_size(dataset: str, options: dict[str, Any]) -> tuple[int, int] | None:
-    """A data set's image size as its options (or its factory's defaults) declare it, without
-    loading it; None where only the files can tell (an image folder without ``image_size``)."""
+    """A data set's image size as its options, its registered info (``DatasetInfo.image_size``)
+    or its factory's defaults declare it, without loading it; None where only the files can tell
+    (an image folder without ``image_size``)."""
     import inspect
 
-    from mixbench.datasets import DATASETS
+    from mixbench.datasets import DATASETS, dataset_info
     from mixbench.datasets.base import parse_image_size
 
     if "image_size" in options:
         return parse_image_size(options["image_size"])
-    if dataset in FIXED_IMAGE_SIZES:
-        return FIXED_IMAGE_SIZES[dataset]
+    registered = dataset_info(dataset).image_size
+    if registered is not None:
+        return (registered[0], registered[1])
     parameter = inspect.signature(DATASETS.get(dataset)).parameters.get("image_size")
     if parameter is None or parameter.default in (inspect.Parameter.empty, None):
         return None

@@ -64,15 +64,22 @@ def corruption_suite(
     }
 
 
-def official_source(bundle: Any, cell: Any) -> tuple[Any | None, str]:
+def official_source(bundle: Any, cell: Any, info: Any = None) -> tuple[Any | None, str]:
     """The official corruption set of the cell's data set, or ``(None, why it is skipped)``.
 
-    Looked for under the data root and, for a data root that is the data set's own folder (the
-    ``imagefolder`` layout), beside it. ``eval.corruption_benchmark`` names the benchmark when the
-    data set's name does not (e.g. ``"CIFAR-10-C"`` for CIFAR-10 stored as an image folder).
+    The benchmark is the data set's (``info.corruption_benchmark``, by default from the
+    registered info of ``cell.dataset``); ``eval.corruption_benchmark`` names one where the
+    data set has none (e.g. ``"CIFAR-10-C"`` for CIFAR-10 stored as an image folder). It is
+    looked for under the data root and, for a data root that is the data set's own folder (the
+    ``imagefolder`` layout), beside it.
     """
     config = cell.eval
-    benchmark = config.corruption_benchmark or cell.dataset
+    if info is None:
+        from mixbench.datasets import DATASETS, dataset_info
+
+        info = dataset_info(cell.dataset) if cell.dataset in DATASETS else None
+    own = info.corruption_benchmark if info is not None else None
+    benchmark = config.corruption_benchmark or own or cell.dataset
     root = cell.runtime.data_root
     roots = [None] if root is None else [Path(root).expanduser()]
     if root is not None:
@@ -176,7 +183,7 @@ class OfficialCorruptions(Evaluator):
     )  # fmt: skip
 
     def run(self, context: EvalContext) -> EvalResult:
-        found, note = official_source(context.bundle, context.cell)
+        found, note = official_source(context.bundle, context.cell, context.info)
         if found is None:
             return EvalResult(
                 metrics={},

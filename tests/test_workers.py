@@ -183,3 +183,29 @@ def test_bad_import_file_names_the_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl:1" in err and err.count("\n") == 1
     assert not Path(tmp_path / "o" / "results.db").exists()
+
+
+def test_a_launched_job_runs_its_pickled_cells_against_the_database_of_the_environment(
+    tmp_path, monkeypatch
+):
+    """What submitit runs in each job: the resolved cells (pickled, no command line rebuilt)
+    and the database URL from the environment, never from the job's arguments."""
+    import functools
+    import pickle
+
+    from mixbench.bench.run import DB_ENV
+    from mixbench.bench.run.launch import run_worker
+    from mixbench.cli import make_parser
+    from mixbench.commands.matrices import all_cells
+
+    args = make_parser().parse_args(["run", "--preset", "smoke", "--methods", "erm", *TINY])
+    cells = all_cells(args)
+    url = sqlite_url(tmp_path / "shared.db")
+    job = functools.partial(run_worker, cells=cells, out_dir=tmp_path / "out")
+    job = pickle.loads(pickle.dumps(job))
+    assert url not in pickle.dumps(job).decode("latin-1")
+    monkeypatch.setenv(DB_ENV, url)
+    assert job(0) == 0
+    (record,) = _records(url)
+    assert record.status == "done" and record.key == cells[0].key
+    assert not (tmp_path / "out" / "results.db").exists()

@@ -16,21 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON list of cells")
 
 
-# What `mixbench status --json` shows of each cell (plus the metrics of finished ones).
-STATUS_FIELDS = (
-    "key",
-    "preset",
-    "method",
-    "dataset",
-    "model",
-    "seed",
-    "status",
-    "worker",
-    "attempts",
-    "started_at",
-    "heartbeat",
-    "error",
-)
+#: The cell fields of the table (a last column, ``detail``, says how each cell stands).
+TABLE_FIELDS = ("key", "preset", "method", "dataset", "model", "seed", "status", "attempts")
+#: What `mixbench status --json` shows of each cell (plus the metrics of finished ones).
+STATUS_FIELDS = (*TABLE_FIELDS, "worker", "started_at", "heartbeat", "error")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,35 +55,8 @@ def run(args: argparse.Namespace) -> int:
             detail = f"on {c['worker']} since {when(c['started_at'])}"
         else:
             detail = (c["error"] or "").splitlines()[0][:80] if c["error"] else ""
-        rows.append(
-            [
-                c["key"],
-                c["preset"],
-                c["method"],
-                c["dataset"],
-                c["model"],
-                c["seed"],
-                c["status"],
-                c["attempts"],
-                detail,
-            ]
-        )
-    print(
-        tabulate(
-            rows,
-            headers=[
-                "key",
-                "preset",
-                "method",
-                "dataset",
-                "model",
-                "seed",
-                "status",
-                "attempts",
-                "detail",
-            ],
-        )
-    )
+        rows.append([*(c[name] for name in TABLE_FIELDS), detail])
+    print(tabulate(rows, headers=[*TABLE_FIELDS, "detail"]))
     counts: dict[str, int] = {}
     for c in cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1

@@ -23,11 +23,14 @@ from mixbench.methods import functional as fn
 from mixbench.methods import get_method, get_method_class, list_methods
 from mixbench.models import create_model, list_models
 
+from .conftest import installed_methods
+
 SEVEN = ["alignmixup", "cutmix", "dense_multimix", "erm", "manifold_mixup", "mixup", "multimix"]
 
 #: Parameters that force each method's mixing branch (its coins otherwise skip it sometimes).
 MIX_BRANCH: dict[str, dict[str, Any]] = {
     "cutmix": {"prob": 1.0},
+    "saliencymix": {"prob": 1.0},
     "alignmixup": {"align_prob": 1.0},
     "multimix": {"prob": 1.0, "n": 50},
     "dense_multimix": {"prob": 1.0, "n": 50},
@@ -131,6 +134,7 @@ def test_defaults_are_the_papers() -> None:
         # MultiMix and Dense MultiMix: the paper's settings, mixed examples only.
         "multimix": METHODS_MD_MULTIMIX,
         "dense_multimix": {**METHODS_MD_MULTIMIX, "attention": "similarity"},
+        "saliencymix": {"alpha": 1.0, "prob": 0.5},
     }
     for name, params in expected.items():
         assert get_method(name).hparams == params
@@ -173,17 +177,21 @@ def test_manifold_mixup_rejects_layers_beyond_the_network() -> None:
         get_method("manifold_mixup", layers=(5,)).loss(tiny_net(), images, labels)
 
 
+#: Input-space methods that need an optional extra, run only where it is installed.
+INPUT_SPACE_EXTRA = [(n, {"prob": 1.0}) for n in ["saliencymix"] if n in installed_methods()]
+
+
 def test_embedding_methods_need_a_staged_backbone() -> None:
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     images, labels = batch()
     for name, params in [*MIX_BRANCH.items(), ("manifold_mixup", {})]:
-        if name == "cutmix":
+        if name in ("cutmix", "saliencymix"):
             continue
         with pytest.raises(UsageError, match="staged backbone"):
             get_method(name, **params).loss(plain, images, labels)
     # Input-space methods work with any classifier.
-    for name in ("erm", "mixup", "cutmix"):
-        assert torch.isfinite(get_method(name).loss(plain, images, labels))
+    for name, params in [("erm", {}), ("mixup", {}), ("cutmix", {}), *INPUT_SPACE_EXTRA]:
+        assert torch.isfinite(get_method(name, **params).loss(plain, images, labels))
 
 
 # -- conformance, over every registered method ---------------------------------------------------
@@ -328,7 +336,7 @@ def test_training_module_under_ddp(tmp_path) -> None:
     )
     try:
         images, labels = batch()
-        for name in list_methods():
+        for name in installed_methods():
             module = DistributedDataParallel(
                 Training(tiny_net(), make(name, MIX_BRANCH.get(name, {})))
             )

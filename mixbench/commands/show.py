@@ -64,15 +64,17 @@ def run(args: argparse.Namespace) -> int:
     from mixbench.bench.evaluators import draw_subset, take_examples
     from mixbench.datasets import create_dataset
     from mixbench.leaderboard.markdown import format_params
-    from mixbench.methods import get_method, get_method_class
+    from mixbench.methods import check_requirements, get_method, get_method_class
     from mixbench.models import create_model
     from mixbench.show import save_figure, show_figure
 
     cls = get_method_class(args.method)
+    check_requirements(cls)
     params = parse_params(cls, args.param)
     method = get_method(args.method, **params)
     method.seed(args.seed)
     bundle = create_dataset(args.dataset, args.data_root)
+    method.bind_data(tuple(bundle.mean), tuple(bundle.std))
     generator = torch.Generator().manual_seed(args.seed)
     chosen = draw_subset(len(bundle.test), BATCH, generator)
     images, labels = take_examples(bundle.test, chosen)

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import optuna
 
     from mixbench.bench.run.cells import build_cells
-    from mixbench.bench.run.matrix import check_out_dir
+    from mixbench.bench.run.matrix import check_method_requirements, check_out_dir
     from mixbench.bench.run.store import redact_url
     from mixbench.bench.train.data import load_bundle
     from mixbench.bench.tuning import (
@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     cells = build_cells(matrix)
     folder = out_dir(args)
 
+    check_method_requirements(cells)
     # The validation split: carved from the training set once, the same for every trial.
     bundle_cache: dict[Any, Any] = {}
     full = load_bundle(cells[0], cache=bundle_cache)

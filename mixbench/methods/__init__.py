@@ -18,8 +18,16 @@ from mixbench.methods import (  # noqa: F401
     manifold_mixup,
     mixup,
     multimix,
+    saliencymix,
 )
-from mixbench.methods.base import MixMethod, Param, describe, resolve_params
+from mixbench.methods.base import (
+    MixMethod,
+    Param,
+    check_requirements,
+    describe,
+    requirement_message,
+    resolve_params,
+)
 from mixbench.methods.registry import (
     METHODS,
     default_params,
@@ -34,6 +42,7 @@ __all__ = [
     "METHODS",
     "MixMethod",
     "Param",
+    "check_requirements",
     "default_params",
     "describe",
     "get_method",
@@ -41,5 +50,6 @@ __all__ = [
     "list_methods",
     "method_info",
     "register_method",
+    "requirement_message",
     "resolve_params",
 ]

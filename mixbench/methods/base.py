@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
+from mixbench.methods.extras import missing_extra_message
 from mixbench.seeding import method_seed
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -87,7 +89,12 @@ class MixMethod:
     ``paper`` they implement, named ``param_sets`` (e.g. ``paper``) and a ``version`` (bump it
     when what the method computes changes); all are optional for methods from outside
     packages (the docstring's first line then serves as description). Resolved parameters
-    are attributes of the instance and are listed in ``hparams``.
+    are attributes of the instance and are listed in ``hparams``. ``requires`` names the
+    optional extras (``pip install 'mixbench[saliency]'``) the method needs; without them it
+    stays registered and :func:`check_requirements` says what to install.
+
+    :meth:`bind_data` receives the data set's per-channel mean and std once per cell, before
+    training, for methods that work in pixel units; the base class ignores them.
 
     Randomness: every draw goes through :meth:`generator`, which returns a ``torch.Generator``
     on the requested device, seeded from the run's seed (0 until :meth:`seed` is called). The
@@ -107,6 +114,9 @@ class MixMethod:
     #: What each version changed (version -> one sentence), shown under leaderboard tables
     #: that hold cells of an older version.
     changes: ClassVar[dict[int, str]] = {}
+    #: Optional extras the method needs (names of ``mixbench[...]`` extras, e.g.
+    #: ``("saliency",)``); checked by :func:`check_requirements`.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
         self.hparams = resolve_params(type(self), params)
@@ -149,6 +159,12 @@ class MixMethod:
         for key, gen_state in state["generators"].items():
             self.generator(key).set_state(gen_state)
 
+    # -- data statistics ----------------------------------------------------------------
+    def bind_data(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Receive the training data's per-channel ``mean`` and ``std`` (in [0, 1] pixel
+        units): the engine calls this once per cell before the first step. A no-op here;
+        methods that need pixel values (``x * std + mean``) override it."""
+
     # -- the one job --------------------------------------------------------------------
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss of one mini-batch: a differentiable scalar.
@@ -186,3 +202,20 @@ def describe(cls: type[MixMethod]) -> str:
         return cls.description
     doc = inspect.getdoc(cls) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def check_requirements(method_or_class: MixMethod | type[MixMethod]) -> None:
+    """Raise a one-line :class:`UsageError` naming the extra to install when an optional
+    extra in the method's ``requires`` is missing, for example ``method 'saliencymix' needs
+    the optional extra 'saliency' (opencv-contrib-python-headless): pip install
+    'mixbench[saliency]'``. The packages are looked for, never imported."""
+    message = requirement_message(method_or_class)
+    if message is not None:
+        raise UsageError(message)
+
+
+def requirement_message(method_or_class: MixMethod | type[MixMethod]) -> str | None:
+    """What :func:`check_requirements` would raise, or ``None`` when nothing is missing."""
+    cls = method_or_class if isinstance(method_or_class, type) else type(method_or_class)
+    requires = tuple(getattr(cls, "requires", ()) or ())
+    return missing_extra_message(f"method {cls.name or cls.__name__!r}", requires)

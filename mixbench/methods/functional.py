@@ -8,6 +8,8 @@ Public API (see ``../shared/methods.md`` for the equations):
 
 - :func:`mix`: ``lam * x + (1 - lam) * x[perm]``.
 - :func:`cutmix_box` and :func:`paste_box`: CutMix's random box and the pasting of it.
+- :func:`fine_grained_saliency` and :func:`saliency_box`: SaliencyMix's saliency map (OpenCV,
+  the optional extra ``mixbench[saliency]``, imported only when called) and its box.
 - :func:`sinkhorn`: entropic optimal transport plans, log-domain, batched.
 - :func:`multimix`: Dirichlet interpolation of pooled embeddings and their targets.
 - :func:`dense_multimix`: per-position, attention-weighted interpolation of feature maps.
@@ -23,8 +25,12 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mixbench.errors import UsageError
+from mixbench.methods.extras import require_extra
 
 __all__ = [
     "align_mix",
@@ -33,6 +39,7 @@ __all__ = [
     "cutmix_box",
     "dense_attention",
     "dense_multimix",
+    "fine_grained_saliency",
     "mix",
     "mixed_cross_entropy",
     "multimix",
@@ -40,6 +47,7 @@ __all__ = [
     "paste_box",
     "sample_beta",
     "sample_dirichlet",
+    "saliency_box",
     "sinkhorn",
     "soft_binary_cross_entropy",
     "soft_cross_entropy",
@@ -292,6 +300,66 @@ def paste_box(x: torch.Tensor, box: Box, perm: torch.Tensor) -> torch.Tensor:
     out = x.clone()
     out[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
     return out
+
+
+# -- saliency ------------------------------------------------------------------------------
+
+
+def fine_grained_saliency(image: torch.Tensor) -> np.ndarray:
+    """OpenCV's static fine-grained saliency of one image, quantised: (H, W) ``uint8``.
+
+    ``image`` (C, H, W) is passed as it is, an H x W x C ``float32`` array with the channels in
+    the given order (OpenCV reads them as BGR; SaliencyMix's official code passes normalised
+    RGB images, and so does this). The map, a float in [0, 1], is quantised as that code does:
+    ``uint8(trunc(255 * map))``. Runs on the CPU (one device-to-host copy); needs the optional
+    extra ``mixbench[saliency]`` (``opencv-contrib-python-headless``), imported here and
+    nowhere else; without it this raises a one-line :class:`~mixbench.errors.UsageError`.
+    """
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (C, H, W), got shape {tuple(image.shape)}")
+    require_extra("method 'saliencymix'", "saliency")
+    import cv2
+
+    if not hasattr(cv2, "saliency"):
+        raise UsageError(
+            "method 'saliencymix' needs the optional extra 'saliency' "
+            "(opencv-contrib-python-headless; the installed cv2 has no saliency module): "
+            "pip install 'mixbench[saliency]'"
+        )
+    array = image.detach().to("cpu", torch.float32).permute(1, 2, 0).contiguous().numpy()
+    ok, saliency = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(array)
+    if not ok:
+        raise RuntimeError("OpenCV's fine-grained saliency failed")
+    return (np.asarray(saliency, dtype=np.float32) * 255).astype(np.uint8)
+
+
+def saliency_box(saliency: np.ndarray | torch.Tensor, lam: float) -> tuple[Box, float]:
+    """SaliencyMix's box around the most salient pixel, and the ratio it really gives.
+
+    Cut sizes ``cut_h = int(H * sqrt(1 - lam))`` and ``cut_w = int(W * sqrt(1 - lam))`` for a
+    ``saliency`` map (H, W); ``(r, q)`` its argmax, the first in row-major order on ties; rows
+    ``[r - cut_h // 2, r + cut_h // 2)`` and columns ``[q - cut_w // 2, q + cut_w // 2)``, each
+    bound clipped to the image (so a side is ``2 * (cut // 2)``, one pixel short of an odd cut).
+    Returns ``((top, bottom, left, right), lam_adjusted)``: Python ints as half-open bounds and
+    ``lam_adjusted = 1 - (bottom - top) * (right - left) / (H * W)``.
+    """
+    values = torch.as_tensor(np.asarray(saliency) if not torch.is_tensor(saliency) else saliency)
+    if values.dim() != 2 or values.numel() == 0:
+        raise ValueError(f"expected a saliency map (H, W), got shape {tuple(values.shape)}")
+    lam = float(lam)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    height, width = int(values.shape[0]), int(values.shape[1])
+    flat = values.reshape(-1)
+    # The first maximum in row-major order (torch.argmax does not promise which on ties).
+    first = int(torch.nonzero(flat == flat.max())[0, 0])
+    r, q = divmod(first, width)
+    ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    top, bottom = max(r - cut_h // 2, 0), min(r + cut_h // 2, height)
+    left, right = max(q - cut_w // 2, 0), min(q + cut_w // 2, width)
+    area = (bottom - top) * (right - left)
+    return (top, bottom, left, right), 1.0 - area / (height * width)
 
 
 # -- optimal transport -------------------------------------------------------------------

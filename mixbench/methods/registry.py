@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mixbench.methods.base import MixMethod, describe, resolve_params
+from mixbench.methods.extras import EXTRAS
 from mixbench.registry import Registry
 
 
@@ -22,6 +23,12 @@ def _check_method(name: str, cls: Any) -> Any:
     version = getattr(cls, "version", 1)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise TypeError(f"method {name!r} must have an integer version >= 1, got {version!r}")
+    requires = getattr(cls, "requires", ())
+    if not isinstance(requires, tuple) or any(r not in EXTRAS for r in requires):
+        raise TypeError(
+            f"method {name!r} must require a tuple of optional extras among "
+            f"{', '.join(EXTRAS)}, got {requires!r}"
+        )
     cls.name = name
     return cls
 
@@ -52,8 +59,8 @@ def list_methods(filter: str = "*", exclude: str | None = None) -> list[str]:
 
 
 def method_info(name: str) -> dict[str, Any]:
-    """Name, version, description, paper, declared parameters (default and type) and named
-    parameter sets (such as ``paper``) of a method."""
+    """Name, version, description, paper, declared parameters (default and type), named
+    parameter sets (such as ``paper``) and the optional extras it requires of a method."""
     cls = get_method_class(name)
     return {
         "name": name,
@@ -67,6 +74,7 @@ def method_info(name: str) -> dict[str, Any]:
         },
         "param_sets": {name: dict(values) for name, values in cls.param_sets.items()},
         "changes": {str(v): text for v, text in sorted(cls.changes.items())},
+        "requires": list(cls.requires),
     }
 
 

@@ -7,11 +7,12 @@ after a warm-up, so that drifts of a shared machine hit all methods alike, and e
 time is the median over its measured steps.
 
 The branch each method is timed on is its mixing branch: coins that would send a batch to a
-cheaper path are forced (``cutmix`` ``prob = 1``, ``alignmixup`` ``align_prob = 1``,
-``multimix``/``dense_multimix`` ``prob = 1``); with their default coins the other half of the
-batches is ERM or input mixup, which costs no more. ``multimix`` and ``dense_multimix`` run
-with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18), and also with their ``ce``
-parameter set (``multimix [ce]``: the clean cross-entropy added to the mixed loss).
+cheaper path are forced (``cutmix`` and ``saliencymix`` ``prob = 1``, ``alignmixup``
+``align_prob = 1``, ``multimix``/``dense_multimix`` ``prob = 1``); with their default coins
+the other half of the batches is ERM or input mixup, which costs no more. ``multimix`` and
+``dense_multimix`` run with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18), and
+also with their ``ce`` parameter set (``multimix [ce]``: the clean cross-entropy added to the
+mixed loss). Methods whose optional extras are missing are skipped and named.
 
 Beside the time, each entry reports its measured compute: the network's full forward passes
 and BatchNorm statistics updates per step (:class:`mixbench.bench.train.compute.ComputeCounter`),
@@ -30,7 +31,13 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mixbench.bench.train.compute import ComputeCounter
-from mixbench.methods import get_method, list_methods
+from mixbench.methods import (
+    check_requirements,
+    get_method,
+    get_method_class,
+    list_methods,
+    requirement_message,
+)
 from mixbench.models import create_model
 
 __all__ = ["BENCH_PARAMS", "BENCH_SETS", "TARGETS", "bench_entries", "perf_methods"]
@@ -38,6 +45,7 @@ __all__ = ["BENCH_PARAMS", "BENCH_SETS", "TARGETS", "bench_entries", "perf_metho
 #: Parameters under which each method is timed: the mixing branch, always taken.
 BENCH_PARAMS: dict[str, dict[str, Any]] = {
     "cutmix": {"prob": 1.0},
+    "saliencymix": {"prob": 1.0},
     "alignmixup": {"align_prob": 1.0},
     "multimix": {"prob": 1.0, "n": 1000},
     "dense_multimix": {"prob": 1.0, "n": 1000},
@@ -62,8 +70,6 @@ TARGETS: dict[str, float] = {
 def bench_entries(methods: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     """``{label: (method, parameters)}`` of what is timed: each method on its mixing branch,
     and each of its sets in :data:`BENCH_SETS` on the same branch."""
-    from mixbench.methods import get_method_class
-
     entries: dict[str, tuple[str, dict[str, Any]]] = {}
     for name in methods:
         branch = BENCH_PARAMS.get(name, {})
@@ -107,7 +113,8 @@ def perf_methods(
         num_classes: number of classes.
         warmup: untimed rounds first.
         steps: timed rounds; each method's figure is the median of these.
-        methods: method names (default: every registered method); ``erm`` is always added.
+        methods: method names (default: every registered method whose optional extras are
+            installed; the others are named on standard error); ``erm`` is always added.
         progress: print one line per round on standard error.
         threads: torch's intra-op threads during the benchmark (default: left as set).
 
@@ -146,7 +153,18 @@ def _run(
     progress: bool,
 ) -> dict[str, dict[str, Any]]:
     dev = torch.device(device)
-    names = list(methods) if methods is not None else list_methods()
+    if methods is not None:
+        names = list(methods)
+        for name in names:  # a method named explicitly must have its optional extras
+            check_requirements(get_method_class(name))
+    else:  # every registered method whose optional extras are installed
+        names = []
+        for name in list_methods():
+            missing = requirement_message(get_method_class(name))
+            if missing is None:
+                names.append(name)
+            else:
+                print(f"perf: {name} skipped: {missing}", file=sys.stderr)
     if "erm" not in names:
         names.insert(0, "erm")
     entries = bench_entries(names)

@@ -60,11 +60,22 @@ def check_out_dir(out_dir: Path) -> None:
         raise UsageError(f"output folder {out_dir} is not writable; choose another with --out")
 
 
+def check_method_requirements(cells: list[CellConfig]) -> None:
+    """Raise the one-line :class:`UsageError` of the first method of ``cells`` whose optional
+    extra (``MixMethod.requires``) is not installed, before anything runs or is written."""
+    from mixbench.methods import check_requirements, get_method_class
+
+    for method in dict.fromkeys(cell.method for cell in cells):
+        check_requirements(get_method_class(method))
+
+
 def validate_matrix(cells: list[CellConfig], bundle_cache: dict[Any, Any]) -> None:
-    """Load every data set of the matrix and check every model fits it, before any write."""
+    """Check every method's optional extras, load every data set of the matrix and check every
+    model fits it, before any write."""
     from mixbench.bench.train.data import load_bundle
     from mixbench.bench.train.engine import resolve_device
 
+    check_method_requirements(cells)
     for cell in cells:
         resolve_device(cell.runtime.device)
         load_bundle(cell, cache=bundle_cache)

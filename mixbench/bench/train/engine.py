@@ -295,6 +295,8 @@ def build_training(cell: CellConfig, bundle_cache: dict[Any, Any] | None = None)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     backbone = backbone.to(device, memory_format=memory_format)
     method = get_method(cell.method, **cell.params)
+    # The data set's per-channel statistics, for methods that work in pixel units.
+    method.bind_data(tuple(bundle.mean), tuple(bundle.std))
     module: nn.Module = TrainingModule(backbone, method)
     module = idist.auto_model(module, sync_bn=False) if world_size > 1 else module
     if cell.runtime.compile:

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod
+from mixbench.methods.cutmix import CutMix
 from mixbench.methods.functional import (
     cross_entropy,
     fine_grained_saliency,
@@ -45,24 +46,9 @@ class SaliencyMix(MixMethod):
     description = "SaliencyMix: paste the most salient box of another image (Uddin et al.)"
     paper = "Uddin et al., ICLR 2021, arXiv:2006.01791"
     requires = ("saliency",)
-    params = {
-        "alpha": Param(
-            1.0,
-            float,
-            "Beta(alpha, alpha) concentration of the box's area ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
-        ),
-        "prob": Param(
-            0.5,
-            float,
-            "probability that a mini-batch is mixed (otherwise plain ERM)",
-            minimum=0.0,
-            maximum=1.0,
-            search=("float", 0.0, 1.0, False),
-        ),
-    }
+    # The same box-area ratio and coin as CutMix's (one declaration: the same defaults,
+    # ranges and search space).
+    params = {name: CutMix.params[name] for name in ("alpha", "prob")}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

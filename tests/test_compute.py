@@ -52,7 +52,9 @@ def _counted(name: str, params: dict, steps: int = 12) -> ComputeCounter:
     images, labels = torch.randn(8, 3, 32, 32, generator=g), torch.randint(10, (8,), generator=g)
     for seed in range(steps):  # several seeds: both sides of every method's coins
         method.seed(seed)
-        method.loss(model, images, labels).backward()
+        with counter.in_step():
+            loss = method.loss(model, images, labels)
+        loss.backward()
         counter.step()
     with torch.no_grad():  # evaluation does not count as training compute
         model.eval()
@@ -61,10 +63,15 @@ def _counted(name: str, params: dict, steps: int = 12) -> ComputeCounter:
 
 
 @pytest.mark.parametrize("name,params", _variants(), ids=lambda v: str(v))
-def test_every_built_in_method_runs_the_network_once_per_step(name, params):
+def test_every_built_in_method_runs_the_network_as_often_as_it_declares(name, params):
+    cls = get_method_class(name)
+    params = {**params, **({"prob": 1.0} if "prob" in cls.params else {})}
     counter = _counted(name, params)
-    assert counter.passes_per_step() == 1.0
-    assert counter.bn_updates_per_step() == 1.0
+    assert counter.passes_per_step() == float(cls.forward_passes)
+    # A saliency pass in eval mode (PuzzleMix's and Co-Mixup's with clean_lam = 0) updates no
+    # BatchNorm statistics; every other pass does.
+    eval_passes = 1 if get_method(name, **params).hparams.get("clean_lam", 1.0) == 0 else 0
+    assert counter.bn_updates_per_step() == float(cls.forward_passes - eval_passes)
 
 
 def test_a_method_that_runs_the_network_twice_counts_two(two_passes):
@@ -87,6 +94,23 @@ def test_cells_store_passes_and_bn_updates_per_step(tmp_path, two_passes):
     assert main(["leaderboard", "--out", str(out)]) == 0
     board = (out / "LEADERBOARD.md").read_text()
     assert "passes/step" in board and "| 2.00 " in board
+
+
+def test_eval_mode_passes_count_inside_a_step_only():
+    model = create_model("preactresnet18", 10, width=4, seed=0).train()
+    counter = ComputeCounter(model)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        model.eval()
+        model(images)  # evaluation: not training compute
+        assert counter.passes == 0
+        with counter.in_step():
+            model(images)  # a step's saliency pass in eval mode: training compute
+        model.train()
+    assert counter.passes == 1 and counter.bn_updates == 0
+    model(images)
+    assert counter.passes == 2 and counter.bn_updates == len(counter._norms)
+    counter.remove()
 
 
 def test_counts_survive_a_resume():

@@ -117,6 +117,9 @@ class MixMethod:
     #: Optional extras the method needs (names of ``mixbench[...]`` extras, e.g.
     #: ``("saliency",)``); checked by :func:`check_requirements`.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: Full forward passes of the backbone per mixing step (a saliency pass counts, also in
+    #: eval mode); the engine measures the real count of every cell, tests check it is this.
+    forward_passes: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
         self.hparams = resolve_params(type(self), params)

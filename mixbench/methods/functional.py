@@ -4,12 +4,14 @@ Every method class in :mod:`mixbench.methods` is a thin wrapper that runs the ba
 calls these functions. They hold no state, never modify their inputs, and draw random numbers
 only through an explicit ``torch.Generator`` argument (``None`` means torch's default one).
 
-Public API (see ``../shared/methods.md`` for the equations):
+Public API (each function's docstring states its equation):
 
 - :func:`mix`: ``lam * x + (1 - lam) * x[perm]``.
 - :func:`cutmix_box` and :func:`paste_box`: CutMix's random box and the pasting of it.
 - :func:`fine_grained_saliency` and :func:`saliency_box`: SaliencyMix's saliency map (OpenCV,
   the optional extra ``mixbench[saliency]``, imported only when called) and its box.
+- :func:`gradient_saliency` and :func:`block_saliency`: the input-gradient saliency of
+  PuzzleMix and Co-Mixup, and its normalised block averages.
 - :func:`sinkhorn`: entropic optimal transport plans, log-domain, batched.
 - :func:`multimix`: Dirichlet interpolation of pooled embeddings and their targets.
 - :func:`dense_multimix`: per-position, attention-weighted interpolation of feature maps.
@@ -35,11 +37,13 @@ from mixbench.methods.extras import require_extra
 __all__ = [
     "align_mix",
     "alignment_cost",
+    "block_saliency",
     "cross_entropy",
     "cutmix_box",
     "dense_attention",
     "dense_multimix",
     "fine_grained_saliency",
+    "gradient_saliency",
     "mix",
     "mixed_cross_entropy",
     "multimix",
@@ -186,14 +190,27 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def mixed_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, lam: float, perm: torch.Tensor
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float | torch.Tensor,
+    perm: torch.Tensor,
 ) -> torch.Tensor:
-    """``lam * CE(logits, Y) + (1 - lam) * CE(logits, Y[perm])`` with integer ``labels``.
+    """``mean_i [lam_i * CE_i(Y) + (1 - lam_i) * CE_i(Y[perm])]`` with integer ``labels``.
 
-    Equal to the soft-target cross-entropy against ``lam * Y + (1 - lam) * Y[perm]`` (the
-    cross-entropy is linear in the target), without building one-hot matrices.
+    ``lam`` is one float for the batch or a (b,) tensor of per-example weights (the share of
+    each mixed example that comes from its own image). Equal to the soft-target
+    cross-entropy against ``lam * Y + (1 - lam) * Y[perm]`` (the cross-entropy is linear in
+    the target), without building one-hot matrices; computed in float32.
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)
+    if isinstance(lam, torch.Tensor) and lam.dim() > 0:
+        if lam.shape != labels.shape:
+            raise ValueError(f"expected lam of shape {tuple(labels.shape)}, got {tuple(lam.shape)}")
+        weight = lam.to(device=log_probs.device, dtype=torch.float32)
+        own = F.nll_loss(log_probs, labels, reduction="none")
+        partner = F.nll_loss(log_probs, labels[perm], reduction="none")
+        return (weight * own + (1.0 - weight) * partner).mean()
+    lam = float(lam)
     return lam * F.nll_loss(log_probs, labels) + (1.0 - lam) * F.nll_loss(log_probs, labels[perm])
 
 
@@ -360,6 +377,40 @@ def saliency_box(saliency: np.ndarray | torch.Tensor, lam: float) -> tuple[Box, 
     left, right = max(q - cut_w // 2, 0), min(q + cut_w // 2, width)
     area = (bottom - top) * (right - left)
     return (top, bottom, left, right), 1.0 - area / (height * width)
+
+
+# -- input-gradient saliency -----------------------------------------------------------------
+
+
+def gradient_saliency(grad: torch.Tensor) -> torch.Tensor:
+    """``sqrt(mean_over_channels(grad ** 2))``: (b, H, W) float32 for ``grad`` (b, C, H, W),
+    the gradient of a loss with respect to the input images."""
+    if grad.dim() != 4:
+        raise ValueError(f"expected input gradients (b, C, H, W), got shape {tuple(grad.shape)}")
+    return grad.detach().float().pow(2).mean(dim=1).sqrt()
+
+
+def block_saliency(saliency: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Average-pool ``saliency`` (b, H, W) over ``block_size`` x ``block_size`` blocks and
+    normalise each image to sum 1: (b, H / block_size, W / block_size) float32.
+
+    ``H`` and ``W`` must be multiples of ``block_size``. An all-zero map (no gradient at
+    all) gives the uniform distribution over the blocks.
+    """
+    if saliency.dim() != 3:
+        raise ValueError(f"expected saliency maps (b, H, W), got shape {tuple(saliency.shape)}")
+    block_size = int(block_size)
+    height, width = int(saliency.shape[1]), int(saliency.shape[2])
+    if block_size < 1 or height % block_size or width % block_size:
+        raise ValueError(
+            f"block size {block_size} does not divide the {height} x {width} saliency map"
+        )
+    pooled = F.avg_pool2d(saliency.float().unsqueeze(1), block_size).squeeze(1)
+    total = pooled.sum(dim=(1, 2), keepdim=True)
+    uniform = torch.full_like(pooled, 1.0 / (pooled.shape[1] * pooled.shape[2]))
+    return torch.where(
+        total > 0, pooled / total.clamp_min(torch.finfo(torch.float32).tiny), uniform
+    )
 
 
 # -- optimal transport -------------------------------------------------------------------

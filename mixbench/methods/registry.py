@@ -60,7 +60,8 @@ def list_methods(filter: str = "*", exclude: str | None = None) -> list[str]:
 
 def method_info(name: str) -> dict[str, Any]:
     """Name, version, description, paper, declared parameters (default and type), named
-    parameter sets (such as ``paper``) and the optional extras it requires of a method."""
+    parameter sets (such as ``paper``), the optional extras it requires and the forward passes
+    of its mixing step."""
     cls = get_method_class(name)
     return {
         "name": name,
@@ -75,6 +76,7 @@ def method_info(name: str) -> dict[str, Any]:
         "param_sets": {name: dict(values) for name, values in cls.param_sets.items()},
         "changes": {str(v): text for v, text in sorted(cls.changes.items())},
         "requires": list(cls.requires),
+        "forward_passes": int(getattr(cls, "forward_passes", 1)),
     }
 
 

@@ -185,7 +185,8 @@ def _run(
         _sync(dev)
         start, start_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        loss = instances[name].loss(model, images, labels)
+        with counter.in_step():
+            loss = instances[name].loss(model, images, labels)
         loss.backward()
         optimizer.step()
         _sync(dev)

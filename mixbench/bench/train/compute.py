@@ -1,17 +1,21 @@
 """Measured compute: how many network passes a method's training step really makes.
 
 A method's extra cost is part of its result: a method that runs the network twice per step
-trains on twice the compute of ERM. :class:`ComputeCounter` counts, during training only
-(modules in training mode), the backbone's full forward passes (calls of its ``stem``, the
-first module every full pass runs; the whole backbone's forward for a model without one) and
-the updates of BatchNorm running statistics (forward calls of BatchNorm layers that track
-them), per training step. The engine stores the means with each cell (``passes_per_step``,
-``bn_updates_per_step``), ``mixbench perf`` reports them per method, and the leaderboard shows
-them beside the cost in time.
+trains on twice the compute of ERM. :class:`ComputeCounter` counts the backbone's full forward
+passes (calls of its ``stem``, the first module every full pass runs; the whole backbone's
+forward for a model without one) made by training steps: every pass inside
+:meth:`ComputeCounter.in_step` (a saliency pass in eval mode is compute of the step too), and
+outside it every pass in training mode; evaluation passes (eval mode, outside a step) are not
+counted. It also counts the updates of BatchNorm running statistics (forward calls, in
+training mode, of BatchNorm layers that track them), per training step. The engine stores
+the means with each cell (``passes_per_step``, ``bn_updates_per_step``), ``mixbench perf``
+reports them per method, and the leaderboard shows them beside the cost in time.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -32,6 +36,7 @@ class ComputeCounter:
         self.passes = 0
         self.bn_updates = 0
         self.steps = 0
+        self._in_step = False
         entry = getattr(backbone, "stem", None)
         self._entry = entry if isinstance(entry, nn.Module) else backbone
         self._norms = [
@@ -41,12 +46,22 @@ class ComputeCounter:
         self._handles += [m.register_forward_pre_hook(self._count_norm) for m in self._norms]
 
     def _count_pass(self, module: nn.Module, args: Any) -> None:
-        if module.training:
+        if module.training or self._in_step:
             self.passes += 1
 
     def _count_norm(self, module: nn.Module, args: Any) -> None:
         if module.training:
             self.bn_updates += 1
+
+    @contextlib.contextmanager
+    def in_step(self) -> Iterator[None]:
+        """Inside the block every full forward pass counts, in whatever mode the model is
+        (wrap a method's loss computation: its eval-mode passes are training compute)."""
+        previous, self._in_step = self._in_step, True
+        try:
+            yield
+        finally:
+            self._in_step = previous
 
     def step(self) -> None:
         """One optimisation step has run."""

@@ -330,13 +330,14 @@ def create_trainer(parts: TrainingParts) -> Engine:
         parts.scaler,
     )
     compute = parts.progress.compute
+    in_step = compute.in_step if compute is not None else contextlib.nullcontext
 
     def update(engine: Engine, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, labels = batch
         if parts.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         module.train()
-        with parts.autocast():
+        with parts.autocast(), in_step():
             loss = module(images, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -198,15 +198,21 @@ def test_paper_reference_puts_mixbench_beside_the_published_number() -> None:
     )
     text = render_leaderboard(build_tables(records), {})
     section = text[text.index("## Paper reference") :]
-    rows = {line.split("|")[1].strip() + line.split("|")[2].strip(): line
+    rows = {"".join(cell.strip() for cell in line.split("|")[1:4]): line
             for line in section.splitlines() if line.startswith("| CIFAR")}  # fmt: skip
-    ran = rows["CIFAR-10`preactresnet18`"]
+    ran = rows["CIFAR-10`preactresnet18``alignmixup`"]
     assert "97.05" in ran and "96.05 ± 0.07" in ran and "97.05 ± 0.07" in ran
-    assert "`mixbench run --preset paper-cifar10`" in ran
-    not_run = rows["CIFAR-10`wrn16_8`"]
+    assert "`mixbench run --preset paper-cifar10`" in ran and "2,000, best" in ran
+    not_run = rows["CIFAR-10`wrn16_8``alignmixup`"]
     assert "96.91" in not_run and not_run.rstrip("| ").endswith("—")
+    # StyleMix and StyleCutMix: reference rows that mixbench never trains.
+    for method in ("stylemix", "stylecutmix"):
+        row = rows[f"CIFAR-10`preactresnet18``{method}`"]
+        assert "number not transcribed" in row
+        assert "published only: needs pretrained AdaIN VGG-19 weights" in row
+        assert "mixbench run" not in row and row.rstrip("| ").endswith("—")
     # Only the data sets on the page get reference rows: no CIFAR-100, Tiny-ImageNet, ImageNet.
-    assert set(rows) == {"CIFAR-10`preactresnet18`", "CIFAR-10`wrn16_8`"}
+    assert {key.split("`")[0] for key in rows} == {"CIFAR-10"} and len(rows) == 4
     assert not [line for line in section.splitlines() if "ImageNet |" in line]
 
 

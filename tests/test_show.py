@@ -85,6 +85,20 @@ def test_cutmix_pastes_a_box(batch):
     assert torch.equal(changed, box)  # one rectangle
 
 
+def test_saliencymix_pastes_one_box_around_the_salient_point(batch):
+    pytest.importorskip("cv2")
+    _, _, labels, x = batch
+    method = get_method("saliencymix", prob=1.0)
+    method.seed(1)
+    seen = observe(method, _net(), x, labels, draws=2)
+    assert seen.counts == {"input": 2}
+    changed = (seen.input != x).any(dim=(0, 1))
+    rows, cols = changed.nonzero().unbind(1)
+    box = torch.zeros_like(changed)
+    box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+    assert torch.equal(changed, box)
+
+
 def test_manifold_mixup_is_seen_in_hidden_space(batch):
     _, _, labels, x = batch
     seen = observe(get_method("manifold_mixup", layers=(2,)), _net(), x, labels, draws=2)

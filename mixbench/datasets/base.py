@@ -115,28 +115,53 @@ class CorruptionBenchmark:
         return tuple(dict.fromkeys((self.name, *self.folder_names)))
 
 
+#: How a published number was picked from its run: the best test epoch, the last epoch, the
+#: median of the last 10 epochs, or not stated by its source.
+PUBLISHED_METRICS = ("best", "last", "median of last 10", "unknown")
+
+
 @dataclass(frozen=True)
 class PublishedResult:
-    """A published top-1 on the data set, and the mixbench preset that reproduces its protocol.
+    """A published top-1 on the data set, its protocol, and the mixbench preset that runs it.
 
     Attributes:
         model: the network, as mixbench registers it (``"preactresnet18"``).
-        method: the method, as mixbench registers it (``"alignmixup"``).
-        top1: the published top-1 accuracy, in percent.
-        preset: the mixbench preset that runs the paper's protocol (``"paper-cifar10"``).
-        source: where the number comes from (paper, repository logs; which epoch).
+        method: the method, as mixbench registers it (``"alignmixup"``), or as its paper
+            names it when mixbench cannot train it (``"stylemix"``).
+        top1: the published top-1 accuracy, in percent; ``None`` when the number has not been
+            transcribed from its source yet (the row then says so).
+        preset: the mixbench preset that runs the paper's protocol (``"paper-cifar10"``);
+            empty when no mixbench preset does.
+        source: where the number comes from (paper table, repository README or logs).
+        epochs: the training epochs of the published run; ``None`` when unknown.
+        metric: how the number was picked from the run: one of ``PUBLISHED_METRICS``.
+        note: one line shown with the row (``"published only: needs pretrained AdaIN VGG-19
+            weights"`` for a method mixbench never trains), or empty.
     """
 
     model: str
     method: str
-    top1: float
+    top1: float | None
     preset: str
     source: str
+    epochs: int | None = None
+    metric: str = "unknown"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.metric not in PUBLISHED_METRICS:
+            raise ValueError(
+                f"published result of {self.method!r}: metric must be one of "
+                f"{', '.join(repr(m) for m in PUBLISHED_METRICS)}, got {self.metric!r}"
+            )
 
 
 #: The source of the built-in data sets' published results: AlignMixup's own (Venkataramanan et
 #: al., CVPR 2022, arXiv 2103.15375), from its repository's training logs, best test epoch.
-ALIGNMIXUP_LOGS = "AlignMixup repository logs (best epoch)"
+ALIGNMIXUP_LOGS = "AlignMixup repository logs"
+
+#: Why StyleMix and StyleCutMix are reference rows only.
+NEEDS_STYLE_WEIGHTS = "published only: needs pretrained AdaIN VGG-19 weights"
 
 
 @dataclass(frozen=True)

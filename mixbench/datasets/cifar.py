@@ -14,6 +14,7 @@ from torchvision.datasets import CIFAR10, CIFAR100
 
 from mixbench.datasets.base import (
     ALIGNMIXUP_LOGS,
+    NEEDS_STYLE_WEIGHTS,
     CorruptionBenchmark,
     DatasetBundle,
     DatasetInfo,
@@ -23,6 +24,10 @@ from mixbench.datasets.base import (
     register_dataset,
 )
 from mixbench.errors import UsageError
+
+#: Where StyleMix's and StyleCutMix's CIFAR numbers are published (the StyleMix paper's own
+#: tables use PyramidNet-200; AlignMixup's Table 1 compares them on PreActResNet-18).
+STYLE_SOURCES = "StyleMix (Hong et al., CVPR 2021); AlignMixup Table 1 (CVPR 2022)"
 
 CIFAR10_INFO = DatasetInfo(
     display_name="CIFAR-10",
@@ -35,8 +40,18 @@ CIFAR10_INFO = DatasetInfo(
     ),
     paper_epochs=2000,
     published=(
-        PublishedResult("preactresnet18", "alignmixup", 97.05, "paper-cifar10", ALIGNMIXUP_LOGS),
-        PublishedResult("wrn16_8", "alignmixup", 96.91, "paper-cifar10", ALIGNMIXUP_LOGS),
+        PublishedResult(
+            "preactresnet18", "alignmixup", 97.05, "paper-cifar10", ALIGNMIXUP_LOGS, 2000, "best"
+        ),
+        PublishedResult(
+            "wrn16_8", "alignmixup", 96.91, "paper-cifar10", ALIGNMIXUP_LOGS, 2000, "best"
+        ),
+        *(
+            PublishedResult(
+                "preactresnet18", method, None, "", STYLE_SOURCES, note=NEEDS_STYLE_WEIGHTS
+            )
+            for method in ("stylemix", "stylecutmix")
+        ),
     ),
     description="CIFAR-10 (Krizhevsky, 2009): tiny natural images, torchvision binary release",
 )
@@ -51,8 +66,21 @@ CIFAR100_INFO = DatasetInfo(
     ),
     paper_epochs=2000,
     published=(
-        PublishedResult("preactresnet18", "alignmixup", 81.71, "paper-cifar100", ALIGNMIXUP_LOGS),
-        PublishedResult("wrn16_8", "alignmixup", 81.23, "paper-cifar100", ALIGNMIXUP_LOGS),
+        PublishedResult(
+            "preactresnet18", "alignmixup", 81.71, "paper-cifar100", ALIGNMIXUP_LOGS, 2000, "best"
+        ),
+        PublishedResult(
+            "wrn16_8", "alignmixup", 81.23, "paper-cifar100", ALIGNMIXUP_LOGS, 2000, "best"
+        ),
+        PublishedResult(
+            "preactresnet18", "saliencymix", 80.31, "", "Awesome-Mixup table", 300, "unknown"
+        ),
+        *(
+            PublishedResult(
+                "preactresnet18", method, None, "", STYLE_SOURCES, note=NEEDS_STYLE_WEIGHTS
+            )
+            for method in ("stylemix", "stylecutmix")
+        ),
     ),
     description="CIFAR-100 (Krizhevsky, 2009): 100 fine classes, torchvision binary release",
 )

@@ -50,7 +50,18 @@ INFO = DatasetInfo(
     corruption_benchmark=CorruptionBenchmark("ImageNet-C", "folders", ("imagenet-c", "imagenet_c")),
     paper_epochs=300,
     published=(
-        PublishedResult("resnet50", "alignmixup", 79.32, "paper-imagenet", ALIGNMIXUP_LOGS),
+        PublishedResult(
+            "resnet50", "alignmixup", 79.32, "paper-imagenet", ALIGNMIXUP_LOGS, 300, "best"
+        ),
+        PublishedResult(
+            "resnet50",
+            "saliencymix",
+            78.74,
+            "",
+            "SaliencyMix repository README (model ResNet50_SaliencyMix_21.26)",
+            300,
+            "best",
+        ),
     ),
     description="ImageNet-1k (ILSVRC 2012): streamed from disk, 224x224 crops by default, the "
     "validation split as the test set",

@@ -48,7 +48,13 @@ INFO = DatasetInfo(
     paper_epochs=1200,
     published=(
         PublishedResult(
-            "preactresnet18", "alignmixup", 66.87, "paper-tinyimagenet", ALIGNMIXUP_LOGS
+            "preactresnet18",
+            "alignmixup",
+            66.87,
+            "paper-tinyimagenet",
+            ALIGNMIXUP_LOGS,
+            1200,
+            "best",
         ),
     ),
     description="Tiny-ImageNet (CS231n): 200 ImageNet classes at 64x64, the validation split "

@@ -1,10 +1,14 @@
-"""The "paper reference" section: published numbers that the paper presets aim at.
+"""The "paper reference" section: published numbers, their protocols and mixbench's beside.
 
-The published figures are registered with the data sets (``DatasetInfo.published``); those of
-the built-in data sets are AlignMixup's own results (Venkataramanan et al., CVPR 2022,
-arXiv 2103.15375; its repository's training logs, best test epoch). Where mixbench has run the
-matching paper preset, its own number stands beside the published one: the last epoch (what
-mixbench reports) and the best test epoch (what the papers report; selected on the test set).
+The published figures are registered with the data sets (``DatasetInfo.published``), each with
+its source, its training epochs and how it was picked (best epoch, last epoch, median of the
+last 10, or unknown). Those of the built-in data sets are AlignMixup's own results
+(Venkataramanan et al., CVPR 2022, arXiv 2103.15375; its repository's training logs, best test
+epoch) and the published numbers of SaliencyMix, PuzzleMix and Co-Mixup; StyleMix and
+StyleCutMix are listed as reference rows that mixbench never trains (they need pretrained
+AdaIN VGG-19 weights). Where mixbench has run the matching preset, its own number stands
+beside the published one: the last epoch (what mixbench reports) and the best test epoch (what
+most papers report; selected on the test set).
 """
 
 from __future__ import annotations
@@ -19,15 +23,19 @@ from mixbench.leaderboard.tables import Row, Table
 
 @dataclass(frozen=True)
 class PaperResult:
-    """One published top-1 and the mixbench preset that reproduces its protocol."""
+    """One published top-1 (``None``: not transcribed), its protocol, and the mixbench preset
+    that reproduces it (empty: none does)."""
 
     data: str  # as users know it
     dataset: str  # mixbench's registry name
     model: str
     method: str
-    top1: float  # percent
+    top1: float | None  # percent
     preset: str
     source: str
+    epochs: int | None = None
+    metric: str = "unknown"
+    note: str = ""
 
 
 def paper_results() -> tuple[PaperResult, ...]:
@@ -40,7 +48,18 @@ def paper_results() -> tuple[PaperResult, ...]:
         key=lambda item: (item[1].train_size is None, item[1].train_size or 0, item[0]),
     )
     return tuple(
-        PaperResult(info.display_name, name, r.model, r.method, r.top1, r.preset, r.source)
+        PaperResult(
+            info.display_name,
+            name,
+            r.model,
+            r.method,
+            r.top1,
+            r.preset,
+            r.source,
+            r.epochs,
+            r.metric,
+            r.note,
+        )
         for name, info in infos
         for r in info.published
     )
@@ -48,7 +67,10 @@ def paper_results() -> tuple[PaperResult, ...]:
 
 def matching_row(result: PaperResult, tables: list[Table]) -> Row | None:
     """mixbench's row for a published result: same preset, data set, network and method, with
-    the method's ``paper`` parameter set if run, else its defaults."""
+    the method's ``paper`` parameter set if run, else its defaults; ``None`` without a
+    preset."""
+    if not result.preset:
+        return None
     candidates = [
         row
         for table in tables
@@ -85,14 +107,25 @@ def render_reference(tables: list[Table]) -> str:
     body = []
     for result in results:
         row = matching_row(result, tables)
+        published = DASH if result.top1 is None else f"{result.top1:.2f}"
+        if result.top1 is None:
+            published = "number not transcribed"
+        elif result.note:
+            published += f" ({result.note})"
+        if result.preset:
+            to_run = f"`mixbench run --preset {result.preset}`"
+        else:
+            to_run = result.note if result.top1 is None and result.note else "no mixbench preset"
+        epochs = f"{result.epochs:,}" if result.epochs is not None else "unknown"
         body.append(
             [
                 result.data,
                 f"`{result.model}`",
                 f"`{result.method}`",
-                f"{result.top1:.2f}",
+                published,
+                f"{epochs}, {result.metric}",
                 result.source,
-                f"`mixbench run --preset {result.preset}`",
+                to_run,
                 _pct(row, "top1"),
                 _pct(row, "best_top1"),
                 str(len(row.seeds)) if row is not None else DASH,
@@ -103,6 +136,7 @@ def render_reference(tables: list[Table]) -> str:
         "network",
         "method",
         "published top-1 (%)",
+        "epochs, reported epoch",
         "source",
         "preset to run",
         "mixbench top-1 (%), last epoch",
@@ -114,12 +148,14 @@ def render_reference(tables: list[Table]) -> str:
         [
             "## Paper reference",
             "",
-            "The published numbers that the paper presets aim at: AlignMixup's own results "
-            "(Venkataramanan et al., CVPR 2022), from its repository's logs, which report the "
-            "best test epoch of 2,000 (CIFAR) or 1,200 (Tiny-ImageNet) or 300 (ImageNet) "
-            "epochs on GPUs. Where mixbench has run the paper preset, its mean over seeds "
-            "stands beside: the last epoch, and the best test epoch (selected on the test set, "
-            "as the papers do). A dash: not run yet.",
+            "Published numbers and the protocols behind them: GPU runs of hundreds to "
+            "thousands of epochs, each reported at the epoch its source names (best: the best "
+            "test epoch, selected on the test set; last: the final epoch; unknown: not stated "
+            "by the source). AlignMixup's come from its repository's logs (Venkataramanan et "
+            "al., CVPR 2022). Where mixbench has a preset for the protocol and has run it, its "
+            "mean over seeds stands beside: the last epoch, and the best test epoch. A dash: "
+            "not run yet. StyleMix and StyleCutMix are listed for comparison only: mixbench "
+            "cannot train them offline.",
             "",
             table,
         ]

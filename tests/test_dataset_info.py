@@ -278,15 +278,19 @@ def test_paper_reference_comes_from_the_registered_published_results(registered)
         ("CIFAR-100", "preactresnet18", "alignmixup", 81.71, 2000, "best"),
         ("CIFAR-100", "wrn16_8", "alignmixup", 81.23, 2000, "best"),
         ("CIFAR-100", "preactresnet18", "saliencymix", 80.31, 300, "unknown"),
+        ("CIFAR-100", "preactresnet18", "puzzlemix", 80.4, 1200, "unknown"),
+        ("CIFAR-100", "preactresnet18", "comixup", 80.19, 300, "last"),
         ("CIFAR-100", "preactresnet18", "stylemix", None, None, "unknown"),
         ("CIFAR-100", "preactresnet18", "stylecutmix", None, None, "unknown"),
         ("Tiny-ImageNet", "preactresnet18", "alignmixup", 66.87, 1200, "best"),
+        ("Tiny-ImageNet", "preactresnet18", "puzzlemix", 63.9, 1200, "unknown"),
         ("ImageNet", "resnet50", "alignmixup", 79.32, 300, "best"),
         ("ImageNet", "resnet50", "saliencymix", 78.74, 300, "best"),
+        ("ImageNet", "resnet50", "puzzlemix", 78.76, 300, "best"),
     ]
     assert {r.preset for r in results} == {
         "paper-cifar10", "paper-cifar100", "paper-tinyimagenet", "paper-imagenet",
-        "",
+        "paper-puzzlemix-cifar100", "paper-comixup-cifar100", "",
     }  # fmt: skip
     with pytest.raises(ValueError, match="metric must be one of"):
         PublishedResult("preactresnet18", "mixup", 1.0, "", "a paper", metric="median")

@@ -97,6 +97,23 @@ def test_run_with_a_missing_extra_exits_2_before_writing(tmp_path, capsys, no_cv
     assert not out.exists() and not any(tmp_path.rglob("*.db"))
 
 
+GRAPHCUT_LINE = (
+    "method 'puzzlemix' needs the optional extra 'graphcut' (gco-wrapper): "
+    "pip install 'mixbench[graphcut]'"
+)
+
+
+def test_run_without_gco_exits_2_before_writing(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "gco", None)
+    out = tmp_path / "out"
+    args = ["run", "--preset", "smoke", "--methods", "erm,puzzlemix", "--out", str(out)]
+    assert main([*args, *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mixbench: error: {GRAPHCUT_LINE}"]
+    assert not out.exists() and not any(tmp_path.rglob("*.db"))
+    assert "puzzlemix" in list_methods()
+
+
 def test_registration_checks_requires() -> None:
     class Bad(MixMethod):
         requires = ("no-such-extra",)

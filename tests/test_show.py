@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,27 @@ def test_saliencymix_pastes_one_box_around_the_salient_point(batch):
     box = torch.zeros_like(changed)
     box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
     assert torch.equal(changed, box)
+
+
+def test_puzzlemix_shows_block_masks_of_two_images(batch):
+    pytest.importorskip("gco")
+    _, _, labels, x = batch
+    side = x.shape[-1] // 4
+    method = get_method("puzzlemix", block_nums=(4,), transport=False)
+    method.seed(2)
+    seen = observe(method, _net(), x, labels, draws=2)
+    assert seen.counts == {"input": 2}  # the saliency pass sees the clean batch: not a mix
+    # Each block of each mixed image is its own image's, another's, or the mean of the two.
+    for i in range(x.shape[0]):
+        for r in range(4):
+            for c in range(4):
+                block = np.s_[:, r * side : (r + 1) * side, c * side : (c + 1) * side]
+                got, own = seen.input[i][block], x[i][block]
+                assert any(
+                    torch.allclose(got, w * own + (1 - w) * x[j][block], atol=1e-5)
+                    for j in range(x.shape[0])
+                    for w in (0.0, 0.5, 1.0)
+                )
 
 
 def test_manifold_mixup_is_seen_in_hidden_space(batch):

@@ -75,6 +75,25 @@ CIFAR100_INFO = DatasetInfo(
         PublishedResult(
             "preactresnet18", "saliencymix", 80.31, "", "Awesome-Mixup table", 300, "unknown"
         ),
+        PublishedResult(
+            "preactresnet18",
+            "puzzlemix",
+            80.4,
+            "paper-puzzlemix-cifar100",
+            "PuzzleMix repository README (Table 3)",
+            1200,
+            "unknown",
+        ),
+        PublishedResult(
+            "preactresnet18",
+            "comixup",
+            80.19,
+            "paper-comixup-cifar100",
+            "Co-Mixup repository log",
+            300,
+            "last",
+            note="best epoch 80.36",
+        ),
         *(
             PublishedResult(
                 "preactresnet18", method, None, "", STYLE_SOURCES, note=NEEDS_STYLE_WEIGHTS

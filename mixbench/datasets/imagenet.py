@@ -62,6 +62,15 @@ INFO = DatasetInfo(
             300,
             "best",
         ),
+        PublishedResult(
+            "resnet50",
+            "puzzlemix",
+            78.76,
+            "",
+            "PuzzleMix repository imagenet/README (error 21.24)",
+            300,
+            "best",
+        ),
     ),
     description="ImageNet-1k (ILSVRC 2012): streamed from disk, 224x224 crops by default, the "
     "validation split as the test set",

@@ -56,6 +56,15 @@ INFO = DatasetInfo(
             1200,
             "best",
         ),
+        PublishedResult(
+            "preactresnet18",
+            "puzzlemix",
+            63.9,
+            "",
+            "PuzzleMix repository README (Table 4)",
+            1200,
+            "unknown",
+        ),
     ),
     description="Tiny-ImageNet (CS231n): 200 ImageNet classes at 64x64, the validation split "
     "as the test set",

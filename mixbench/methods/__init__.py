@@ -18,6 +18,7 @@ from mixbench.methods import (  # noqa: F401
     manifold_mixup,
     mixup,
     multimix,
+    puzzlemix,
     saliencymix,
 )
 from mixbench.methods.base import (

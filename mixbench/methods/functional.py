@@ -49,12 +49,18 @@ __all__ = [
     "multimix",
     "one_hot",
     "paste_box",
+    "puzzle_graph_terms",
+    "puzzle_mask",
+    "puzzle_transport",
+    "puzzlemix",
     "sample_beta",
     "sample_dirichlet",
     "saliency_box",
     "sinkhorn",
     "soft_binary_cross_entropy",
     "soft_cross_entropy",
+    "transport_blocks",
+    "transport_cost",
 ]
 
 Box = tuple[int, int, int, int]
@@ -411,6 +417,334 @@ def block_saliency(saliency: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.where(
         total > 0, pooled / total.clamp_min(torch.finfo(torch.float32).tiny), uniform
     )
+
+
+# -- PuzzleMix ---------------------------------------------------------------------------
+
+
+def _pooling_side(block_side: int, neigh_size: int) -> int:
+    """The side ``k0`` of the pixel pooling of PuzzleMix's boundary terms:
+    ``min(neigh_size, block_side)``, or the largest divisor of ``block_side`` not above
+    ``neigh_size`` when that does not divide the block (a project choice; never at 32 or 64
+    pixels)."""
+    side = max(1, min(int(neigh_size), int(block_side)))
+    while block_side % side:
+        side -= 1
+    return side
+
+
+def _block_boundaries(
+    upper: torch.Tensor, lower: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean absolute differences across the block boundaries of two pooled images.
+
+    ``upper`` and ``lower`` (b, C, n k, n k) are the images shown by the upper (left) and the
+    lower (right) node of each edge. Returns the vertical terms (b, n - 1, n), between the last
+    pooled row of block row ``i`` of ``upper`` and the first of block row ``i + 1`` of ``lower``,
+    averaged over channels and the ``k`` pooled columns of the block column, and the horizontal
+    terms (b, n, n - 1) likewise across block columns.
+    """
+    b, _, side, _ = upper.shape
+    n = side // k
+    vertical = (upper[:, :, k - 1 : side - 1 : k, :] - lower[:, :, k:side:k, :]).abs().mean(1)
+    horizontal = (upper[:, :, :, k - 1 : side - 1 : k] - lower[:, :, :, k:side:k]).abs().mean(1)
+    vertical = vertical.reshape(b, n - 1, n, k).mean(-1)
+    horizontal = horizontal.reshape(b, n, k, n - 1).mean(2)
+    return vertical, horizontal
+
+
+def puzzle_graph_terms(
+    unary: torch.Tensor,
+    pixels: torch.Tensor,
+    perm: torch.Tensor,
+    beta: float = 1.2,
+    gamma: float = 0.5,
+    neigh_size: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The graph of PuzzleMix's mask: node costs and edge weights on the n x n block grid.
+
+    ``unary`` (b, n, n) is each image's block saliency (:func:`block_saliency`, summing to 1),
+    ``pixels`` (b, C, H, W) the batch in [0, 1] pixel units and ``perm`` the partner of each
+    example. Showing the own image at a node hides the partner's saliency there
+    (``cost_own = unary[perm]``), showing the partner hides the own (``cost_partner =
+    unary``). Boundary terms compare the pixels, average-pooled by ``k0 = min(neigh_size,
+    W / n)``, across every block edge for the four choices (own or partner above or left,
+    own or partner below or right), scaled by ``beta' * gamma`` with ``beta' = beta / (16
+    n)``; each edge hands half of its discontinuities to its two nodes' costs and keeps
+    ``(D[own, partner] + D[partner, own] - D[own, own] - D[partner, partner]) / 2 + beta'`` as
+    its weight. Returns ``(cost_own (b, n, n), cost_partner (b, n, n), edge_v (b, n - 1, n),
+    edge_h (b, n, n - 1))`` in float32.
+    """
+    if unary.dim() != 3 or unary.shape[1] != unary.shape[2]:
+        raise ValueError(f"expected block saliency (b, n, n), got shape {tuple(unary.shape)}")
+    if pixels.dim() != 4 or pixels.shape[0] != unary.shape[0]:
+        raise ValueError(f"expected pixels (b, C, H, W), got shape {tuple(pixels.shape)}")
+    n = int(unary.shape[1])
+    height, width = int(pixels.shape[2]), int(pixels.shape[3])
+    if height != width or width % n:
+        raise ValueError(f"a {n} x {n} block grid does not tile {height} x {width} images")
+    block_side = width // n
+    k0 = _pooling_side(block_side, neigh_size)
+    k = block_side // k0
+    own = F.avg_pool2d(pixels.float(), k0)
+    partner = own[perm]
+    scale = beta / (16 * n)
+    sources = {"own": own, "partner": partner}
+    vertical: dict[tuple[str, str], torch.Tensor] = {}
+    horizontal: dict[tuple[str, str], torch.Tensor] = {}
+    for upper in sources:
+        for lower in sources:
+            v, h = _block_boundaries(sources[upper], sources[lower], k)
+            vertical[upper, lower] = scale * gamma * v
+            horizontal[upper, lower] = scale * gamma * h
+    unary = unary.float()
+    cost_own = unary[perm].clone()
+    cost_partner = unary.clone()
+    for terms, first, second in (
+        (vertical, np.s_[:, :-1, :], np.s_[:, 1:, :]),
+        (horizontal, np.s_[:, :, :-1], np.s_[:, :, 1:]),
+    ):
+        cost_own[first] += (terms["own", "partner"] + terms["own", "own"]) / 2
+        cost_partner[first] += (terms["partner", "own"] + terms["partner", "partner"]) / 2
+        cost_own[second] += (terms["partner", "own"] + terms["own", "own"]) / 2
+        cost_partner[second] += (terms["own", "partner"] + terms["partner", "partner"]) / 2
+
+    def edge(terms: dict[tuple[str, str], torch.Tensor]) -> torch.Tensor:
+        cross = terms["own", "partner"] + terms["partner", "own"]
+        return (cross - terms["own", "own"] - terms["partner", "partner"]) / 2 + scale
+
+    return cost_own, cost_partner, edge(vertical), edge(horizontal)
+
+
+def _label_prior(lam: float, n_labels: int) -> np.ndarray:
+    """``-log(p_t + 1e-8)`` of the binomial prior over the ``n_labels`` partner shares
+    ``t = l / (n_labels - 1)``: ``p = (lam^2, 2 lam (1 - lam), (1 - lam)^2)`` for three."""
+    lam = float(lam)
+    degree = n_labels - 1
+    probs = [math.comb(degree, i) * lam ** (degree - i) * (1 - lam) ** i for i in range(n_labels)]
+    return -np.log(np.asarray(probs, dtype=np.float64) + 1e-8)
+
+
+def puzzle_mask(
+    cost_own: torch.Tensor,
+    cost_partner: torch.Tensor,
+    edge_v: torch.Tensor,
+    edge_h: torch.Tensor,
+    lam: float | torch.Tensor | Sequence[float],
+    eta: float = 0.2,
+    n_labels: int = 3,
+    workers: int = 0,
+) -> torch.Tensor:
+    """PuzzleMix's mask: the minimum-energy labelling of the block graph, by graph cuts.
+
+    Each node takes a partner share ``t`` in ``{0, 1 / (n_labels - 1), ..., 1}`` at node
+    energy ``(1 - t) * cost_own + t * cost_partner - (eta / n^2) * log(p_t + 1e-8)``, ``p`` the
+    binomial prior of ``lam`` (``lam^2, 2 lam (1 - lam), (1 - lam)^2`` for three labels), and
+    each edge costs ``w * (t - t')^2``. Energies and weights are multiplied by ``1000 n^2``
+    and truncated to int32, the label distances passed as float32, and every example is
+    solved by GCO's alpha-beta swap to convergence, as PuzzleMix's official code does (so the
+    masks equal its masks, including its int32 overflow for a node holding more than about
+    8 % of an image's saliency at n = 16). ``lam`` is one float or one per example;
+    ``workers > 0`` spreads the examples over a process pool without changing any result.
+    Returns the mask ``1 - t`` (b, n, n) float32 on the CPU: the share of the own image.
+    Needs the optional extra ``mixbench[graphcut]``.
+    """
+    require_extra("method 'puzzlemix'", "graphcut")
+    from mixbench.methods.graphcut import cut_grid_graphs
+
+    if n_labels < 2:
+        raise ValueError(f"n_labels must be at least 2, got {n_labels}")
+    own = cost_own.detach().to("cpu", torch.float32).numpy()
+    partner = cost_partner.detach().to("cpu", torch.float32).numpy()
+    batch, n = own.shape[0], own.shape[1]
+    lams = np.broadcast_to(
+        np.asarray(lam.detach().cpu() if torch.is_tensor(lam) else lam, dtype=np.float64),
+        (batch,),
+    )
+    large = 1000 * n**2
+    shares = np.linspace(0, 1, n_labels)
+    priors = np.stack([eta * _label_prior(value, n_labels) / n**2 for value in lams])
+    unary = (
+        np.stack([(1 - t) * own + t * partner for t in shares], axis=-1) + priors[:, None, None, :]
+    )
+    unary = (large * unary).astype(np.int32)
+    labels = np.arange(n_labels)
+    distance = ((labels[:, None] - labels[None, :]) ** 2 / (n_labels - 1) ** 2).astype(np.float32)
+    vertical = (large * edge_v.detach().to("cpu", torch.float32).numpy()).astype(np.int32)
+    horizontal = (large * edge_h.detach().to("cpu", torch.float32).numpy()).astype(np.int32)
+    cuts = cut_grid_graphs(
+        [(unary[i], distance, vertical[i], horizontal[i]) for i in range(batch)], workers
+    )
+    mask = 1.0 - np.stack(cuts).reshape(batch, n, n) / (n_labels - 1)
+    return torch.from_numpy(mask.astype(np.float32))
+
+
+def transport_cost(side: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Squared grid distances between the blocks of a ``side`` x ``side`` grid, divided by
+    ``(side - 1)^2``: (side^2, side^2) float32, blocks in row-major order."""
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    rows, cols = rows.reshape(-1, 1), cols.reshape(-1, 1)
+    cost = ((rows - rows.T) ** 2 + (cols - cols.T) ** 2).to(torch.float32)
+    return (cost / max(side - 1, 1) ** 2).to(device)
+
+
+def puzzle_transport(
+    mask: torch.Tensor, unary: torch.Tensor, eps: float = 0.8, n_iter: int | None = None
+) -> torch.Tensor:
+    """PuzzleMix's transport plan: move each image's salient blocks to where it is shown.
+
+    For ``mask`` and ``unary`` (b, m, m), ``z_j = [mask_j > 0]`` and ``C`` the normalised
+    squared grid distances (:func:`transport_cost`), the cost of moving block ``i`` to block
+    ``j`` is ``K[i, j] = eps * C[i, j] - unary_i * z_j``. Each of ``n_iter`` rounds (default
+    ``m``): every source block chooses its cheapest destination (the first on ties), each
+    destination's winner is the row of the minimum of ``choice * K`` in its column (the
+    first on ties) and wins only if it chose that destination, and every source that chose
+    and lost pays +1 on that entry. The plan is the last round's winners: (b, m^2, m^2)
+    float32 in {0, 1}, at most one 1 per row and per column; a destination without a winner
+    gets nothing.
+    """
+    if mask.dim() != 3 or mask.shape != unary.shape or mask.shape[1] != mask.shape[2]:
+        raise ValueError(
+            f"expected mask and unary of one shape (b, m, m), got {tuple(mask.shape)}"
+            f" and {tuple(unary.shape)}"
+        )
+    b, m = int(mask.shape[0]), int(mask.shape[1])
+    rounds = m if n_iter is None else int(n_iter)
+    shown = (mask > 0).to(torch.float32).reshape(b, 1, m * m)
+    cost = eps * transport_cost(m, mask.device).unsqueeze(0) - (
+        unary.to(torch.float32).reshape(b, m * m, 1) * shown
+    )
+    won = torch.zeros(b, m * m, dtype=torch.bool, device=mask.device)
+    choice = torch.zeros(b, m * m, dtype=torch.long, device=mask.device)
+    for _ in range(rounds):
+        choice = cost.argmin(-1)
+        won = _transport_winners(cost.gather(-1, choice.unsqueeze(-1)).squeeze(-1), choice)
+        cost.scatter_add_(-1, choice.unsqueeze(-1), (~won).to(cost.dtype).unsqueeze(-1))
+    plan = torch.zeros_like(cost)
+    return plan.scatter_(-1, choice.unsqueeze(-1), won.to(cost.dtype).unsqueeze(-1))
+
+
+def _transport_winners(value: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """Which sources win the destination they chose, in one round of :func:`puzzle_transport`.
+
+    ``choice`` (b, N) is each source's destination and ``value`` (b, N) its cost there. In the
+    dense form, destination ``j``'s winner is the first row of the minimum of column ``j`` of
+    ``one_hot(choice) * K``: the chosen costs, and 0 for every source that chose elsewhere.
+    This computes the same in O(b N) from the choosers alone.
+    """
+    b, size = choice.shape
+    rows = torch.arange(size, device=choice.device).expand(b, size)
+    inf = torch.full((b, size), math.inf, dtype=value.dtype, device=value.device)
+    lowest = inf.scatter_reduce(-1, choice, value, reduce="amin")  # inf where none chose
+    chosen = torch.zeros(b, size, dtype=torch.long, device=choice.device)
+    chosen.scatter_add_(-1, choice, torch.ones_like(choice))
+    others = chosen < size  # some source chose elsewhere: the column holds a 0
+    column_min = torch.where(others, lowest.clamp_max(0), lowest)
+    # The first chooser at the column's minimum...
+    at_min = value == column_min.gather(-1, choice)
+    first_chooser = torch.full((b, size), size, dtype=torch.long, device=choice.device)
+    first_chooser = first_chooser.scatter_reduce(
+        -1, choice, torch.where(at_min, rows, size), reduce="amin"
+    )
+    # ...against the first source that chose elsewhere, when the minimum is that 0.
+    first_row_choice = choice[:, :1]
+    differs = choice != first_row_choice
+    first_differing = torch.where(differs.any(-1), differs.to(torch.int8).argmax(-1), size)
+    first_other = torch.where(rows == first_row_choice, first_differing.unsqueeze(-1), 0)
+    first_other = torch.where(others & (column_min == 0), first_other, size)
+    winner = torch.where(first_chooser <= first_other, first_chooser, size)
+    return winner.gather(-1, choice) == rows
+
+
+def transport_blocks(x: torch.Tensor, plan: torch.Tensor) -> torch.Tensor:
+    """Move the blocks of ``x`` (b, C, H, W) by ``plan`` (b, m^2, m^2): output block ``j``
+    is the source block ``i`` with ``plan[i, j] = 1`` (row-major blocks of side H / m), and
+    zeros where no source goes."""
+    b, channels, height, width = x.shape
+    m = math.isqrt(int(plan.shape[-1]))
+    if plan.shape != (b, m * m, m * m) or height % m or width % m:
+        raise ValueError(
+            f"a plan of shape {tuple(plan.shape)} does not fit images of shape {tuple(x.shape)}"
+        )
+    sh, sw = height // m, width // m
+    blocks = x.reshape(b, channels, m, sh, m, sw).permute(0, 1, 2, 4, 3, 5)
+    blocks = blocks.reshape(b, channels, m * m, sh, sw)
+    moved = torch.einsum("bij,bcipq->bcjpq", plan.to(x.dtype), blocks)
+    moved = moved.reshape(b, channels, m, m, sh, sw).permute(0, 1, 2, 4, 3, 5)
+    return moved.reshape(b, channels, height, width)
+
+
+def _as_channels(value: float | Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-channel statistics as a (1, C, 1, 1) tensor on ``like``'s device (a scalar
+    broadcasts)."""
+    tensor = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    return tensor.reshape(1, -1, 1, 1) if tensor.dim() else tensor
+
+
+def puzzlemix(
+    x: torch.Tensor,
+    saliency: torch.Tensor,
+    perm: torch.Tensor,
+    lam: float,
+    block_num: int,
+    mean: float | Sequence[float] | torch.Tensor = 0.0,
+    std: float | Sequence[float] | torch.Tensor = 1.0,
+    *,
+    beta: float = 1.2,
+    gamma: float = 0.5,
+    eta: float = 0.2,
+    neigh_size: int = 4,
+    n_labels: int = 3,
+    transport: bool = True,
+    t_eps: float = 0.8,
+    t_size: int = 4,
+    workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PuzzleMix batch: ``(x_mix (b, C, H, W), ratio (b,))``.
+
+    ``saliency`` (b, H, W) is :func:`gradient_saliency` of the clean batch; ``block_num`` the
+    side n of the block grid (``W / n`` pixels a block; square images); ``mean`` and ``std``
+    the data set's per-channel statistics, with which ``pix(x) = x * std + mean`` feeds the
+    boundary terms. The mask ``M`` (b, n, n) is :func:`puzzle_mask` of
+    :func:`puzzle_graph_terms`; ``ratio = mean(M)``, the own image's share. With
+    ``transport``, each image's blocks are moved (:func:`puzzle_transport`,
+    :func:`transport_blocks`) at the resolution of ``min(t_size, W / n)`` pixels (``t_size =
+    -1``: the block side) so that its salient blocks land where it is shown; then ``x_mix =
+    up(M) * T_own(x) + (1 - up(M)) * T_partner(x[perm])``. Needs ``mixbench[graphcut]``.
+    """
+    if x.dim() != 4 or saliency.shape != (x.shape[0], x.shape[2], x.shape[3]):
+        raise ValueError(
+            f"expected images (b, C, H, W) and saliency (b, H, W), got {tuple(x.shape)}"
+            f" and {tuple(saliency.shape)}"
+        )
+    height, width = int(x.shape[2]), int(x.shape[3])
+    if height != width or width % block_num:
+        raise ValueError(
+            f"a {block_num} x {block_num} grid does not tile {height} x {width} images"
+        )
+    block_side = width // block_num
+    unary = block_saliency(saliency, block_side)
+    pixels = x.detach() * _as_channels(std, x) + _as_channels(mean, x)
+    terms = puzzle_graph_terms(unary, pixels, perm, beta=beta, gamma=gamma, neigh_size=neigh_size)
+    mask = puzzle_mask(*terms, lam, eta=eta, n_labels=n_labels, workers=workers).to(x.device)
+    ratio = mask.mean(dim=(1, 2))
+    own, partner = x, x[perm]
+    if transport:
+        side = block_side if t_size == -1 else min(int(t_size), block_side)
+        if side < 1 or width % side:
+            raise ValueError(f"transport blocks of {side} pixels do not tile {width}-pixel images")
+        grid = width // side
+        if grid > block_num:
+            fine_mask = F.interpolate(mask.unsqueeze(1), size=grid, mode="nearest").squeeze(1)
+            fine_unary = block_saliency(saliency, side)
+        else:
+            fine_mask, fine_unary = mask, unary
+        own = transport_blocks(own, puzzle_transport(fine_mask, fine_unary, eps=t_eps))
+        partner = transport_blocks(
+            partner, puzzle_transport(1 - fine_mask, fine_unary[perm], eps=t_eps)
+        )
+    shown = F.interpolate(mask.unsqueeze(1), size=(height, width), mode="nearest").to(x.dtype)
+    return shown * own + (1 - shown) * partner, ratio
 
 
 # -- optimal transport -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from torch import nn
 
 from mixbench.methods.functional import cross_entropy, gradient_saliency
 
-__all__ = ["SaliencyPass", "eval_mode", "saliency_pass"]
+__all__ = ["SaliencyPass", "clean_term", "eval_mode", "saliency_pass"]
 
 
 @contextlib.contextmanager
@@ -66,10 +66,22 @@ def saliency_pass(
     """
     x0 = images.detach().requires_grad_(True)
     if keep_clean_loss:
-        clean = cross_entropy(model(x0), labels)
-        (grad,) = torch.autograd.grad(clean, x0, retain_graph=True)
+        with torch.enable_grad():
+            clean = cross_entropy(model(x0), labels)
+            (grad,) = torch.autograd.grad(clean, x0, retain_graph=True)
         return SaliencyPass(gradient_saliency(grad), clean)
     with eval_mode(model), torch.enable_grad():
         clean = cross_entropy(model(x0), labels)
         (grad,) = torch.autograd.grad(clean, x0)
     return SaliencyPass(gradient_saliency(grad), None)
+
+
+def clean_term(
+    clean_loss: torch.Tensor, clean_lam: float, loss_kind: str, classes: int
+) -> torch.Tensor:
+    """The clean-batch term added to a gradient-guided method's loss: ``2 * clean_lam / c *
+    CE(f(x), Y)`` under ``loss="bce"`` (the official CIFAR scaling, c classes) and
+    ``clean_lam * CE(f(x), Y)`` under ``loss="ce"``."""
+    if loss_kind == "bce":
+        return 2.0 * clean_lam / classes * clean_loss
+    return clean_lam * clean_loss

@@ -46,6 +46,8 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in list_method
     ("dense_multimix", {"prob": 1.0, "n": 20, "attention": "none"}),
     ("puzzlemix", {"loss": "bce", "clean_lam": 1.0}),
     ("puzzlemix", {"block_nums": (16,), "t_size": -1}),
+    ("comixup", {"loss": "bce", "clean_lam": 0.0}),
+    ("comixup", {"part": 3, "block_num": 2, "tau_type": "soft", "n_iter": 2}),
 ]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in p.items()) for name, p in VARIANTS]
 
@@ -142,6 +144,11 @@ def test_defaults_are_the_papers() -> None:
             **{"gamma": 0.5, "eta": 0.2, "neigh_size": 4, "n_labels": 3, "transport": True},
             **{"t_eps": 0.8, "t_size": 4, "clean_lam": 0.0, "loss": "ce", "workers": 0},
         },
+        "comixup": {
+            **{"alpha": 2.0, "part": 20, "block_num": 4, "beta": 0.32, "gamma": 1.0},
+            **{"tau": 0.83, "tau_type": "hard", "eta": 0.05, "omega": 0.001, "n_iter": 4},
+            **{"resolve": True, "clean_lam": 1.0, "loss": "ce", "prob": 1.0, "workers": 0},
+        },
     }
     for name, params in expected.items():
         assert get_method(name).hparams == params
@@ -186,7 +193,7 @@ def test_manifold_mixup_rejects_layers_beyond_the_network() -> None:
 
 #: Input-space methods that need an optional extra, run only where it is installed.
 INPUT_SPACE_EXTRA = [
-    (n, {"prob": 1.0}) for n in ["saliencymix", "puzzlemix"] if n in installed_methods()
+    (n, {"prob": 1.0}) for n in ["saliencymix", "puzzlemix", "comixup"] if n in installed_methods()
 ]
 
 
@@ -194,7 +201,7 @@ def test_embedding_methods_need_a_staged_backbone() -> None:
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     images, labels = batch()
     for name, params in [*MIX_BRANCH.items(), ("manifold_mixup", {})]:
-        if name in ("cutmix", "saliencymix", "puzzlemix"):
+        if name in ("cutmix", "saliencymix", "puzzlemix", "comixup"):
             continue
         with pytest.raises(UsageError, match="staged backbone"):
             get_method(name, **params).loss(plain, images, labels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 # Built-in methods register themselves on import.
 from mixbench.methods import (  # noqa: F401
     alignmixup,
+    comixup,
     cutmix,
     dense_multimix,
     erm,

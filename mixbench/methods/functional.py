@@ -19,6 +19,9 @@ Public API (each function's docstring states its equation):
   MultiMix's remaining arithmetic.
 - Helpers: :func:`sample_beta`, :func:`sample_dirichlet`, :func:`one_hot`, :func:`cross_entropy`,
   :func:`mixed_cross_entropy`, :func:`soft_cross_entropy`, :func:`soft_binary_cross_entropy`.
+- :func:`comixup_compatibility`, :func:`comixup_masks` and :func:`comixup_mix`: Co-Mixup's
+  compatibility of salient places, its joint graph-cut labelling of a chunk (the optional
+  extra ``mixbench[graphcut]``, imported only when called) and the assembly of its outputs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ __all__ = [
     "align_mix",
     "alignment_cost",
     "block_saliency",
+    "comixup_compatibility",
+    "comixup_masks",
+    "comixup_mix",
     "cross_entropy",
     "cutmix_box",
     "dense_attention",
@@ -1020,3 +1026,273 @@ def dense_attention(features: torch.Tensor, kind: str = "similarity") -> torch.T
             return torch.softmax(scores / math.sqrt(d), dim=1)
         scores.relu_()
         return scores.div_(scores.sum(1, keepdim=True).clamp_min_(torch.finfo(scores.dtype).tiny))
+
+
+# -- Co-Mixup ------------------------------------------------------------------------------
+
+
+def comixup_compatibility(saliency: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """Co-Mixup's compatibility: L1 distances between the examples' most salient places.
+
+    ``z = avg_pool2d(saliency, window, stride=1)`` for ``saliency`` (b, H, W); ``p_i`` the
+    (row, column) of the first maximum of ``z_i`` in row-major order; returns ``D`` (b, b)
+    float32 with ``D[i, j] = |p_i - p_j|_1`` (symmetric, zero diagonal), on the saliency's
+    device. ``window`` must not exceed ``H`` or ``W``.
+    """
+    if saliency.dim() != 3:
+        raise ValueError(f"expected saliency maps (b, H, W), got shape {tuple(saliency.shape)}")
+    window = int(window)
+    b, height, width = (int(s) for s in saliency.shape)
+    if window < 1 or window > min(height, width):
+        raise ValueError(f"window {window} does not fit the {height} x {width} saliency map")
+    with torch.no_grad(), torch.autocast(saliency.device.type, enabled=False):
+        z = F.avg_pool2d(saliency.detach().float().unsqueeze(1), window, stride=1).squeeze(1)
+        flat = z.reshape(b, -1)
+        n = flat.shape[1]
+        # The first maximum in row-major order (torch.argmax does not promise which on ties).
+        order = torch.arange(n, device=flat.device).expand(b, n)
+        first = torch.where(flat == flat.amax(1, keepdim=True), order, n).amin(1)
+        rows = torch.div(first, z.shape[-1], rounding_mode="floor")
+        position = torch.stack([rows, first - rows * z.shape[-1]], 1).float()  # (b, 2)
+        return (position.unsqueeze(1) - position.unsqueeze(0)).abs().sum(-1)
+
+
+def _comixup_draws(
+    m: int, height: int, width: int, alpha: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random inputs of one Co-Mixup chunk of ``m`` examples, in this order: the
+    Dirichlet weights ``pi ~ Dirichlet(alpha * ones(m))`` (m,) float32, shared by the chunk's
+    outputs, then the initial labels (m, height, width) int64, uniform over the m inputs.
+    Both from ``generator`` (a CPU generator), on the CPU."""
+    pi = sample_dirichlet(alpha, (m,), generator=generator)
+    labels = torch.randint(m, (m, height, width), generator=generator)
+    return pi, labels
+
+
+def _comixup_objective(cost: np.ndarray, masks: np.ndarray, beta: float, gamma: float) -> float:
+    """``sum(Cst * M) + beta / 2 * (squared neighbour differences of M) + gamma * (sum_j
+    count_j^2 - sum_{k,j} n_kj^2)`` for node costs ``cost`` (m, h, w) and ``masks``
+    (outputs, h, w, m), in float64 (``beta`` and ``gamma`` already divided by h * w)."""
+    unary = float(np.einsum("jhw,khwj->", cost, masks))
+    smooth = float(((masks[:, :-1] - masks[:, 1:]) ** 2).sum())
+    smooth += float(((masks[:, :, :-1] - masks[:, :, 1:]) ** 2).sum())
+    per_output = masks.sum(axis=(1, 2))  # n_kj
+    overlap = float((per_output.sum(0) ** 2).sum() - (per_output**2).sum())
+    return unary + beta / 2 * smooth + gamma * overlap
+
+
+def _comixup_cut(
+    node: np.ndarray, counts: np.ndarray | None, beta: float, gco_module
+) -> np.ndarray:
+    """One output's graph cut: its mask (h, w, m) from node costs ``node`` (h, w, m).
+
+    ``counts`` (m,) are the output's blocks per input in the previous round (``None`` in
+    round 0): with two inputs used, one extra label "half each" is offered; with three or
+    more, three extra labels for the pairs of the three most used inputs (ties as
+    ``torch.topk``). An extra label costs the mean of its pair's costs minus 5e-4 and lies at
+    distance 0.25 from its two inputs, 1 from every other label. Potts edges of weight
+    ``beta`` on the 4-connected grid; alpha-beta swap to convergence, costs as float32.
+    """
+    height, width, m = node.shape
+    used = np.flatnonzero(counts > 0) if counts is not None else np.empty(0, dtype=np.int64)
+    if len(used) == 2:
+        pairs = [(int(used[0]), int(used[1]))]
+    elif len(used) >= 3:
+        top = torch.topk(torch.from_numpy(counts.astype(np.float32)), 3).indices
+        a1, a2, a3 = sorted(int(i) for i in top)
+        pairs = [(a1, a2), (a1, a3), (a2, a3)]
+    else:
+        pairs = []
+    n_labels = m + len(pairs)
+    # Each label's share of each input: the identity, then one row of halves per pair.
+    table = np.zeros((n_labels, m), dtype=np.float64)
+    table[np.arange(m), np.arange(m)] = 1.0
+    distance = 1.0 - np.eye(n_labels, dtype=np.float64)
+    unary = np.empty((height, width, n_labels), dtype=np.float64)
+    unary[:, :, :m] = node
+    for extra, (a, a2) in enumerate(pairs, start=m):
+        table[extra, [a, a2]] = 0.5
+        distance[extra, [a, a2]] = distance[[a, a2], extra] = 0.25
+        unary[:, :, extra] = (node[:, :, a] + node[:, :, a2]) / 2 - 5e-4
+    if n_labels == 1:  # a chunk of one example: GCO aborts on a single label
+        return table[np.zeros((height, width), dtype=np.int64)]
+    labels = gco_module.cut_grid_graph(
+        np.ascontiguousarray(unary, dtype=np.float32),
+        np.ascontiguousarray(distance, dtype=np.float32),
+        np.full((height - 1, width), beta, dtype=np.float32),
+        np.full((height, width - 1), beta, dtype=np.float32),
+        n_iter=-1,
+        algorithm="swap",
+    )
+    return table[np.asarray(labels, dtype=np.int64).reshape(height, width)]
+
+
+def _comixup_resolve(masks: np.ndarray) -> np.ndarray:
+    """The extra costs ``R`` (outputs, m) that separate outputs using the same inputs: for
+    every pair ``k1 < k2`` (row-major order) whose sets of used inputs are equal and hold more
+    than one input, ``R[k1][first input] = 1`` and ``R[k2][second input] = 1``."""
+    used = masks.sum(axis=(1, 2)) > 0  # (outputs, m)
+    extra = np.zeros(used.shape, dtype=np.float64)
+    for k1 in range(len(used)):
+        inputs = np.flatnonzero(used[k1])
+        if len(inputs) < 2:
+            continue
+        for k2 in range(k1 + 1, len(used)):
+            if np.array_equal(used[k1], used[k2]):
+                extra[k1, inputs[0]] = 1.0
+                extra[k2, inputs[1]] = 1.0
+    return extra
+
+
+def _comixup_solve(
+    unary: np.ndarray,
+    compat: np.ndarray,
+    pi: np.ndarray,
+    init_labels: np.ndarray,
+    *,
+    beta: float = 0.32,
+    gamma: float = 1.0,
+    eta: float = 0.05,
+    tau: float = 0.83,
+    tau_type: str = "hard",
+    omega: float = 0.001,
+    n_iter: int = 4,
+    resolve: bool = True,
+) -> np.ndarray:
+    """The deterministic part of :func:`comixup_masks`, on NumPy arrays: masks (m, h, w, m)
+    float32 from ``unary`` (m, h, w), ``compat`` (m, m), the Dirichlet weights ``pi`` (m,)
+    and the initial labels ``init_labels`` (m, h, w). Runs in any process (no torch state)."""
+    require_extra("method 'comixup'", "graphcut")
+    import gco
+
+    m, height, width = unary.shape
+    blocks = height * width
+    beta, gamma, eta = beta / blocks, gamma / blocks, eta / blocks
+    threshold = tau * blocks
+    cost = -np.asarray(unary, dtype=np.float64)
+    cost = cost - eta * np.log(np.asarray(pi, dtype=np.float64) + 1e-8)[:, None, None]
+    compat = np.asarray(compat, dtype=np.float64)
+    total = compat.sum()
+    # Where every distance is 0 the official code divides by zero; then A = (1 - omega) I.
+    a_matrix = (1.0 - omega) * np.eye(m)
+    if total > 0:
+        a_matrix = a_matrix + omega * m * compat / total
+    masks = np.eye(m, dtype=np.float64)[np.asarray(init_labels, dtype=np.int64)]
+    count = masks.sum(axis=(0, 1, 2))
+    node_base = cost.transpose(1, 2, 0)  # (h, w, m)
+    extra_cost = None
+    previous = _comixup_objective(cost, masks, beta, gamma)
+    for round_ in range(n_iter):
+        for k in range(m):
+            own = masks[k].sum(axis=(0, 1))
+            count = count - own
+            q = a_matrix @ count
+            over = q > threshold
+            penalty = 2 * gamma * over * (q if tau_type == "hard" else q - threshold)
+            node = node_base + penalty
+            if extra_cost is not None:
+                node = node + gamma * extra_cost[k]
+            masks[k] = _comixup_cut(node, own if round_ > 0 else None, beta, gco)
+            count = count + masks[k].sum(axis=(0, 1))
+        if resolve and round_ == n_iter - 2:
+            extra_cost = _comixup_resolve(masks)
+        objective = _comixup_objective(cost, masks, beta, gamma)
+        if objective != 0 and abs(previous - objective) / abs(objective) < 1e-6:
+            break
+        previous = objective
+    return masks.astype(np.float32)
+
+
+def _check_comixup_inputs(unary: torch.Tensor, compat: torch.Tensor, tau_type: str) -> None:
+    if unary.dim() != 3 or unary.shape[0] < 1:
+        raise ValueError(f"expected block saliency (m, h, w), got shape {tuple(unary.shape)}")
+    m = unary.shape[0]
+    if tuple(compat.shape) != (m, m):
+        raise ValueError(f"expected compat of shape ({m}, {m}), got {tuple(compat.shape)}")
+    if tau_type not in ("hard", "soft"):
+        raise ValueError(f"tau_type must be 'hard' or 'soft', got {tau_type!r}")
+
+
+def comixup_masks(
+    unary: torch.Tensor,
+    compat: torch.Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 0.32,
+    gamma: float = 1.0,
+    eta: float = 0.05,
+    tau: float = 0.83,
+    tau_type: str = "hard",
+    omega: float = 0.001,
+    n_iter: int = 4,
+    resolve: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Co-Mixup's joint labelling of one chunk: m outputs assembled block by block from m
+    inputs. Returns masks (m, h, w, m) float32 on ``unary``'s device, ``masks[k, r, q, j]``
+    the share of input ``j`` in block (r, q) of output ``k``: 0, 1/2 or 1, summing to 1 over
+    ``j``.
+
+    ``unary`` (m, h, w) is the block saliency (:func:`block_saliency`, each map summing to
+    1), ``compat`` (m, m) the chunk's block of :func:`comixup_compatibility`. With ``n = h *
+    w``: node costs ``Cst[j] = -unary[j] - eta / n * log(pi_j + 1e-8)`` with one draw ``pi ~
+    Dirichlet(alpha * ones(m))`` shared by the chunk; ``A = (1 - omega) I + omega * m * D /
+    sum(D)`` (``(1 - omega) I`` when ``sum(D) = 0``); initial labels uniform over the inputs.
+    ``n_iter`` rounds; in each, output k = 1..m in turn is cut on the h x w grid (GCO's
+    alpha-beta swap, costs as float32) with node costs ``Cst + 2 gamma / n * [q > tau n] *
+    q`` (``"hard"``; ``"soft"``: ``q - tau n``), ``q = A @ count``, ``count`` the blocks per
+    input of the other outputs (a half block counts 1/2), Potts edges ``beta / n``. From
+    round 1 an output that used two inputs may also take "half of each" (cost the pair's
+    mean minus 5e-4, distance 0.25 to both), one that used three or more the three pairs of
+    its three most used inputs. After round ``n_iter - 2`` (``resolve``), outputs using the
+    same inputs get a cost ``gamma / n`` on one of them each. The rounds stop early when the
+    objective changes by less than 1e-6 relative. A chunk of one example (m = 1) gives
+    all-ones masks without a cut.
+
+    Draw order: ``pi``, then the initial labels, both from ``generator`` (a CPU generator).
+    Needs the optional extra ``mixbench[graphcut]`` (``gco`` is imported here, on first use).
+    """
+    _check_comixup_inputs(unary, compat, tau_type)
+    m, height, width = (int(s) for s in unary.shape)
+    pi, labels = _comixup_draws(m, height, width, alpha, generator)
+    masks = _comixup_solve(
+        unary.detach().to("cpu", torch.float32).numpy(),
+        compat.detach().to("cpu", torch.float32).numpy(),
+        pi.numpy(),
+        labels.numpy(),
+        beta=beta,
+        gamma=gamma,
+        eta=eta,
+        tau=tau,
+        tau_type=tau_type,
+        omega=omega,
+        n_iter=int(n_iter),
+        resolve=bool(resolve),
+    )
+    return torch.from_numpy(masks).to(unary.device)
+
+
+def comixup_mix(
+    x: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assemble Co-Mixup's outputs: ``x_out[k] = sum_j up(masks[k, :, :, j]) * x[j]``, with
+    ``up`` nearest-neighbour upsampling of the (h, w) block grid to (H, W), and ``y_out[k]``
+    the block sum of ``masks[k] @ targets``, normalised to sum 1.
+
+    ``x`` (n, C, H, W), ``targets`` (n, c) and ``masks`` (m, h, w, n); returns ``(x_mix (m,
+    C, H, W) in x's dtype, targets_mix (m, c) float32)``, computed in float32 (also under
+    autocast), so that whole blocks of one input are copied exactly.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected images (n, C, H, W), got shape {tuple(x.shape)}")
+    if masks.dim() != 4 or masks.shape[-1] != x.shape[0]:
+        raise ValueError(f"expected masks (m, h, w, {x.shape[0]}), got shape {tuple(masks.shape)}")
+    if targets.dim() != 2 or targets.shape[0] != x.shape[0]:
+        raise ValueError(f"expected targets ({x.shape[0]}, c), got shape {tuple(targets.shape)}")
+    with torch.autocast(x.device.type, enabled=False):
+        weights = masks.to(x.device, torch.float32)
+        up = F.interpolate(weights.permute(0, 3, 1, 2), size=x.shape[-2:], mode="nearest")
+        x_mix = torch.einsum("knhw,nchw->kchw", up, x.float()).to(x.dtype)
+        y_mix = weights.sum(dim=(1, 2)) @ targets.to(x.device, torch.float32)
+        y_mix = y_mix / y_mix.sum(-1, keepdim=True)
+    return x_mix, y_mix

@@ -1,5 +1,7 @@
 """Graph cuts on grid graphs with GCO (``mixbench[graphcut]``), in-process or over a pool.
 
+Shared by PuzzleMix (one cut per example) and Co-Mixup (one solve per chunk).
+
 ``gco`` is imported here, inside the functions, and nowhere else: importing it adds the removed
 aliases ``numpy.int`` and ``numpy.float`` to ``numpy``, a process-wide side effect that must
 not happen when mixbench is merely imported. A process pool of ``workers`` processes (started
@@ -16,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-__all__ = ["cut_grid_graph", "cut_grid_graphs", "shutdown_pools"]
+__all__ = ["cut_grid_graph", "cut_grid_graphs", "process_pool", "shutdown_pools"]
 
 GridGraph = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -35,7 +37,9 @@ def cut_grid_graph(graph: GridGraph) -> np.ndarray:
     )
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """The process pool of ``workers`` processes (``spawn``: nothing of this process's threads
+    or devices), started on first use and kept for the life of the process."""
     pool = _POOLS.get(workers)
     if pool is None:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -51,7 +55,7 @@ def cut_grid_graphs(graphs: Sequence[GridGraph], workers: int = 0) -> list[np.nd
     if workers == 0 or len(graphs) < 2:
         return [cut_grid_graph(graph) for graph in graphs]
     chunk = max(1, len(graphs) // (4 * workers))
-    return list(_pool(workers).map(cut_grid_graph, graphs, chunksize=chunk))
+    return list(process_pool(workers).map(cut_grid_graph, graphs, chunksize=chunk))
 
 
 def shutdown_pools() -> None:

@@ -211,9 +211,26 @@ def test_paper_reference_puts_mixbench_beside_the_published_number() -> None:
         assert "number not transcribed" in row
         assert "published only: needs pretrained AdaIN VGG-19 weights" in row
         assert "mixbench run" not in row and row.rstrip("| ").endswith("—")
-    # Only the data sets on the page get reference rows: no CIFAR-100, Tiny-ImageNet, ImageNet.
-    assert {key.split("`")[0] for key in rows} == {"CIFAR-10"} and len(rows) == 4
-    assert not [line for line in section.splitlines() if "ImageNet |" in line]
+    # A page on one benchmark lists the targets of every benchmark, not yet run ones dashed.
+    every = [
+        line for line in section.splitlines() if line.startswith(("| CIFAR", "| Tiny", "| Ima"))
+    ]
+    assert {line.split("|")[1].strip() for line in every} == {
+        "CIFAR-10", "CIFAR-100", "Tiny-ImageNet", "ImageNet"
+    }  # fmt: skip
+    comixup = rows["CIFAR-100`preactresnet18``comixup`"]
+    assert "80.19 (best epoch 80.36)" in comixup and "300, last" in comixup
+    assert "`mixbench run --preset paper-comixup-cifar100`" in comixup
+    (puzzle_imagenet,) = [
+        line for line in every if line.startswith("| ImageNet") and "`puzzlemix`" in line
+    ]
+    assert "78.76" in puzzle_imagenet and "no mixbench preset" in puzzle_imagenet
+    assert all(line.rstrip("| ").endswith("—") for line in every if line != ran)
+    # Other data only: no reference section at all.
+    synthetic = _records(
+        "smoke", lambda c: 0.5, methods=["erm"], data={**DATA, "name": "synthetic"}
+    )
+    assert "## Paper reference" not in render_leaderboard(build_tables(synthetic), {})
 
 
 # -- the committed pages equal what mixbench regenerates from the committed results ------------

@@ -84,10 +84,15 @@ def matching_row(result: PaperResult, tables: list[Table]) -> Row | None:
 
 
 def shown_results(tables: list[Table]) -> list[PaperResult]:
-    """The published results of the data sets that some table is on (by the name users know,
-    ``CIFAR-10``, or the registry name): a leaderboard of other data gets no reference."""
+    """Every registered published result, when some table is on a data set that has published
+    results (by the name users know, ``CIFAR-10``, or the registry name): the reference lists
+    the targets of every benchmark, not only of the data the tables hold. A leaderboard of
+    other data only (``synthetic``) gets no reference."""
     names = {t.display_dataset for t in tables} | {t.dataset for t in tables}
-    return [r for r in paper_results() if r.data in names or r.dataset in names]
+    results = list(paper_results())
+    if not any(r.data in names or r.dataset in names for r in results):
+        return []
+    return results
 
 
 def _pct(row: Row | None, name: str) -> str:
@@ -152,10 +157,13 @@ def render_reference(tables: list[Table]) -> str:
             "thousands of epochs, each reported at the epoch its source names (best: the best "
             "test epoch, selected on the test set; last: the final epoch; unknown: not stated "
             "by the source). AlignMixup's come from its repository's logs (Venkataramanan et "
-            "al., CVPR 2022). Where mixbench has a preset for the protocol and has run it, its "
-            "mean over seeds stands beside: the last epoch, and the best test epoch. A dash: "
-            "not run yet. StyleMix and StyleCutMix are listed for comparison only: mixbench "
-            "cannot train them offline.",
+            "al., CVPR 2022); SaliencyMix's, PuzzleMix's and Co-Mixup's from their "
+            "repositories and papers, as each source column says (PuzzleMix's and Co-Mixup's "
+            "CIFAR-100 numbers from their own protocols, each with a preset of its own). Where "
+            "mixbench has a preset for the protocol and has run it, its mean over seeds stands "
+            "beside: the last epoch, and the best test epoch. A dash: not run yet. StyleMix "
+            "and StyleCutMix are listed for comparison only: mixbench cannot train them "
+            "offline.",
             "",
             table,
         ]

@@ -8,15 +8,17 @@ time is the median over its measured steps.
 
 The branch each method is timed on is its mixing branch: coins that would send a batch to a
 cheaper path are forced (``cutmix`` and ``saliencymix`` ``prob = 1``, ``alignmixup``
-``align_prob = 1``, ``multimix``/``dense_multimix`` ``prob = 1``); with their default coins
+``align_prob = 1``, ``multimix``/``dense_multimix`` ``prob = 1``; ``puzzlemix`` and ``comixup``
+mix every batch by default); with their default coins
 the other half of the batches is ERM or input mixup, which costs no more. ``multimix`` and
 ``dense_multimix`` run with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18), and
 also with their ``ce`` parameter set (``multimix [ce]``: the clean cross-entropy added to the
 mixed loss). Methods whose optional extras are missing are skipped and named.
 
 Beside the time, each entry reports its measured compute: the network's full forward passes
-and BatchNorm statistics updates per step (:class:`mixbench.bench.train.compute.ComputeCounter`),
-1.00 for every built-in method.
+and BatchNorm statistics updates per step (:class:`mixbench.bench.train.compute.ComputeCounter`):
+the method's declared ``forward_passes`` (1, and 2 for PuzzleMix and Co-Mixup, whose saliency
+pass counts), with one BatchNorm update fewer where that pass runs in eval mode.
 """
 
 from __future__ import annotations

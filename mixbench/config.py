@@ -190,22 +190,33 @@ class CellConfig:
     #: The method's ``version`` when the cell was made: a change of what a method computes
     #: bumps it, so that a cell computed by older code is never taken for a new one.
     method_version: int = 1
+    #: The defaults of the method's parameters declared ``Param(key_default=True)`` (options
+    #: added after cells of the method were stored), filled by ``build_cells``: a parameter
+    #: whose value equals its entry is left out of :meth:`identity` (see :func:`keyed_params`),
+    #: while ``params`` keeps every resolved value.
+    key_defaults: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """Everything that defines the experiment (the runtime section left out).
 
-        ``processes`` and ``method_version`` count only from 2 on, and ``eval.options`` only
-        when it holds a table, so the cells made before these fields existed (one process,
-        version 1, no evaluator options) keep their keys.
+        ``processes`` and ``method_version`` count only from 2 on, ``eval.options`` only
+        when it holds a table, and a parameter listed in ``key_defaults`` only when it differs
+        from its default, so the cells made before these fields and parameters existed (one
+        process, version 1, no evaluator options, no such option set) keep their keys.
         """
         data = to_dict(self)
         data.pop("runtime")
+        data["params"] = keyed_params(data["params"], data.pop("key_defaults"))
         for name in ("processes", "method_version"):
             if data[name] == 1:
                 data.pop(name)
         if not data["eval"].get("options"):
             data["eval"].pop("options", None)
         return data
+
+    def keyed_params(self) -> dict[str, Any]:
+        """``params`` without the parameters at their ``key_defaults``: what the key sees."""
+        return keyed_params(self.params, self.key_defaults)
 
     @property
     def key(self) -> str:
@@ -253,6 +264,13 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj
+
+
+def keyed_params(params: dict[str, Any], key_defaults: dict[str, Any] | None) -> dict[str, Any]:
+    """``params`` without each parameter whose value equals its entry of ``key_defaults``
+    (compared as JSON values): the parameters of a cell's key, and of its leaderboard row."""
+    defaults = to_dict(key_defaults or {})
+    return {k: v for k, v in params.items() if k not in defaults or to_dict(v) != defaults[k]}
 
 
 def config_hash(data: Any) -> str:

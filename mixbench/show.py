@@ -164,7 +164,13 @@ def observe(
         probe.clean_hidden.clear()
         method.loss(probe, images, labels)
         kinds = set()
-        for x in probe.inputs:
+        # A call on several batches at once (RegMixup's clean and mixed halves): each part.
+        parts = [
+            part
+            for x in probe.inputs
+            for part in (x.split(images.shape[0]) if x.shape[0] % images.shape[0] == 0 else [x])
+        ]
+        for x in parts:
             if _changed(x, images):
                 kinds.add("input")
                 if seen.input is None:

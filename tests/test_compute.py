@@ -52,7 +52,7 @@ def _counted(name: str, params: dict, steps: int = 12) -> ComputeCounter:
     images, labels = torch.randn(8, 3, 32, 32, generator=g), torch.randint(10, (8,), generator=g)
     for seed in range(steps):  # several seeds: both sides of every method's coins
         method.seed(seed)
-        with counter.in_step():
+        with counter.in_step(images.shape[0]):  # as the engine: passes in units of b images
             loss = method.loss(model, images, labels)
         loss.backward()
         counter.step()
@@ -71,7 +71,34 @@ def test_every_built_in_method_runs_the_network_as_often_as_it_declares(name, pa
     # A saliency pass in eval mode (PuzzleMix's and Co-Mixup's with clean_lam = 0) updates no
     # BatchNorm statistics; every other pass does.
     eval_passes = 1 if get_method(name, **params).hparams.get("clean_lam", 1.0) == 0 else 0
-    assert counter.bn_updates_per_step() == float(cls.forward_passes - eval_passes)
+    # One call on 2b images (RegMixup) counts two passes and updates the statistics once.
+    calls = SINGLE_CALL.get(name, cls.forward_passes)
+    assert counter.bn_updates_per_step() == float(calls - eval_passes)
+
+
+#: Methods whose passes run as fewer calls on more rows: their number of calls per step.
+SINGLE_CALL = {"regmixup": 1}
+
+
+def test_a_call_on_twice_the_batch_counts_two_passes_and_one_update():
+    model = create_model("preactresnet18", 10, width=4, seed=0).train()
+    counter = ComputeCounter(model)
+    images = torch.randn(4, 3, 32, 32)
+    with counter.in_step(2):
+        model(images)  # 4 rows of a 2-image batch
+    assert counter.passes == 2.0 and counter.bn_updates == len(counter._norms)
+    with counter.in_step(4):
+        model(images[:2])  # half a batch: half a pass
+    assert counter.passes == 2.5
+    with counter.in_step():
+        model(images)  # no batch named: a call is a pass
+    assert counter.passes == 3.5
+    counter.step()
+    state = counter.state_dict()
+    again = ComputeCounter(create_model("preactresnet18", 10, width=4, seed=0))
+    again.load_state_dict(state)
+    assert again.passes_per_step() == 3.5
+    counter.remove()
 
 
 def test_a_method_that_runs_the_network_twice_counts_two(two_passes):
@@ -133,10 +160,12 @@ def test_perf_reports_passes_per_step_beside_the_step_ratio(tmp_path):
     assert {"multimix [ce]", "dense_multimix [ce]"} <= set(result)
     assert result["multimix [ce]"]["params"]["clean_weight"] == 1.0
     for label, entry in result.items():
-        passes = float(get_method_class(label.split(" [")[0]).forward_passes)
+        name = label.split(" [")[0]
+        passes = float(get_method_class(name).forward_passes)
+        calls = float(SINGLE_CALL.get(name, passes))
         eval_passes = 1.0 if entry["params"].get("clean_lam", 1.0) == 0 else 0.0
         assert entry["passes_per_step"] == passes, label
-        assert entry["bn_updates_per_step"] == passes - eval_passes, label
+        assert entry["bn_updates_per_step"] == calls - eval_passes, label
         assert entry["ratio_vs_erm"] > 0
     assert result["dense_multimix [ce]"]["target"] == 1.15
     assert isinstance(result["multimix"]["meets_target"], bool)

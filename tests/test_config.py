@@ -75,7 +75,9 @@ def test_process_count_is_part_of_the_key_from_two_on():
     cell = build_cells(load_preset("smoke"))[0]
     assert "processes" not in cell.identity() and cell.processes == 1
     legacy = to_dict(cell)
-    del legacy["processes"], legacy["runtime"]
+    del legacy["processes"], legacy["runtime"], legacy["key_defaults"]
+    # nor the parameters added since as options (the decoupled loss), at their defaults
+    legacy["params"] = {k: v for k, v in legacy["params"].items() if k not in cell.key_defaults}
     assert cell.key == config_hash(legacy)  # exactly the pre-existing key
     (two,) = with_process_count([cell], nproc_per_node=2)
     assert two.processes == 2 and two.key != cell.key
@@ -190,6 +192,8 @@ def test_method_version_is_part_of_the_key_from_two_on():
     assert legacy.key != cells["cutmix"].key
     old_form = to_dict(legacy)
     del old_form["method_version"], old_form["processes"], old_form["runtime"]
+    added = old_form.pop("key_defaults")  # options added since, at their defaults
+    old_form["params"] = {k: v for k, v in old_form["params"].items() if k not in added}
     assert legacy.key == config_hash(old_form)
 
 

@@ -48,6 +48,16 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in list_method
     ("puzzlemix", {"block_nums": (16,), "t_size": -1}),
     ("comixup", {"loss": "bce", "clean_lam": 0.0}),
     ("comixup", {"part": 3, "block_num": 2, "tau_type": "soft", "n_iter": 2}),
+    # The decoupled loss option of the two-label methods.
+    ("mixup", {"loss": "decoupled"}),
+    ("cutmix", {"prob": 1.0, "loss": "decoupled", "dm_mode": "less", "dm_power": 0.5}),
+    ("manifold_mixup", {"loss": "decoupled"}),
+    ("alignmixup", {"align_prob": 1.0, "loss": "decoupled", "dm_mode": "more"}),
+    ("regmixup", {"loss": "decoupled"}),
+    ("mixupe", {"loss": "decoupled", "dm_eta": 0.5}),
+    ("decouplemix", {"alpha": 0.2, "eta": 0.01, "mode": "more", "power": 0.5}),
+    ("saliencymix", {"prob": 1.0, "loss": "decoupled"}),
+    ("puzzlemix", {"loss": "decoupled", "block_nums": (4,)}),
 ]
 VARIANT_IDS = [name + "".join(f"-{k}={v}" for k, v in p.items()) for name, p in VARIANTS]
 
@@ -128,27 +138,39 @@ METHODS_MD_MULTIMIX = {
 }
 
 
+#: The loss option of every two-label method at its defaults: soft-target cross-entropy.
+TWO_LABEL = {"loss": "ce", "dm_eta": 0.1, "dm_mode": "both", "dm_power": 1.0}
+
+
 def test_defaults_are_the_papers() -> None:
     expected = {
         "erm": {},
-        "mixup": {"alpha": 1.0},
-        "cutmix": {"alpha": 1.0, "prob": 0.5},
-        "manifold_mixup": {"alpha": 2.0, "layers": (0, 1, 2), "loss": "ce"},
-        "alignmixup": {"alpha": 2.0, "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
+        "mixup": {"alpha": 1.0, **TWO_LABEL},
+        "cutmix": {"alpha": 1.0, "prob": 0.5, **TWO_LABEL},
+        "manifold_mixup": {"alpha": 2.0, "layers": (0, 1, 2), **TWO_LABEL},
+        "alignmixup": {
+            **{"alpha": 2.0, "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
+            **TWO_LABEL,
+        },
         # MultiMix and Dense MultiMix: the paper's settings, mixed examples only.
         "multimix": METHODS_MD_MULTIMIX,
         "dense_multimix": {**METHODS_MD_MULTIMIX, "attention": "similarity"},
-        "saliencymix": {"alpha": 1.0, "prob": 0.5},
+        "saliencymix": {"alpha": 1.0, "prob": 0.5, **TWO_LABEL},
         "puzzlemix": {
             **{"alpha": 1.0, "prob": 1.0, "block_nums": (2, 4, 8, 16), "beta": 1.2},
             **{"gamma": 0.5, "eta": 0.2, "neigh_size": 4, "n_labels": 3, "transport": True},
-            **{"t_eps": 0.8, "t_size": 4, "clean_lam": 0.0, "loss": "ce", "workers": 0},
+            **{"t_eps": 0.8, "t_size": 4, "clean_lam": 0.0, "workers": 0, **TWO_LABEL},
         },
         "comixup": {
             **{"alpha": 2.0, "part": 20, "block_num": 4, "beta": 0.32, "gamma": 1.0},
             **{"tau": 0.83, "tau_type": "hard", "eta": 0.05, "omega": 0.001, "n_iter": 4},
             **{"resolve": True, "clean_lam": 1.0, "loss": "ce", "prob": 1.0, "workers": 0},
         },
+        # Decoupled Mixup: OpenMixup's base decoupled setting; RegMixup's CIFAR-10 alpha;
+        # MixupE's official README command (code version 3).
+        "decouplemix": {"alpha": 1.0, "eta": 0.1, "mode": "both", "power": 1.0},
+        "regmixup": {"alpha": 20.0, **TWO_LABEL},
+        "mixupe": {"alpha": 2.0, "eta": 0.001, "threshold": 1.0, **TWO_LABEL},
     }
     for name, params in expected.items():
         assert get_method(name).hparams == params
@@ -171,6 +193,15 @@ def test_defaults_are_the_papers() -> None:
         ("dense_multimix", {"attention": "max"}, "attention"),
         ("dense_multimix", {"clean_weight": -0.5}, "clean_weight"),
         ("erm", {"alpha": 1.0}, "alpha"),
+        ("mixup", {"loss": "bce"}, "loss"),
+        ("mixup", {"dm_mode": "most"}, "dm_mode"),
+        ("cutmix", {"dm_eta": -0.1}, "dm_eta"),
+        ("manifold_mixup", {"dm_power": -1.0}, "dm_power"),
+        ("multimix", {"loss": "decoupled"}, "loss"),
+        ("comixup", {"loss": "decoupled"}, "loss"),
+        ("decouplemix", {"mode": "all"}, "mode"),
+        ("regmixup", {"alpha": 0.0}, "alpha"),
+        ("mixupe", {"eta": -1.0}, "eta"),
     ],
 )
 def test_bad_parameters_are_usage_errors(name: str, params: dict, match: str) -> None:

@@ -469,6 +469,9 @@ def test_puzzlemix_declarations() -> None:
         "t_size": 4,
         "clean_lam": 0.0,
         "loss": "ce",
+        "dm_eta": 0.1,
+        "dm_mode": "both",
+        "dm_power": 1.0,
         "workers": 0,
     }
     cls = type(method)

@@ -198,7 +198,10 @@ def test_saliencymix_equation_box_from_the_first_partner() -> None:
 
 def test_saliencymix_defaults_and_declarations() -> None:
     method = get_method("saliencymix")
-    assert method.hparams == {"alpha": 1.0, "prob": 0.5}
+    assert method.hparams == {
+        **{"alpha": 1.0, "prob": 0.5},
+        **{"loss": "ce", "dm_eta": 0.1, "dm_mode": "both", "dm_power": 1.0},
+    }
     assert type(method).requires == ("saliency",) and type(method).version == 1
     assert "2006.01791" in type(method).paper
 

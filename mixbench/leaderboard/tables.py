@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from mixbench.config import table_key
+from mixbench.config import keyed_params, table_key
 
 #: Metrics whose name ends so hold a note on an evaluator that was skipped (shown under the
 #: table), e.g. ``corruption_official_note``.
@@ -204,14 +204,17 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 schedule_key=skey,
                 data_name=name,
             )
-        params_text = json.dumps(rec["params"], sort_keys=True)
+        # Parameters at their key defaults (options added later) are left out, as from the
+        # key: a cell that does not use such an option is the row it was before.
+        params = keyed_params(rec["params"], config.get("key_defaults"))
+        params_text = json.dumps(params, sort_keys=True)
         version = int(config.get("method_version") or 1)
         rkey = (*tkey, rec["method"], params_text, version)
         row = rows.get(rkey)
         if row is None:
             row = rows[rkey] = Row(
                 method=rec["method"],
-                params=rec["params"],
+                params=params,
                 param_set=config.get("param_set", "default"),
                 seeds=[],
                 metrics={},

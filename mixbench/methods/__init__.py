@@ -14,12 +14,15 @@ from mixbench.methods import (  # noqa: F401
     alignmixup,
     comixup,
     cutmix,
+    decouplemix,
     dense_multimix,
     erm,
     manifold_mixup,
     mixup,
+    mixupe,
     multimix,
     puzzlemix,
+    regmixup,
     saliencymix,
 )
 from mixbench.methods.base import (

@@ -8,15 +8,10 @@ import torch
 from torch import nn
 
 from mixbench.methods.base import MixMethod, Param
-from mixbench.methods.functional import (
-    align_mix,
-    alignment_cost,
-    mix,
-    mixed_cross_entropy,
-    sinkhorn,
-)
+from mixbench.methods.functional import align_mix, alignment_cost, mix, sinkhorn
 from mixbench.methods.mixup import mixing_draws, require_staged
 from mixbench.methods.registry import register_method
+from mixbench.methods.two_label import two_label_loss, two_label_params
 
 
 @register_method("alignmixup")
@@ -29,7 +24,8 @@ class AlignMixup(MixMethod):
     between positions, an entropic OT plan by log-domain Sinkhorn (``eps``, ``max_iter``,
     ``tol``; detached), ``R = r * P``, and a second fair coin picks the direction,
     ``lam * A + (1 - lam) * A2 @ R^T`` or ``lam * A @ R + (1 - lam) * A2``. The mix is pooled
-    and classified; loss ``lam * CE(out, Y) + (1 - lam) * CE(out, Y[perm])``.
+    and classified; loss ``lam * CE(out, Y) + (1 - lam) * CE(out, Y[perm])`` (both branches;
+    with ``loss="decoupled"`` the decoupled mixup loss).
 
     Defaults: ``alpha = 2.0``, ``align_prob = 0.5``, ``eps = 0.1`` and ``max_iter = 100``
     follow the paper and its official code as far as they could be read here; the stop rule
@@ -84,6 +80,7 @@ class AlignMixup(MixMethod):
             "Sinkhorn stops once the row potential changes by less (summed, batch mean)",
             minimum=0.0,
         ),
+        **two_label_params(),
     }
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -92,7 +89,7 @@ class AlignMixup(MixMethod):
         align = float(torch.rand((), generator=cpu)) < self.align_prob
         lam, perm = mixing_draws(self, self.alpha, images.shape[0], images.device)
         if not align:
-            return mixed_cross_entropy(model(mix(images, lam, perm)), labels, lam, perm)
+            return two_label_loss(self, model(mix(images, lam, perm)), labels, lam, perm)
         require_staged(model, self.name, "features", "pool", "head")
         align_second = float(torch.rand((), generator=cpu)) < 0.5
         feats = model.features(images)
@@ -102,4 +99,4 @@ class AlignMixup(MixMethod):
         plan = sinkhorn(alignment_cost(a, a2), self.eps, self.max_iter, self.tol)
         mixed = align_mix(a, a2, plan, lam, align_second)
         logits = model.head(model.pool(mixed.reshape(b, d, h, w)))
-        return mixed_cross_entropy(logits, labels, lam, perm)
+        return two_label_loss(self, logits, labels, lam, perm)

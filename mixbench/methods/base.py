@@ -25,6 +25,13 @@ class Param:
     The CLI validates ``--param method.key=value`` through :meth:`parse`, the leaderboard
     prints the resolved values, and the tuner reads ``search`` (an optuna-style space:
     ``("float", low, high, log)``, ``("int", low, high, log)`` or ``("categorical", choices)``).
+
+    ``key_default=True`` marks a parameter that is left out of a cell's key (and of the
+    leaderboard's parameter text) while it holds its default: an option added to a method
+    after cells of it were stored, such as the decoupled loss, so that those cells keep their
+    keys and results while a cell that sets the option gets a key of its own. The stored
+    config still holds the full resolved parameters. Changing the default of such a parameter
+    changes what the method computes, so it also bumps the method's ``version``.
     """
 
     default: Any
@@ -35,6 +42,7 @@ class Param:
     exclusive_minimum: bool = False
     maximum: float | None = None
     search: tuple[Any, ...] | None = None
+    key_default: bool = False
 
     def parse(self, name: str, value: Any) -> Any:
         """Convert ``value`` (a string from the command line, or a value) and check it."""
@@ -89,7 +97,8 @@ class MixMethod:
     ``paper`` they implement, named ``param_sets`` (e.g. ``paper``) and a ``version`` (bump it
     when what the method computes changes); all are optional for methods from outside
     packages (the docstring's first line then serves as description). Resolved parameters
-    are attributes of the instance and are listed in ``hparams``. ``requires`` names the
+    are attributes of the instance and are listed in ``hparams``; a parameter named ``loss``
+    is the attribute ``loss_kind`` (``loss`` is the method). ``requires`` names the
     optional extras (``pip install 'mixbench[saliency]'``) the method needs; without them it
     stays registered and :func:`check_requirements` says what to install.
 
@@ -124,7 +133,8 @@ class MixMethod:
     def __init__(self, **params: Any) -> None:
         self.hparams = resolve_params(type(self), params)
         for key, value in self.hparams.items():
-            setattr(self, key, value)
+            # A "loss" attribute would hide the method of that name.
+            setattr(self, "loss_kind" if key == "loss" else key, value)
         self._generators: dict[str, torch.Generator] = {}
         self._seed = 0
         self._rank = 0

@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
@@ -165,11 +163,6 @@ class CoMixup(MixMethod):
     }
 
     param_sets = {"paper": {**{k: p.default for k, p in params.items()}, "loss": "bce"}}
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        # The base class sets every parameter as an attribute; "loss" would hide the method.
-        self.loss_kind: str = self.__dict__.pop("loss")
 
     def _check_images(self, images: torch.Tensor) -> int:
         """The block side for ``images``, or a one-line UsageError."""

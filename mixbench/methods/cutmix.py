@@ -8,14 +8,9 @@ import torch
 from torch import nn
 
 from mixbench.methods.base import MixMethod, Param
-from mixbench.methods.functional import (
-    cross_entropy,
-    cutmix_box,
-    mixed_cross_entropy,
-    paste_box,
-    sample_beta,
-)
+from mixbench.methods.functional import cross_entropy, cutmix_box, paste_box, sample_beta
 from mixbench.methods.registry import register_method
+from mixbench.methods.two_label import two_label_loss, two_label_params
 
 
 @register_method("cutmix")
@@ -27,7 +22,8 @@ class CutMix(MixMethod):
     Beta(alpha, alpha)`` (default ``alpha = 1.0``, the paper's) sizes a box with sides
     ``sqrt(1 - lam)`` times the image's, centred uniformly and clipped; the box region of every
     image is replaced by that of ``x[perm]`` and ``lam`` is recomputed from the clipped box's
-    area. Loss ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``.
+    area. Loss ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``, or with
+    ``loss="decoupled"`` the decoupled mixup loss (an ERM batch stays plain cross-entropy).
     Draw order: the coin, ``lam``, the box centre (CPU generator), then ``perm``.
 
     Version 2: the box is the official ``rand_bbox``'s, ``centre +- cut // 2`` (version 1 made
@@ -59,6 +55,7 @@ class CutMix(MixMethod):
             maximum=1.0,
             search=("float", 0.0, 1.0, False),
         ),
+        **two_label_params(),
     }
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -71,4 +68,4 @@ class CutMix(MixMethod):
         perm = torch.randperm(
             images.shape[0], generator=self.generator(images.device), device=images.device
         )
-        return mixed_cross_entropy(model(paste_box(images, box, perm)), labels, lam, perm)
+        return two_label_loss(self, model(paste_box(images, box, perm)), labels, lam, perm)

@@ -17,6 +17,9 @@ Public API (each function's docstring states its equation):
 - :func:`dense_multimix`: per-position, attention-weighted interpolation of feature maps.
 - :func:`alignment_cost`, :func:`align_mix`, :func:`dense_attention`: AlignMixup's and Dense
   MultiMix's remaining arithmetic.
+- :func:`decoupled_mix_loss`: Decoupled Mixup's loss for any two-label method;
+  :func:`regmixup_batch`: RegMixup's clean-and-mixed batch; :func:`mixupe_regularizer` and
+  :func:`mixupe_loss`: MixupE's term and its rescaled loss.
 - Helpers: :func:`sample_beta`, :func:`sample_dirichlet`, :func:`one_hot`, :func:`cross_entropy`,
   :func:`mixed_cross_entropy`, :func:`soft_cross_entropy`, :func:`soft_binary_cross_entropy`.
 - :func:`comixup_compatibility`, :func:`comixup_masks` and :func:`comixup_mix`: Co-Mixup's
@@ -46,12 +49,15 @@ __all__ = [
     "comixup_mix",
     "cross_entropy",
     "cutmix_box",
+    "decoupled_mix_loss",
     "dense_attention",
     "dense_multimix",
     "fine_grained_saliency",
     "gradient_saliency",
     "mix",
     "mixed_cross_entropy",
+    "mixupe_loss",
+    "mixupe_regularizer",
     "multimix",
     "one_hot",
     "paste_box",
@@ -59,6 +65,7 @@ __all__ = [
     "puzzle_mask",
     "puzzle_transport",
     "puzzlemix",
+    "regmixup_batch",
     "sample_beta",
     "sample_dirichlet",
     "saliency_box",
@@ -265,6 +272,117 @@ def soft_binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> to
     t = targets.float()
     terms = t * log_p.clamp_min(-100.0) + (1 - t) * log_1mp.clamp_min(-100.0)
     return -terms.mean()
+
+
+def _row_weights(lam: float | torch.Tensor, rows: int, device: torch.device) -> torch.Tensor:
+    """``lam`` as a (rows,) float32 tensor: one float for the batch, or per-example weights."""
+    if isinstance(lam, torch.Tensor) and lam.dim() > 0:
+        if lam.shape != (rows,):
+            raise ValueError(f"expected lam of shape ({rows},), got {tuple(lam.shape)}")
+        return lam.to(device=device, dtype=torch.float32)
+    return torch.full((rows,), float(lam), device=device, dtype=torch.float32)
+
+
+def decoupled_mix_loss(
+    logits: torch.Tensor,
+    labels_a: torch.Tensor,
+    labels_b: torch.Tensor,
+    lam: float | torch.Tensor,
+    eta: float,
+    mode: str = "both",
+    power: float = 1.0,
+    threshold: float = 0.5,
+) -> torch.Tensor:
+    """Decoupled mixup loss (Liu et al., NeurIPS 2023, arXiv 2203.10761), mean over the rows.
+
+    For a row with logits ``z``, labels ``a != b`` and weights ``lam``, ``1 - lam``:
+    ``CE(z, lam Y_a + (1 - lam) Y_b) + w_a Dec(z; a, b) + w_b Dec(z; b, a)``, where
+    ``Dec(z; a, b) = -z_a + logsumexp_{c != b} z_c`` is the cross-entropy at ``a`` of the
+    softmax that leaves out the other mixed class ``b``. Weights ``w_a = eta * lam ** power``
+    and ``w_b = eta * (1 - lam) ** power`` (``power = 0``: a flat ``eta``), restricted by
+    ``mode``: ``"both"`` keeps both terms; ``"less"`` keeps the ``a`` term where ``lam <
+    threshold`` and the ``b`` term elsewhere (the term of the smaller component at the default
+    ``threshold = 0.5``); ``"more"`` keeps the other one. Each weight goes with its own
+    component.
+
+    Rows whose two labels coincide get plain cross-entropy, and no decoupled term is added
+    where ``lam == 0.5`` exactly or ``min(lam, 1 - lam) <= 1e-3`` (the official code sees
+    equal weights, or one-hot rows, there). ``lam`` is one float for the batch or a (b,)
+    tensor of per-example weights. Computed in float32 from log-sum-exps: finite for
+    saturated logits.
+    """
+    if mode not in ("both", "less", "more"):
+        raise ValueError(f"mode must be 'both', 'less' or 'more', got {mode!r}")
+    z = logits.float()
+    rows, classes = z.shape
+    w = _row_weights(lam, rows, z.device)
+    a, b = labels_a.long(), labels_b.long()
+    log_p = torch.log_softmax(z, dim=-1)
+    nll_a = -log_p.gather(1, a[:, None]).squeeze(1)
+    nll_b = -log_p.gather(1, b[:, None]).squeeze(1)
+    loss = w * nll_a + (1.0 - w) * nll_b
+    differ = a != b
+    active = differ & (w != 0.5) & (torch.minimum(w, 1.0 - w) > 1e-3)
+    if mode == "both":
+        keep_a = keep_b = active
+    else:
+        low = w < threshold
+        keep_a = active & (low if mode == "less" else ~low)
+        keep_b = active & (~low if mode == "less" else low)
+    weight_a = torch.where(keep_a, eta * w.pow(power), 0.0)
+    weight_b = torch.where(keep_b, eta * (1.0 - w).pow(power), 0.0)
+    # The other class is left out only where the labels differ: elsewhere the term has weight
+    # 0 and must stay finite (leaving out the own class would give an infinite value).
+    out_b = F.one_hot(b, classes).bool() & differ[:, None]
+    out_a = F.one_hot(a, classes).bool() & differ[:, None]
+    dec_a = torch.logsumexp(z.masked_fill(out_b, -math.inf), dim=-1) - z.gather(1, a[:, None])[:, 0]
+    dec_b = torch.logsumexp(z.masked_fill(out_a, -math.inf), dim=-1) - z.gather(1, b[:, None])[:, 0]
+    return (loss + weight_a * dec_a + weight_b * dec_b).mean()
+
+
+def regmixup_batch(
+    x: torch.Tensor, labels: torch.Tensor, lam: float, perm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RegMixup's one batch of 2b rows: the clean batch, then its mixup.
+
+    Returns ``(x_cat, labels_cat, perm_cat)``: ``x_cat = [x; mix(x, lam, perm)]`` (2b, ...),
+    ``labels_cat = [Y; Y]`` and ``perm_cat = [0..b-1; b + perm]``, so that
+    ``mixed_cross_entropy(f(x_cat), labels_cat, lam, perm_cat)`` is the RegMixup loss, the mean
+    over the 2b rows: ``CE(f(x), Y) / 2 + (lam CE(f(x_mix), Y) + (1 - lam) CE(f(x_mix),
+    Y[perm])) / 2`` (the clean rows' two labels coincide). ``x`` is left untouched.
+    """
+    b = x.shape[0]
+    x_cat = torch.cat([x, mix(x, lam, perm)])
+    labels_cat = torch.cat([labels, labels])
+    own = torch.arange(b, device=perm.device, dtype=perm.dtype)
+    return x_cat, labels_cat, torch.cat([own, perm + b])
+
+
+def mixupe_regularizer(
+    logits: torch.Tensor, labels: torch.Tensor, alpha: float, threshold: float = 1.0
+) -> torch.Tensor:
+    """MixupE's term ``R`` (Zou et al., UAI 2023, arXiv 2212.13381) from clean logits (b, c).
+
+    ``s_i = sum_c z_ic (Y_ic - softmax(z_i)_c)`` (not detached) and ``R = (1 - E) * sum over
+    {i : s_i < threshold} of s_i / b``, with ``E = (alpha + 1) / (2 alpha + 1)``, the mean of
+    ``Beta(alpha + 1, alpha)``. Float32.
+    """
+    z = logits.float()
+    s = (z * (one_hot(labels, z.shape[-1]) - torch.softmax(z, dim=-1))).sum(-1)
+    mean = (alpha + 1.0) / (2.0 * alpha + 1.0)
+    return (1.0 - mean) * torch.where(s < threshold, s, 0.0).sum() / z.shape[0]
+
+
+def mixupe_loss(
+    mix_loss: torch.Tensor, regularizer: torch.Tensor, eta: float = 0.001
+) -> torch.Tensor:
+    """MixupE's loss: ``L = mix_loss - eta * regularizer`` times the detached ratio
+    ``|mix_loss| / |L|``, so that its value is ``|mix_loss| * sign(L)`` and its gradient that
+    of ``L`` rescaled; ``mix_loss`` itself where ``L == 0`` (no device synchronisation)."""
+    total = mix_loss - eta * regularizer
+    zero = total == 0
+    ratio = (mix_loss.abs() / torch.where(zero, 1.0, total.abs())).detach()
+    return torch.where(zero, mix_loss, total * ratio)
 
 
 # -- input mixing ------------------------------------------------------------------------

@@ -11,14 +11,10 @@ from torch import nn
 
 from mixbench.errors import UsageError
 from mixbench.methods.base import MixMethod, Param
-from mixbench.methods.functional import (
-    mix,
-    mixed_cross_entropy,
-    one_hot,
-    soft_binary_cross_entropy,
-)
-from mixbench.methods.mixup import mixing_draws, num_classes_of, require_staged
+from mixbench.methods.functional import mix
+from mixbench.methods.mixup import mixing_draws, require_staged
 from mixbench.methods.registry import register_method
+from mixbench.methods.two_label import two_label_loss, two_label_params
 
 
 @register_method("manifold_mixup")
@@ -31,7 +27,8 @@ class ManifoldMixup(MixMethod):
     the target is ``lam * Y + (1 - lam) * Y[perm]``. Defaults ``alpha = 2.0`` and
     ``layers = (0, 1, 2)``, the official code's PreActResNet setting. ``loss="ce"``
     (default) is the soft-target cross-entropy; ``loss="bce"`` the official code's binary
-    cross-entropy on the softmax outputs (mean over all b * c entries).
+    cross-entropy on the softmax outputs (mean over all b * c entries); ``loss="decoupled"``
+    the decoupled mixup loss (``dm_eta``, ``dm_mode``, ``dm_power``).
     Draw order: ``k``, ``lam`` (CPU generator), then ``perm``.
     """
 
@@ -51,18 +48,12 @@ class ManifoldMixup(MixMethod):
             tuple,
             "stages eligible as mixing point: 0 is the input, k >= 1 the output of stage k",
         ),
-        "loss": Param(
-            "ce",
-            str,
-            "soft-target cross-entropy, or the official code's BCE on softmax outputs",
-            choices=("ce", "bce"),
-        ),
+        # "loss" is in the key of the cells stored before the decoupled option: keyed.
+        **two_label_params("bce", keyed=True),
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        # The base class sets every parameter as an attribute; "loss" would hide the method.
-        self.loss_kind: str = self.__dict__.pop("loss")
         layers = self.layers
         if not layers or any(isinstance(k, bool) or not isinstance(k, int) for k in layers):
             raise UsageError(
@@ -85,7 +76,4 @@ class ManifoldMixup(MixMethod):
         lam, perm = mixing_draws(self, self.alpha, images.shape[0], images.device)
         hidden = model.forward_to(images, stage)
         logits = model.forward_from(mix(hidden, lam, perm), stage)
-        if self.loss_kind == "ce":
-            return mixed_cross_entropy(logits, labels, lam, perm)
-        targets = one_hot(labels, num_classes_of(model))
-        return soft_binary_cross_entropy(logits, mix(targets, lam, perm))
+        return two_label_loss(self, logits, labels, lam, perm)

@@ -12,8 +12,9 @@ from torch import nn
 
 from mixbench.errors import UsageError
 from mixbench.methods.base import MixMethod, Param
-from mixbench.methods.functional import mix, mixed_cross_entropy, sample_beta
+from mixbench.methods.functional import mix, sample_beta
 from mixbench.methods.registry import register_method
+from mixbench.methods.two_label import two_label_loss, two_label_params
 
 __all__ = ["Mixup", "input_mixup_loss", "mixing_draws", "num_classes_of", "require_staged"]
 
@@ -34,9 +35,11 @@ def mixing_draws(
 def input_mixup_loss(
     method: MixMethod, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """Input mixup with ``lam ~ Beta(alpha, alpha)``: draws ``lam``, then the permutation."""
+    """Input mixup with ``lam ~ Beta(alpha, alpha)``: draws ``lam``, then the permutation; the
+    loss is the method's two-label loss (soft-target cross-entropy for a method without a
+    ``loss`` parameter)."""
     lam, perm = mixing_draws(method, alpha, images.shape[0], images.device)
-    return mixed_cross_entropy(model(mix(images, lam, perm)), labels, lam, perm)
+    return two_label_loss(method, model(mix(images, lam, perm)), labels, lam, perm)
 
 
 def require_staged(model: nn.Module, method: str, *names: str) -> None:
@@ -64,7 +67,9 @@ class Mixup(MixMethod):
     Per mini-batch one ``lam ~ Beta(alpha, alpha)`` and a permutation ``perm``;
     ``x_mix = lam * x + (1 - lam) * x[perm]`` and the loss
     ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``. Default ``alpha = 1.0``,
-    the paper's CIFAR-10 setting. Draw order: ``lam`` (CPU generator), then ``perm``.
+    the paper's CIFAR-10 setting. ``loss="decoupled"`` (with ``dm_eta``, ``dm_mode``,
+    ``dm_power``) trains on the decoupled mixup loss instead of the default ``"ce"``.
+    Draw order: ``lam`` (CPU generator), then ``perm``.
     """
 
     description = "mixup: convex combinations of image pairs and their labels (Zhang et al.)"
@@ -78,6 +83,7 @@ class Mixup(MixMethod):
             exclusive_minimum=True,
             search=("float", 0.1, 4.0, True),
         ),
+        **two_label_params(),
     }
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

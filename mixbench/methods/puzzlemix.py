@@ -12,16 +12,10 @@ from torch import nn
 
 from mixbench.errors import UsageError
 from mixbench.methods.base import MixMethod, Param
-from mixbench.methods.functional import (
-    cross_entropy,
-    mixed_cross_entropy,
-    one_hot,
-    puzzlemix,
-    sample_beta,
-    soft_binary_cross_entropy,
-)
+from mixbench.methods.functional import cross_entropy, puzzlemix, sample_beta
 from mixbench.methods.gradients import clean_term, saliency_pass
 from mixbench.methods.registry import register_method
+from mixbench.methods.two_label import two_label_loss, two_label_params
 
 
 @register_method("puzzlemix")
@@ -39,9 +33,10 @@ class PuzzleMix(MixMethod):
     are moved to where the mask shows it (``t_eps``, at ``t_size``-pixel blocks, -1 for the
     block side). The label weight of each example is its mask's mean. ``loss="ce"``
     (default) is the soft-target cross-entropy, ``loss="bce"`` (the ``paper`` set) the
-    official code's binary cross-entropy on the softmax outputs; ``clean_lam > 0`` adds the
-    clean loss (the saliency pass then runs in train mode): ``2 * clean_lam / c * CE`` under
-    "bce", ``clean_lam * CE`` under "ce".
+    official code's binary cross-entropy on the softmax outputs, ``loss="decoupled"`` the
+    decoupled mixup loss with the per-example weights; ``clean_lam > 0`` adds the clean loss
+    (the saliency pass then runs in train mode): ``2 * clean_lam / c * CE`` under "bce",
+    ``clean_lam * CE`` under "ce" and "decoupled".
 
     The boundary terms read pixel values ``x * std + mean`` from the data set's statistics
     (:meth:`bind_data`); unbound, mean 0 and std 1. Project choices: "ce" by default, so
@@ -126,12 +121,8 @@ class PuzzleMix(MixMethod):
             "weight of the clean-batch loss added to the mixed loss (0: none)",
             minimum=0.0,
         ),
-        "loss": Param(
-            "ce",
-            str,
-            "soft-target cross-entropy, or the official code's BCE on softmax outputs",
-            choices=("ce", "bce"),
-        ),
+        # "loss" is in the key of the cells stored before the decoupled option: keyed.
+        **two_label_params("bce", keyed=True),
         "workers": Param(
             0,
             int,
@@ -143,8 +134,6 @@ class PuzzleMix(MixMethod):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        # The base class sets every parameter as an attribute; "loss" would hide the method.
-        self.loss_kind: str = self.__dict__.pop("loss")
         if not self.block_nums or any(
             isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in self.block_nums
         ):
@@ -198,14 +187,7 @@ class PuzzleMix(MixMethod):
             workers=self.workers,
         )
         logits = model(mixed)
-        if self.loss_kind == "ce":
-            loss = mixed_cross_entropy(logits, labels, ratio, perm)
-        else:
-            targets = one_hot(labels, logits.shape[-1])
-            weight = ratio.unsqueeze(1)
-            loss = soft_binary_cross_entropy(
-                logits, weight * targets + (1 - weight) * targets[perm]
-            )
+        loss = two_label_loss(self, logits, labels, ratio, perm)
         if clean is not None:
             loss = loss + clean_term(clean, self.clean_lam, self.loss_kind, logits.shape[-1])
         return loss

@@ -16,12 +16,12 @@ from mixbench.methods.cutmix import CutMix
 from mixbench.methods.functional import (
     cross_entropy,
     fine_grained_saliency,
-    mixed_cross_entropy,
     paste_box,
     saliency_box,
     sample_beta,
 )
 from mixbench.methods.registry import register_method
+from mixbench.methods.two_label import two_label_loss, two_label_params
 
 
 @register_method("saliencymix")
@@ -36,7 +36,8 @@ class SaliencyMix(MixMethod):
     quantised to ``uint8(trunc(255 * map))``. A box of sides ``2 * (int(side * sqrt(1 -
     lam)) // 2)`` around the map's first maximum in row-major order, clipped, is the same for
     every image: its region of ``x`` is replaced by that of ``x[perm]``, and ``lam = 1 - area
-    / (H * W)``. Loss ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``.
+    / (H * W)``. Loss ``lam * CE(f(x_mix), Y) + (1 - lam) * CE(f(x_mix), Y[perm])``, or with
+    ``loss="decoupled"`` the decoupled mixup loss.
     Draw order: the coin, ``lam`` (CPU generator), then ``perm``; the saliency draws nothing.
 
     Cost: one forward and one backward pass, plus one OpenCV call on one image on the CPU (a
@@ -48,7 +49,7 @@ class SaliencyMix(MixMethod):
     requires = ("saliency",)
     # The same box-area ratio and coin as CutMix's (one declaration: the same defaults,
     # ranges and search space).
-    params = {name: CutMix.params[name] for name in ("alpha", "prob")}
+    params = {**{name: CutMix.params[name] for name in ("alpha", "prob")}, **two_label_params()}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -68,4 +69,4 @@ class SaliencyMix(MixMethod):
         )
         saliency = self.saliency_map(images[perm[0]].detach())
         box, lam = saliency_box(saliency, lam)
-        return mixed_cross_entropy(model(paste_box(images, box, perm)), labels, lam, perm)
+        return two_label_loss(self, model(paste_box(images, box, perm)), labels, lam, perm)

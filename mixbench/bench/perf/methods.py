@@ -175,7 +175,7 @@ def _run(
 
     model = create_model("preactresnet18", num_classes, width=width, seed=0).to(dev).train()
     counter = ComputeCounter(model)
-    passes: dict[str, list[int]] = {name: [] for name in names}
+    passes: dict[str, list[float]] = {name: [] for name in names}
     bn_updates: dict[str, list[int]] = {name: [] for name in names}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     data = torch.Generator().manual_seed(0)
@@ -187,7 +187,7 @@ def _run(
         _sync(dev)
         start, start_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        with counter.in_step():
+        with counter.in_step(images.shape[0]):
             loss = instances[name].loss(model, images, labels)
         loss.backward()
         optimizer.step()

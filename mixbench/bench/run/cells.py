@@ -207,6 +207,14 @@ def _method_param_set(
 # -- cells --------------------------------------------------------------------------------
 
 
+def key_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of ``cls``'s parameters declared ``Param(key_default=True)``: a cell
+    leaves each of them out of its key while it holds that value (``CellConfig.key_defaults``),
+    so that an option added to a method keeps the keys of its stored cells."""
+    params = getattr(cls, "params", {}) or {}
+    return {k: p.default for k, p in params.items() if getattr(p, "key_default", False)}
+
+
 def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list[CellConfig]:
     """Every cell of ``matrix``, names and parameters validated, in a stable order.
 
@@ -233,6 +241,7 @@ def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list
                 given.update(matrix.method_params.get(method, {}))
                 given.update(variant_params)
                 params = resolve_params(cls, given)
+                neutral = key_defaults(cls)
                 for seed in seeds:
                     out.append(
                         CellConfig(
@@ -249,6 +258,7 @@ def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list
                             runtime=copy.deepcopy(matrix.runtime),
                             param_set=param_set,
                             method_version=int(getattr(cls, "version", 1)),
+                            key_defaults=dict(neutral),
                         )
                     )
     if not out:

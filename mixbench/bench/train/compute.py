@@ -6,10 +6,13 @@ passes (calls of its ``stem``, the first module every full pass runs; the whole 
 forward for a model without one) made by training steps: every pass inside
 :meth:`ComputeCounter.in_step` (a saliency pass in eval mode is compute of the step too), and
 outside it every pass in training mode; evaluation passes (eval mode, outside a step) are not
-counted. It also counts the updates of BatchNorm running statistics (forward calls, in
-training mode, of BatchNorm layers that track them), per training step. The engine stores
-the means with each cell (``passes_per_step``, ``bn_updates_per_step``), ``mixbench perf``
-reports them per method, and the leaderboard shows them beside the cost in time.
+counted. A pass is counted in units of the step's batch where the step names it
+(``in_step(batch)``): a call on 2b images (RegMixup's clean and mixed halves in one call)
+counts as two passes, as it costs two. It also counts the updates of BatchNorm running
+statistics (forward calls, in training mode, of BatchNorm layers that track them), per
+training step: one per call, whatever its rows. The engine stores the means with each cell
+(``passes_per_step``, ``bn_updates_per_step``), ``mixbench perf`` reports them per method,
+and the leaderboard shows them beside the cost in time.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ class ComputeCounter:
     """
 
     def __init__(self, backbone: nn.Module) -> None:
-        self.passes = 0
+        self.passes: float = 0
         self.bn_updates = 0
         self.steps = 0
         self._in_step = False
+        self._batch: int | None = None
         entry = getattr(backbone, "stem", None)
         self._entry = entry if isinstance(entry, nn.Module) else backbone
         self._norms = [
@@ -47,21 +51,29 @@ class ComputeCounter:
 
     def _count_pass(self, module: nn.Module, args: Any) -> None:
         if module.training or self._in_step:
-            self.passes += 1
+            rows = _rows(args)
+            if self._batch and rows is not None and rows != self._batch:
+                self.passes += rows / self._batch
+            else:
+                self.passes += 1
 
     def _count_norm(self, module: nn.Module, args: Any) -> None:
         if module.training:
             self.bn_updates += 1
 
     @contextlib.contextmanager
-    def in_step(self) -> Iterator[None]:
+    def in_step(self, batch: int | None = None) -> Iterator[None]:
         """Inside the block every full forward pass counts, in whatever mode the model is
-        (wrap a method's loss computation: its eval-mode passes are training compute)."""
-        previous, self._in_step = self._in_step, True
+        (wrap a method's loss computation: its eval-mode passes are training compute).
+
+        ``batch``, the step's number of images, makes a pass count in units of it: a call
+        on ``2 * batch`` rows counts 2 (without it, every call counts 1)."""
+        previous = self._in_step, self._batch
+        self._in_step, self._batch = True, batch
         try:
             yield
         finally:
-            self._in_step = previous
+            self._in_step, self._batch = previous
 
     def step(self) -> None:
         """One optimisation step has run."""
@@ -88,10 +100,18 @@ class ComputeCounter:
             handle.remove()
         self._handles = []
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, float]:
         return {"passes": self.passes, "bn_updates": self.bn_updates, "steps": self.steps}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.passes = int(state["passes"])
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        passes = float(state["passes"])
+        self.passes = int(passes) if passes.is_integer() else passes
         self.bn_updates = int(state["bn_updates"])
         self.steps = int(state["steps"])
+
+
+def _rows(args: Any) -> int | None:
+    """The number of rows of a module call's first tensor argument (None without one)."""
+    first = args[0] if isinstance(args, tuple) and args else None
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape else None

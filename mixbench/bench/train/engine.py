@@ -337,7 +337,7 @@ def create_trainer(parts: TrainingParts) -> Engine:
         if parts.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         module.train()
-        with parts.autocast(), in_step():
+        with parts.autocast(), in_step(images.shape[0]):
             loss = module(images, labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

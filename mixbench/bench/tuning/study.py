@@ -96,7 +96,9 @@ def tuning_setup(cell: CellConfig, space: SearchSpace) -> dict[str, Any]:
         "model_options": dict(cell.model_options),
         "eval": to_dict(cell.eval),
         "seed": cell.seed,
-        "fixed_params": to_dict({k: v for k, v in cell.params.items() if k not in space}),
+        # The parameters the cell's key sees: an option added to the method later, at its
+        # default, leaves the setup (and so every study tuned before it) as it was.
+        "fixed_params": to_dict({k: v for k, v in cell.keyed_params().items() if k not in space}),
     }
 
 

@@ -16,11 +16,16 @@ from mixbench.methods import (  # noqa: F401
     cutmix,
     dense_multimix,
     erm,
+    fmix,
+    gridmixup,
+    guidedmixup,
     manifold_mixup,
     mixup,
     multimix,
     puzzlemix,
+    resizemix,
     saliencymix,
+    smoothmix,
 )
 from mixbench.methods.base import (
     MixMethod,

@@ -46,10 +46,20 @@ class ResizeMix(MixMethod):
     version = 1
     params = {
         "scale_min": Param(
-            0.1, float, "smallest ratio of the box's sides to the image's", minimum=0.0, maximum=1.0
+            0.1,
+            float,
+            "smallest ratio of the box's sides to the image's",
+            minimum=0.0,
+            maximum=1.0,
+            search=("float", 0.0, 0.3, False),
         ),
         "scale_max": Param(
-            0.8, float, "largest ratio of the box's sides to the image's", minimum=0.0, maximum=1.0
+            0.8,
+            float,
+            "largest ratio of the box's sides to the image's",
+            minimum=0.0,
+            maximum=1.0,
+            search=("float", 0.3, 1.0, False),
         ),
         "scale_dist": Param(
             "uniform",
@@ -64,7 +74,6 @@ class ResizeMix(MixMethod):
             "Beta(alpha, alpha) concentration of the side ratio (scale_dist 'beta' only)",
             minimum=0.0,
             exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
         ),
         "interpolation": Param(
             "nearest",

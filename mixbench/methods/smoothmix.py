@@ -61,6 +61,7 @@ class SmoothMix(MixMethod):
             "largest spread of the Gaussian mask, a fraction of the image height",
             minimum=0.0,
             exclusive_minimum=True,
+            search=("float", 0.25, 1.0, False),
         ),
         "label_weight": Param(
             "paper",

@@ -34,14 +34,22 @@ def two_passes():
     METHODS.remove("two_passes_test")
 
 
+#: Variants whose passes differ from the class's declared ``forward_passes``.
+PASS_VARIANTS: list[tuple[str, dict]] = [
+    ("guidedmixup", {"guided_type": "ap"}),
+    ("guidedmixup", {"guided_type": "ap", "clean_lam": 1.0, "loss": "bce"}),
+]
+
+
 def _variants() -> list[tuple[str, dict]]:
-    """Every built-in method with its defaults, and every named parameter set."""
+    """Every built-in method with its defaults, every named parameter set, and the variants
+    whose passes differ."""
     out = []
     for name in list_methods():
         out.append((name, {}))
         for values in get_method_class(name).param_sets.values():
             out.append((name, dict(values)))
-    return out
+    return out + PASS_VARIANTS
 
 
 def _counted(name: str, params: dict, steps: int = 12) -> ComputeCounter:
@@ -67,17 +75,14 @@ def test_every_built_in_method_runs_the_network_as_often_as_it_declares(name, pa
     cls = get_method_class(name)
     params = {**params, **({"prob": 1.0} if "prob" in cls.params else {})}
     counter = _counted(name, params)
-    assert counter.passes_per_step() == float(cls.forward_passes)
+    method = get_method(name, **params)
+    # The declared passes of these parameters (GuidedMixup's "ap" variant adds a saliency pass;
+    # by default they are the class's forward_passes).
+    assert counter.passes_per_step() == float(method.passes_per_step())
+    assert get_method(name).passes_per_step() == cls.forward_passes  # the declared default
     # A saliency pass in eval mode (PuzzleMix's and Co-Mixup's with clean_lam = 0) updates no
-    # BatchNorm statistics; every other pass does.
-    eval_passes = 1 if get_method(name, **params).hparams.get("clean_lam", 1.0) == 0 else 0
-    # One call on 2b images (RegMixup) counts two passes and updates the statistics once.
-    calls = SINGLE_CALL.get(name, cls.forward_passes)
-    assert counter.bn_updates_per_step() == float(calls - eval_passes)
-
-
-#: Methods whose passes run as fewer calls on more rows: their number of calls per step.
-SINGLE_CALL = {"regmixup": 1}
+    # BatchNorm statistics; every other pass does (GuidedMixup's runs in train mode).
+    assert counter.bn_updates_per_step() == float(method.bn_updates_per_step())
 
 
 def test_a_call_on_twice_the_batch_counts_two_passes_and_one_update():
@@ -160,12 +165,9 @@ def test_perf_reports_passes_per_step_beside_the_step_ratio(tmp_path):
     assert {"multimix [ce]", "dense_multimix [ce]"} <= set(result)
     assert result["multimix [ce]"]["params"]["clean_weight"] == 1.0
     for label, entry in result.items():
-        name = label.split(" [")[0]
-        passes = float(get_method_class(name).forward_passes)
-        calls = float(SINGLE_CALL.get(name, passes))
-        eval_passes = 1.0 if entry["params"].get("clean_lam", 1.0) == 0 else 0.0
-        assert entry["passes_per_step"] == passes, label
-        assert entry["bn_updates_per_step"] == calls - eval_passes, label
+        method = get_method(label.split(" [")[0], **entry["params"])
+        assert entry["passes_per_step"] == float(method.passes_per_step()), label
+        assert entry["bn_updates_per_step"] == float(method.bn_updates_per_step()), label
         assert entry["ratio_vs_erm"] > 0
     assert result["dense_multimix [ce]"]["target"] == 1.15
     assert isinstance(result["multimix"]["meets_target"], bool)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,6 +90,22 @@ def test_the_train_mode_saliency_pass_keeps_the_clean_loss_graph():
     assert all(p.grad is None for p in model.parameters())
     result.clean_loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_the_own_mode_saliency_pass_takes_the_input_gradient_in_train_mode():
+    """GuidedMixup's pass: the model's own (train) mode, batch-norm statistics move, and still
+    no weight gradient and no graph kept."""
+    model, images, labels = _model_and_batch()
+    replica = copy.deepcopy(model)
+    running = [b.clone() for b in model.buffers()]
+    result = saliency_pass(model, images, labels, own_mode=True)
+    assert result.clean_loss is None and model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(running, model.buffers(), strict=True))
+    x0 = images.clone().requires_grad_()
+    F.cross_entropy(replica(x0), labels).backward()
+    assert torch.allclose(result.saliency, x0.grad.pow(2).mean(1).sqrt())
+    assert all(torch.equal(a, b) for a, b in zip(replica.buffers(), model.buffers(), strict=True))
 
 
 def test_eval_mode_restores_flags_on_error():

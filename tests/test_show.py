@@ -121,6 +121,102 @@ def test_puzzlemix_shows_block_masks_of_two_images(batch):
                 )
 
 
+def _cpu_stream(method) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(method.generator("cpu").get_state())
+    return g
+
+
+def test_fmix_shows_one_binary_fourier_mask(batch):
+    from mixbench.methods import functional as fn
+
+    _, _, labels, x = batch
+    method = get_method("fmix")
+    method.seed(3)
+    g = _cpu_stream(method)
+    seen = observe(method, _net(), x, labels, draws=1)
+    assert seen.counts == {"input": 1}
+    lam = float(fn.sample_beta(1.0, g))
+    mask = fn.fmix_mask(x.shape[-2], x.shape[-1], lam, generator=g)
+    perm = torch.randperm(B, generator=g)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(seen.input, torch.lerp(x[perm], x, mask))  # mask * x + (1 - mask) * x[perm]
+
+
+def test_resizemix_shows_the_whole_partner_shrunk_into_one_box(batch):
+    import torch.nn.functional as F
+
+    _, _, labels, x = batch
+    method = get_method("resizemix")
+    method.seed(1)
+    seen = observe(method, _net(), x, labels, draws=1)
+    changed = (seen.input != x).any(dim=(0, 1))
+    rows, cols = changed.nonzero().unbind(1)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    box = torch.zeros_like(changed)
+    box[top:bottom, left:right] = True
+    assert torch.equal(changed, box)  # one rectangle, the same for every image
+    inside = seen.input[:, :, top:bottom, left:right]
+    shrunk = [F.interpolate(x[j : j + 1], size=inside.shape[-2:], mode="nearest") for j in range(B)]
+    for i in range(B):  # each box holds a whole image of the batch (its partner), shrunk
+        assert any(torch.equal(inside[i : i + 1], s) for s in shrunk)
+
+
+def test_gridmixup_shows_a_grid_of_holes_from_partners(batch):
+    _, _, labels, x = batch
+    method = get_method("gridmixup", alpha=1.0)
+    method.seed(2)
+    seen = observe(method, _net(), x, labels, draws=1)
+    changed = (seen.input != x).any(dim=(0, 1))
+    assert 0 < int(changed.sum()) < changed.numel()
+    for i in range(B):  # every pixel is the image's own, or one partner's on the holes
+        partners = [j for j in range(B) if torch.equal(seen.input[i][:, changed], x[j][:, changed])]
+        assert partners and torch.equal(seen.input[i][:, ~changed], x[i][:, ~changed])
+
+
+def test_smoothmix_shows_a_gaussian_blend(batch):
+    from mixbench.methods import functional as fn
+
+    _, _, labels, x = batch
+    method = get_method("smoothmix")
+    method.seed(4)
+    g = _cpu_stream(method)
+    seen = observe(method, _net(), x, labels, draws=1)
+    mask = fn.smooth_mask(x.shape[-2], x.shape[-1], generator=g)
+    perm = torch.randperm(B, generator=g)
+    assert (mask > 0).all() and (mask < 1).all()  # every pixel a blend of two images
+    torch.testing.assert_close(seen.input, (1 - mask) * x + mask * x[perm])
+
+
+@pytest.mark.parametrize("guided_type", ["sr", "ap"])
+def test_guidedmixup_shows_pixel_blends_along_one_cycle(batch, guided_type):
+    from mixbench.methods import functional as fn
+
+    _, _, labels, x = batch
+    method = get_method("guidedmixup", prob=1.0, guided_type=guided_type)
+    seen = observe(method, _net(), x, labels, draws=1)
+    assert seen.counts == {"input": 1}  # AP's saliency pass sees the clean batch
+    if guided_type == "sr":
+        saliency = fn.blur_normalize(fn.spectral_residual_saliency(x))
+        perm = fn.guided_pairing(saliency)
+        mask, _ = fn.guided_mask(saliency, saliency[perm])
+        torch.testing.assert_close(seen.input, mask[:, None] * x + (1 - mask[:, None]) * x[perm])
+    # Each mixed image lies pixel by pixel between its own image and one partner's, and the
+    # partners form a single cycle through the batch.
+    partner = []
+    for i in range(B):
+        low, high = torch.minimum(x[i], x), torch.maximum(x[i], x)
+        inside = ((seen.input[i] >= low - 1e-5) & (seen.input[i] <= high + 1e-5)).flatten(1).all(1)
+        inside[i] = False
+        assert int(inside.sum()) == 1
+        partner.append(int(inside.nonzero()))
+    j, visited = 0, set()
+    for _ in range(B):
+        visited.add(j)
+        j = partner[j]
+    assert j == 0 and visited == set(range(B))
+
+
 def test_manifold_mixup_is_seen_in_hidden_space(batch):
     _, _, labels, x = batch
     seen = observe(get_method("manifold_mixup", layers=(2,)), _net(), x, labels, draws=2)

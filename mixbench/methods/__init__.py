@@ -17,13 +17,18 @@ from mixbench.methods import (  # noqa: F401
     decouplemix,
     dense_multimix,
     erm,
+    fmix,
+    gridmixup,
+    guidedmixup,
     manifold_mixup,
     mixup,
     mixupe,
     multimix,
     puzzlemix,
     regmixup,
+    resizemix,
     saliencymix,
+    smoothmix,
 )
 from mixbench.methods.base import (
     MixMethod,

@@ -127,7 +127,8 @@ class MixMethod:
     #: ``("saliency",)``); checked by :func:`check_requirements`.
     requires: ClassVar[tuple[str, ...]] = ()
     #: Full forward passes of the backbone per mixing step (a saliency pass counts, also in
-    #: eval mode); the engine measures the real count of every cell, tests check it is this.
+    #: eval mode) under the default parameters; the engine measures the real count of every
+    #: cell, tests check it is :meth:`passes_per_step` (this, unless parameters change it).
     forward_passes: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
@@ -177,6 +178,18 @@ class MixMethod:
         """Receive the training data's per-channel ``mean`` and ``std`` (in [0, 1] pixel
         units): the engine calls this once per cell before the first step. A no-op here;
         methods that need pixel values (``x * std + mean``) override it."""
+
+    # -- declared compute ---------------------------------------------------------------
+    def passes_per_step(self) -> int:
+        """Full forward passes of the backbone on a mixing step under this instance's resolved
+        parameters: the class's ``forward_passes``, unless a method's parameters change it
+        (a variant with a saliency pass overrides this). What the engine's count should read."""
+        return int(type(self).forward_passes)
+
+    def bn_updates_per_step(self) -> int:
+        """How many of those passes run in training mode and so update batch-norm statistics:
+        all of them, unless a method runs one in eval mode (an eval-mode saliency pass)."""
+        return self.passes_per_step()
 
     # -- the one job --------------------------------------------------------------------
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -164,6 +164,11 @@ class CoMixup(MixMethod):
 
     param_sets = {"paper": {**{k: p.default for k, p in params.items()}, "loss": "bce"}}
 
+    def bn_updates_per_step(self) -> int:
+        """Both passes in train mode, except the saliency pass in eval mode when
+        ``clean_lam = 0``."""
+        return self.passes_per_step() - (1 if self.clean_lam == 0 else 0)
+
     def _check_images(self, images: torch.Tensor) -> int:
         """The block side for ``images``, or a one-line UsageError."""
         height, width = int(images.shape[-2]), int(images.shape[-1])

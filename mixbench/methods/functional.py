@@ -25,6 +25,15 @@ Public API (each function's docstring states its equation):
 - :func:`comixup_compatibility`, :func:`comixup_masks` and :func:`comixup_mix`: Co-Mixup's
   compatibility of salient places, its joint graph-cut labelling of a chunk (the optional
   extra ``mixbench[graphcut]``, imported only when called) and the assembly of its outputs.
+- :func:`low_frequency_image` and :func:`fmix_mask`: FMix's Fourier-sampled image and its
+  binarised (or softened) mask.
+- :func:`resize_box` and :func:`resize_paste`: ResizeMix's box and the whole partner image
+  resized into it.
+- :func:`grid_mask`: GridMixup's grid of holes in a random crop.
+- :func:`smooth_mask`: SmoothMix's Gaussian blending mask.
+- :func:`spectral_residual_saliency`, :func:`blur_normalize`, :func:`guided_pairing` and
+  :func:`guided_mask`: GuidedMixup's saliency, its normalised maps, the greedy pairing of
+  examples with distant salient regions and the pixel mask from two maps.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ __all__ = [
     "align_mix",
     "alignment_cost",
     "block_saliency",
+    "blur_normalize",
     "comixup_compatibility",
     "comixup_masks",
     "comixup_mix",
@@ -53,7 +63,12 @@ __all__ = [
     "dense_attention",
     "dense_multimix",
     "fine_grained_saliency",
+    "fmix_mask",
     "gradient_saliency",
+    "grid_mask",
+    "guided_mask",
+    "guided_pairing",
+    "low_frequency_image",
     "mix",
     "mixed_cross_entropy",
     "mixupe_loss",
@@ -66,12 +81,16 @@ __all__ = [
     "puzzle_transport",
     "puzzlemix",
     "regmixup_batch",
+    "resize_box",
+    "resize_paste",
+    "saliency_box",
     "sample_beta",
     "sample_dirichlet",
-    "saliency_box",
     "sinkhorn",
+    "smooth_mask",
     "soft_binary_cross_entropy",
     "soft_cross_entropy",
+    "spectral_residual_saliency",
     "transport_blocks",
     "transport_cost",
 ]
@@ -1414,3 +1433,402 @@ def comixup_mix(
         y_mix = weights.sum(dim=(1, 2)) @ targets.to(x.device, torch.float32)
         y_mix = y_mix / y_mix.sum(-1, keepdim=True)
     return x_mix, y_mix
+
+
+# -- FMix ----------------------------------------------------------------------------------
+
+
+def low_frequency_image(
+    height: int,
+    width: int,
+    decay_power: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FMix's low-frequency image: (height, width) float32 in [0, 1], both ends reached.
+
+    On the real-FFT grid of ``height`` x ``width`` (``width // 2 + 1`` columns), ``f =
+    sqrt(fy^2 + fx^2)`` with ``fy`` the FFT frequencies of ``height`` and ``fx`` the real-FFT
+    frequencies of ``width``; amplitudes ``a = 1 / max(f, 1 / max(height, width)) **
+    decay_power``; the spectrum ``a * (N1 + i N2)`` with ``N1`` and ``N2`` standard normal
+    (height, width // 2 + 1) tensors, drawn in that order from ``generator`` (a CPU
+    generator); ``g = irfft2(spectrum, size (height, width))`` (computed in float64), then
+    ``g = (g - min g) / max(g - min g)``. Returned on the CPU.
+    """
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    columns = width // 2 + 1
+    fy = torch.fft.fftfreq(height, dtype=torch.float64)
+    fx = torch.fft.rfftfreq(width, dtype=torch.float64)
+    freq = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    amplitude = freq.clamp_min(1.0 / max(height, width)).pow(-float(decay_power))
+    real = torch.randn((height, columns), generator=generator)
+    imag = torch.randn((height, columns), generator=generator)
+    spectrum = torch.complex(amplitude * real.double(), amplitude * imag.double())
+    image = torch.fft.irfft2(spectrum, s=(height, width))
+    image = image - image.min()
+    peak = image.max()
+    if peak > 0:
+        image = image / peak
+    return image.float()
+
+
+def fmix_mask(
+    height: int,
+    width: int,
+    lam: float,
+    decay_power: float = 3.0,
+    max_soft: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """FMix's mask for mixing ratio ``lam``: (height, width) float32, on the CPU.
+
+    A :func:`low_frequency_image` ``g`` (its normal draws first), then a fair coin from the
+    same ``generator``: ``k = ceil(lam H W)`` when it exceeds 1/2, else ``floor(lam H W)``
+    (as the official code). Ranking the entries of ``g`` from the largest (ties in row-major
+    order), with ``max_soft = 0`` the ``k`` largest become 1 and the rest 0: exactly ``k``
+    ones. With ``max_soft > 0``: ``e = min(max_soft, lam, 1 - lam)``, ``s = int(H W e)``;
+    ranks ``< k - s`` are 1, ranks ``>= k + s`` are 0 and ranks in ``[k - s, k + s)`` fall
+    linearly from 1 to 0 (``2 s`` values, both ends included: ``k - s + 1`` ones and ``H W - k
+    - s + 1`` zeros when ``s >= 1``).
+    """
+    lam, max_soft = float(lam), float(max_soft)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    if max_soft < 0:
+        raise ValueError(f"max_soft must be >= 0, got {max_soft}")
+    image = low_frequency_image(height, width, decay_power, generator)
+    n = image.numel()
+    up = float(torch.rand((), generator=generator)) > 0.5
+    k = math.ceil(lam * n) if up else math.floor(lam * n)
+    order = torch.argsort(image.reshape(-1), descending=True, stable=True)
+    ranks = torch.empty(n, dtype=torch.int64)
+    ranks[order] = torch.arange(n)
+    soft = int(n * min(max_soft, lam, 1.0 - lam)) if max_soft > 0 else 0
+    if soft == 0:
+        values = (ranks < k).float()
+    else:
+        low = k - soft
+        values = (1.0 - (ranks - low).double() / (2 * soft - 1)).clamp(0.0, 1.0).float()
+    return values.reshape(image.shape)
+
+
+# -- ResizeMix -----------------------------------------------------------------------------
+
+
+def resize_box(
+    height: int,
+    width: int,
+    scale: float,
+    generator: torch.Generator | None = None,
+    *,
+    center: tuple[int, int] | None = None,
+) -> tuple[Box, float]:
+    """ResizeMix's box for side ratio ``scale`` and the mixing ratio it gives.
+
+    Cut sizes ``cut_h = int(height * scale)`` and ``cut_w = int(width * scale)`` (a ratio of
+    sides, not of areas), a centre pixel ``(cy, cx)`` uniform over the image (drawn with
+    ``generator``, a CPU generator, rows first; or given as ``center``), rows ``[cy - cut_h //
+    2, cy + cut_h // 2)`` and columns likewise, clipped to the image (so a side is ``2 * (cut
+    // 2)``). Returns ``((top, bottom, left, right), lam_adjusted)``: Python ints as half-open
+    bounds and ``lam_adjusted = 1 - (bottom - top) * (right - left) / (height * width)``.
+    """
+    height, width, scale = int(height), int(width), float(scale)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not 0.0 <= scale <= 1.0:
+        raise ValueError(f"scale must lie in [0, 1], got {scale}")
+    cut_h, cut_w = int(height * scale), int(width * scale)
+    if center is None:
+        cy = int(torch.randint(height, (1,), generator=generator))
+        cx = int(torch.randint(width, (1,), generator=generator))
+    else:
+        cy, cx = int(center[0]), int(center[1])
+    top, bottom = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
+    left, right = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
+    area = (bottom - top) * (right - left)
+    return (top, bottom, left, right), 1.0 - area / (height * width)
+
+
+def resize_paste(
+    x: torch.Tensor, box: Box, perm: torch.Tensor, mode: str = "nearest"
+) -> torch.Tensor:
+    """A copy of ``x`` (b, C, H, W) whose ``box`` holds the whole of ``x[perm]``, resized.
+
+    ``F.interpolate(x[perm], (bottom - top, right - left), mode)``: ``"nearest"`` (torch's
+    legacy nearest) or ``"bilinear"`` (``align_corners=False``, no antialiasing). An empty
+    box leaves the copy equal to ``x``.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected images (b, C, H, W), got shape {tuple(x.shape)}")
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    top, bottom, left, right = (int(v) for v in box)
+    out = x.clone()
+    if bottom <= top or right <= left:
+        return out
+    options = {"align_corners": False} if mode == "bilinear" else {}
+    out[:, :, top:bottom, left:right] = F.interpolate(
+        x[perm], size=(bottom - top, right - left), mode=mode, **options
+    )
+    return out
+
+
+# -- GridMixup -----------------------------------------------------------------------------
+
+
+def grid_mask(
+    height: int,
+    width: int,
+    lam: float,
+    n_holes: int,
+    hole_aspect_ratio: float = 1.0,
+    cut_area_ratio: float = 1.0,
+    cut_aspect_ratio: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """GridMixup's mask: (height, width) float32 in {0, 1}, 1 where pixels come from
+    ``x[perm]``; on the CPU.
+
+    A crop of ``area = int(H W cut_area_ratio)`` pixels, ``cw = int(sqrt(area /
+    cut_aspect_ratio))`` wide and ``ch = int(cw * cut_aspect_ratio)`` tall, its top-left
+    ``(int((H - ch) v), int((W - cw) u))`` (truncation toward zero) for ``u`` then ``v``
+    uniform in [0, 1) from ``generator`` (a CPU generator). A grid in the crop: ``pw =
+    ceil(cw / n_holes)``, ``ph = int(pw * hole_aspect_ratio)``, ``ny = ceil(ch / ph)``; holes
+    ``hw = clamp(int(pw sqrt(1 - lam)), 1, pw - 1)`` wide and ``hh = clamp(int(ph sqrt(1 -
+    lam)), 1, ph - 1)`` tall at crop coordinates ``(i pw, j ph)``, ``i = 0..n_holes``, ``j =
+    0..ny``, each clipped to the crop and shifted by its top-left. ``n_holes <= cw // 2`` is
+    required.
+
+    Kept quirk of the reference code: the crop can be larger than the image, so its top-left
+    can be negative; each hole is then written with Python's slice rules on the image (a hole
+    whose start and end are both negative lands at the opposite border, one whose start is
+    negative and end is not usually vanishes, parts beyond the far border are cut), exactly
+    as there.
+    """
+    height, width, lam = int(height), int(width), float(lam)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must lie in [0, 1], got {lam}")
+    if min(hole_aspect_ratio, cut_area_ratio, cut_aspect_ratio) <= 0:
+        raise ValueError("the hole aspect, crop area and crop aspect ratios must be > 0")
+    n_holes = int(n_holes)
+    area = int(height * width * float(cut_area_ratio))
+    cut_w = int(math.sqrt(area / float(cut_aspect_ratio)))
+    cut_h = int(cut_w * float(cut_aspect_ratio))
+    u = float(torch.rand((), generator=generator))
+    v = float(torch.rand((), generator=generator))
+    if n_holes < 1 or n_holes > cut_w // 2:
+        raise ValueError(
+            f"n_holes must lie in [1, {cut_w // 2}] for a crop {cut_w} pixels wide, got {n_holes}"
+        )
+    left, top = int((width - cut_w) * u), int((height - cut_h) * v)
+    patch_w = math.ceil(cut_w / n_holes)
+    patch_h = int(patch_w * float(hole_aspect_ratio))
+    if patch_h < 1:
+        raise ValueError(f"hole_aspect_ratio {hole_aspect_ratio} gives grid rows of 0 pixels")
+    rows = math.ceil(cut_h / patch_h)
+    ratio = math.sqrt(1.0 - lam)
+    hole_w = min(max(int(patch_w * ratio), 1), patch_w - 1)
+    hole_h = min(max(int(patch_h * ratio), 1), patch_h - 1)
+    mask = torch.zeros(height, width)
+    for i in range(n_holes + 1):
+        x1 = min(patch_w * i, cut_w)
+        x2 = min(x1 + hole_w, cut_w)
+        for j in range(rows + 1):
+            y1 = min(patch_h * j, cut_h)
+            y2 = min(y1 + hole_h, cut_h)
+            # Python's slice rules, negative bounds included (the kept quirk).
+            mask[top + y1 : top + y2, left + x1 : left + x2] = 1.0
+    return mask
+
+
+# -- SmoothMix -----------------------------------------------------------------------------
+
+
+def smooth_mask(
+    height: int,
+    width: int,
+    sigma_min: float = 0.25,
+    sigma_max: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SmoothMix's Gaussian mask: (height, width) float32 in (0, 1], on the CPU.
+
+    Draws, in this order from ``generator`` (a CPU generator): ``ry`` uniform in ``[0,
+    height)``, ``rx`` uniform in ``[0, width)`` and ``u ~ U(0, 1)``; the centre is ``(ry - 0.5,
+    rx - 0.5)`` (a half-pixel position, as OpenMixup's grid) and ``sigma = (sigma_min +
+    (sigma_max - sigma_min) u) * height``; ``G[i, j] = exp(-((i - cy)^2 + (j - cx)^2) / (2
+    sigma^2))``, largest at the pixels nearest the centre and symmetric about it (computed in
+    float64; values that float32 cannot hold, far from the centre under a small sigma, are
+    raised to its smallest normal number, so that the mask stays positive).
+    """
+    height, width = int(height), int(width)
+    sigma_min, sigma_max = float(sigma_min), float(sigma_max)
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if not 0.0 < sigma_min <= sigma_max:
+        raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
+    ry = int(torch.randint(height, (1,), generator=generator))
+    rx = int(torch.randint(width, (1,), generator=generator))
+    u = float(torch.rand((), generator=generator))
+    sigma = (sigma_min + (sigma_max - sigma_min) * u) * height
+    rows = torch.arange(height, dtype=torch.float64) - (ry - 0.5)
+    cols = torch.arange(width, dtype=torch.float64) - (rx - 0.5)
+    squared = rows[:, None] ** 2 + cols[None, :] ** 2
+    mask = torch.exp(-squared / (2.0 * sigma * sigma)).float()
+    return mask.clamp_min(torch.finfo(torch.float32).tiny)  # no underflow to 0 far away
+
+
+# -- GuidedMixup ---------------------------------------------------------------------------
+
+
+def _gaussian_blur(maps: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
+    """torchvision's ``gaussian_blur`` of (b, H, W) float32 maps: a ``kernel`` x ``kernel``
+    Gaussian of ``sigma`` (its 1-D taps ``exp(-x^2 / (2 sigma^2))`` at ``x = -(k - 1) / 2 ..
+    (k - 1) / 2``, normalised) on reflect padding."""
+    kernel = int(kernel)
+    if kernel < 1 or kernel % 2 == 0:
+        raise ValueError(f"a blur kernel must be an odd size >= 1, got {kernel}")
+    if not sigma > 0:
+        raise ValueError(f"a blur sigma must be > 0, got {sigma}")
+    half = (kernel - 1) * 0.5
+    taps = torch.linspace(-half, half, kernel, device=maps.device, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (taps / float(sigma)).pow(2))
+    taps = taps / taps.sum()
+    weight = (taps[:, None] * taps[None, :]).view(1, 1, kernel, kernel)
+    pad = kernel // 2
+    padded = maps.unsqueeze(1)
+    if pad:
+        padded = F.pad(padded, (pad, pad, pad, pad), mode="reflect")
+    return F.conv2d(padded, weight).squeeze(1)
+
+
+def spectral_residual_saliency(
+    x: torch.Tensor,
+    blur: int = 7,
+    sigma: float = 3.0,
+    box: int = 3,
+    max_size: int = 128,
+) -> torch.Tensor:
+    """The spectral-residual saliency of each image: (b, H, W) float32, no gradient.
+
+    On the batch ``x`` (b, C, H, W) as given (normalised images): the gray image ``0.2989 R +
+    0.587 G + 0.114 B`` (one channel: itself); images taller than ``max_size`` first resized
+    to ``max_size`` x ``max_size`` (bilinear, antialiased, as torchvision's ``Resize``); ``F =
+    fft2(gray)``, amplitude ``|F| = sqrt(re^2 + im^2 + 1e-10)``, ``L = log |F|``, residual
+    ``R = exp(L - box_mean(L))`` with a ``box`` x ``box`` mean filter on replicate padding;
+    ``F' = F * R / |F|`` (the phase kept); ``s = |ifft2(F')|`` (the modulus); a Gaussian blur
+    (``blur`` x ``blur``, ``sigma``, reflect padding); then the resize back to H x W if one
+    was done. Computed in float32, outside autocast.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected images (b, C, H, W), got shape {tuple(x.shape)}")
+    box = int(box)
+    if box < 1 or box % 2 == 0:
+        raise ValueError(f"the mean filter must have an odd size >= 1, got {box}")
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        images = x.detach().float()
+        channels = images.shape[1]
+        if channels == 3:
+            gray = 0.2989 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]
+        elif channels == 1:
+            gray = images[:, 0]
+        else:
+            raise ValueError(f"expected 1 or 3 channels, got {channels}")
+        height, width = int(gray.shape[-2]), int(gray.shape[-1])
+        resized = height > int(max_size)
+        if resized:
+            gray = F.interpolate(
+                gray[:, None],
+                size=(int(max_size), int(max_size)),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[:, 0]
+        freq = torch.fft.fft2(gray)
+        magnitude = (freq.real.pow(2) + freq.imag.pow(2) + 1e-10).sqrt()
+        log_mag = magnitude.log()
+        pad = box // 2
+        padded = F.pad(log_mag[:, None], (pad, pad, pad, pad), mode="replicate")
+        mean_filter = torch.full((1, 1, box, box), 1.0 / (box * box), device=x.device)
+        residual = (log_mag - F.conv2d(padded, mean_filter)[:, 0]).exp()
+        saliency = torch.fft.ifft2(freq * (residual / magnitude)).abs()
+        saliency = _gaussian_blur(saliency, blur, sigma)
+        if resized:
+            saliency = F.interpolate(
+                saliency[:, None],
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[:, 0]
+        return saliency.contiguous()
+
+
+def blur_normalize(saliency: torch.Tensor, kernel: int = 7, sigma: float = 3.0) -> torch.Tensor:
+    """Gaussian-blur each map of ``saliency`` (b, H, W) (``kernel`` x ``kernel``, ``sigma``,
+    reflect padding, as torchvision's ``gaussian_blur``) and normalise it to sum 1: (b, H, W)
+    float32, no gradient. An all-zero map gives the uniform map ``1 / (H W)``."""
+    if saliency.dim() != 3:
+        raise ValueError(f"expected saliency maps (b, H, W), got shape {tuple(saliency.shape)}")
+    with torch.no_grad(), torch.autocast(saliency.device.type, enabled=False):
+        blurred = _gaussian_blur(saliency.detach().float(), kernel, sigma)
+        total = blurred.sum(dim=(1, 2), keepdim=True)
+        uniform = torch.full_like(blurred, 1.0 / (blurred.shape[1] * blurred.shape[2]))
+        return torch.where(
+            total > 0, blurred / total.clamp_min(torch.finfo(torch.float32).tiny), uniform
+        )
+
+
+def guided_pairing(saliency: torch.Tensor) -> torch.Tensor:
+    """GuidedMixup's greedy pairing: ``perm`` (b,) int64 on the saliency's device, a single
+    cycle through the batch (no fixed point for b >= 2).
+
+    ``D`` the L2 distances between the flattened maps of ``saliency`` (b, H, W) (computed
+    pairwise in float32, not through a matrix product), the diagonal excluded. The largest
+    entry ``(i, j)`` (the first in row-major order) gives ``perm[i] = j``; from ``j`` the walk
+    goes on to the farthest example not yet visited (the first on ties), ``b - 2`` times; the
+    last one's partner is ``i``. The (b, b) matrix is copied to the CPU once and walked there
+    (b argmax steps).
+    """
+    if saliency.dim() < 2:
+        raise ValueError(f"expected saliency maps (b, ...), got shape {tuple(saliency.shape)}")
+    b = int(saliency.shape[0])
+    if b <= 1:
+        return torch.zeros(b, dtype=torch.int64, device=saliency.device)
+    with torch.no_grad(), torch.autocast(saliency.device.type, enabled=False):
+        flat = saliency.detach().float().reshape(1, b, -1)
+        dist = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")[0]
+    d = dist.cpu().numpy().astype(np.float64)
+    np.fill_diagonal(d, -np.inf)
+    first, last = divmod(int(np.argmax(d)), b)
+    partner = np.empty(b, dtype=np.int64)
+    partner[first] = last
+    d[:, first] = -np.inf
+    for _ in range(b - 2):
+        d[:, last] = -np.inf
+        step = int(np.argmax(d[last]))
+        partner[last] = step
+        last = step
+    partner[last] = first
+    return torch.from_numpy(partner).to(saliency.device)
+
+
+def guided_mask(
+    saliency_a: torch.Tensor, saliency_b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GuidedMixup's pixel mask of the first images against their partners: ``(mask (b, H, W),
+    ratio (b,))``, both float32, with ``mask = a / (a + b)`` per pixel (1/2 where both are 0)
+    and ``ratio = mean(mask)`` per example."""
+    if saliency_a.shape != saliency_b.shape or saliency_a.dim() != 3:
+        raise ValueError(
+            f"expected two saliency batches (b, H, W) of one shape, got "
+            f"{tuple(saliency_a.shape)} and {tuple(saliency_b.shape)}"
+        )
+    with torch.no_grad(), torch.autocast(saliency_a.device.type, enabled=False):
+        a, b = saliency_a.detach().float(), saliency_b.detach().float()
+        total = a + b
+        mask = torch.where(total > 0, a / total.masked_fill(total == 0, 1.0), 0.5)
+        return mask, mask.mean(dim=(1, 2))

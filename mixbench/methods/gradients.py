@@ -1,5 +1,6 @@
-"""The saliency pass of the gradient-guided methods (PuzzleMix, Co-Mixup): the clean batch's
-input gradient, taken without leaking weight gradients, and the eval-mode context it runs in.
+"""The saliency pass of the gradient-guided methods (PuzzleMix, Co-Mixup, GuidedMixup's "ap"
+variant): the clean batch's input gradient, taken without leaking weight gradients, and the
+eval-mode context it runs in.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def saliency_pass(
     labels: torch.Tensor,
     *,
     keep_clean_loss: bool = False,
+    own_mode: bool = False,
 ) -> SaliencyPass:
     """The input-gradient saliency of the clean batch: one forward and one backward pass.
 
@@ -62,7 +64,9 @@ def saliency_pass(
     (``torch.autograd.grad``): no weight gradient, no batch-norm statistics update. With
     ``keep_clean_loss=True`` it runs in the model's own mode, the graph is retained and the
     clean cross-entropy is returned with it, for a clean term added to the training loss.
-    ``images`` are left untouched.
+    With ``own_mode=True`` and ``keep_clean_loss=False`` the pass runs in the model's own mode
+    (train mode during training: batch-norm statistics are updated, as in GuidedMixup's
+    official code) and still takes only the input gradient. ``images`` are left untouched.
     """
     x0 = images.detach().requires_grad_(True)
     if keep_clean_loss:
@@ -70,7 +74,8 @@ def saliency_pass(
             clean = cross_entropy(model(x0), labels)
             (grad,) = torch.autograd.grad(clean, x0, retain_graph=True)
         return SaliencyPass(gradient_saliency(grad), clean)
-    with eval_mode(model), torch.enable_grad():
+    mode = contextlib.nullcontext() if own_mode else eval_mode(model)
+    with mode, torch.enable_grad():
         clean = cross_entropy(model(x0), labels)
         (grad,) = torch.autograd.grad(clean, x0)
     return SaliencyPass(gradient_saliency(grad), None)

@@ -146,6 +146,11 @@ class PuzzleMix(MixMethod):
         self.mean: tuple[float, ...] | float = 0.0
         self.std: tuple[float, ...] | float = 1.0
 
+    def bn_updates_per_step(self) -> int:
+        """Both passes in train mode, except the saliency pass in eval mode when
+        ``clean_lam = 0``."""
+        return self.passes_per_step() - (1 if self.clean_lam == 0 else 0)
+
     def bind_data(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Keep the data set's per-channel statistics for the pixel term ``x * std + mean``."""
         self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)

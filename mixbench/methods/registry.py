@@ -58,11 +58,15 @@ def list_methods(filter: str = "*", exclude: str | None = None) -> list[str]:
     return METHODS.names(filter, exclude)
 
 
-def method_info(name: str) -> dict[str, Any]:
+def method_info(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Name, version, description, paper, declared parameters (default and type), named
     parameter sets (such as ``paper``), the optional extras it requires and the forward passes
-    of its mixing step."""
+    of its mixing step: the declared ``forward_passes``, or with ``params`` (validated) those
+    of an instance with these parameters (:meth:`MixMethod.passes_per_step`)."""
     cls = get_method_class(name)
+    passes = int(getattr(cls, "forward_passes", 1))
+    if params is not None:
+        passes = int(cls(**params).passes_per_step())
     return {
         "name": name,
         "version": int(cls.version),
@@ -76,7 +80,7 @@ def method_info(name: str) -> dict[str, Any]:
         "param_sets": {name: dict(values) for name, values in cls.param_sets.items()},
         "changes": {str(v): text for v, text in sorted(cls.changes.items())},
         "requires": list(cls.requires),
-        "forward_passes": int(getattr(cls, "forward_passes", 1)),
+        "forward_passes": passes,
     }
 
 

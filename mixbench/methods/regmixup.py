@@ -49,6 +49,10 @@ class RegMixup(MixMethod):
         **two_label_params(),
     }
 
+    def bn_updates_per_step(self) -> int:
+        """One call on the 2b rows: the statistics are updated once per step."""
+        return 1
+
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The RegMixup loss of one mini-batch: one call on the clean and mixed halves."""
         lam, perm = mixing_draws(self, self.alpha, images.shape[0], images.device)

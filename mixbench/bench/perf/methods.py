@@ -7,9 +7,10 @@ after a warm-up, so that drifts of a shared machine hit all methods alike, and e
 time is the median over its measured steps.
 
 The branch each method is timed on is its mixing branch: coins that would send a batch to a
-cheaper path are forced (``cutmix`` and ``saliencymix`` ``prob = 1``, ``alignmixup``
-``align_prob = 1``, ``multimix``/``dense_multimix`` ``prob = 1``; ``puzzlemix`` and ``comixup``
-mix every batch by default); with their default coins
+cheaper path are forced (``cutmix``, ``saliencymix`` and ``guidedmixup`` ``prob = 1``,
+``alignmixup`` ``align_prob = 1``, ``multimix``/``dense_multimix`` ``prob = 1``; ``puzzlemix``,
+``comixup``, ``fmix``, ``resizemix``, ``gridmixup`` and ``smoothmix`` mix every batch by
+default); with their default coins
 the other half of the batches is ERM or input mixup, which costs no more. ``multimix`` and
 ``dense_multimix`` run with ``n = 1000`` (r = 16 positions at 32x32 on PreActResNet-18), and
 also with their ``ce`` parameter set (``multimix [ce]``: the clean cross-entropy added to the
@@ -17,8 +18,9 @@ mixed loss). Methods whose optional extras are missing are skipped and named.
 
 Beside the time, each entry reports its measured compute: the network's full forward passes
 and BatchNorm statistics updates per step (:class:`mixbench.bench.train.compute.ComputeCounter`):
-the method's declared ``forward_passes`` (1, and 2 for PuzzleMix and Co-Mixup, whose saliency
-pass counts), with one BatchNorm update fewer where that pass runs in eval mode.
+the method's declared passes (``MixMethod.passes_per_step``: 1, and 2 for PuzzleMix, Co-Mixup
+and GuidedMixup's "ap" variant, whose saliency pass counts), with one BatchNorm update fewer
+where that pass runs in eval mode (``MixMethod.bn_updates_per_step``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ BENCH_PARAMS: dict[str, dict[str, Any]] = {
     "alignmixup": {"align_prob": 1.0},
     "multimix": {"prob": 1.0, "n": 1000},
     "dense_multimix": {"prob": 1.0, "n": 1000},
+    "guidedmixup": {"prob": 1.0},
 }
 
 #: Named parameter sets timed as entries of their own, ``"<method> [<set>]"``.
@@ -60,6 +63,10 @@ BENCH_SETS: dict[str, tuple[str, ...]] = {"multimix": ("ce",), "dense_multimix":
 TARGETS: dict[str, float] = {
     "mixup": 1.05,
     "cutmix": 1.05,
+    "fmix": 1.05,
+    "resizemix": 1.05,
+    "gridmixup": 1.05,
+    "smoothmix": 1.05,
     "multimix": 1.05,
     "multimix [ce]": 1.05,
     "manifold_mixup": 1.10,

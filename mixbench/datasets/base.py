@@ -125,7 +125,9 @@ class PublishedResult:
     """A published top-1 on the data set, its protocol, and the mixbench preset that runs it.
 
     Attributes:
-        model: the network, as mixbench registers it (``"preactresnet18"``).
+        model: the network, as mixbench registers it (``"preactresnet18"``); where no
+            mixbench preset reproduces the row, the network as its source names it
+            (``"pyramidnet200"``).
         method: the method, as mixbench registers it (``"alignmixup"``), or as its paper
             names it when mixbench cannot train it (``"stylemix"``).
         top1: the published top-1 accuracy, in percent; ``None`` when the number has not been

@@ -27,6 +27,9 @@ from mixbench.errors import UsageError
 
 #: Where StyleMix's and StyleCutMix's CIFAR numbers are published (the StyleMix paper's own
 #: tables use PyramidNet-200; AlignMixup's Table 1 compares them on PreActResNet-18).
+#: OpenMixup's CIFAR benchmark (its own post-activation ResNet-18 runs).
+OPENMIXUP = "OpenMixup benchmark page (ResNet-18, OpenMixup's)"
+
 STYLE_SOURCES = "StyleMix (Hong et al., CVPR 2021); AlignMixup Table 1 (CVPR 2022)"
 
 CIFAR10_INFO = DatasetInfo(
@@ -45,6 +48,14 @@ CIFAR10_INFO = DatasetInfo(
         ),
         PublishedResult(
             "wrn16_8", "alignmixup", 96.91, "paper-cifar10", ALIGNMIXUP_LOGS, 2000, "best"
+        ),
+        PublishedResult(
+            "pyramidnet200",
+            "fmix",
+            98.64,
+            "",
+            "FMix repository README",
+            note="its ERM baseline 98.31",
         ),
         *(
             PublishedResult(
@@ -93,6 +104,131 @@ CIFAR100_INFO = DatasetInfo(
             300,
             "last",
             note="best epoch 80.36",
+        ),
+        PublishedResult("preactresnet18", "fmix", 79.85, "", "Awesome-Mixup table", 200, "unknown"),
+        PublishedResult(
+            "preactresnet18",
+            "guidedmixup",
+            81.20,
+            "",
+            "Awesome-Mixup table",
+            note="300 or 1200 epochs, variant (SR or AP) not stated",
+        ),
+        PublishedResult(
+            "resnet18",
+            "resizemix",
+            79.56,
+            "",
+            OPENMIXUP,
+            200,
+            "median of last 10",
+        ),
+        PublishedResult(
+            "resnet18",
+            "resizemix",
+            79.19,
+            "",
+            OPENMIXUP,
+            400,
+            "median of last 10",
+        ),
+        PublishedResult(
+            "resnet18",
+            "resizemix",
+            80.01,
+            "",
+            OPENMIXUP,
+            800,
+            "median of last 10",
+        ),
+        PublishedResult(
+            "resnet18",
+            "resizemix",
+            79.23,
+            "",
+            OPENMIXUP,
+            1200,
+            "median of last 10",
+        ),
+        PublishedResult(
+            "resnet18",
+            "gridmixup",
+            78.23,
+            "",
+            OPENMIXUP,
+            200,
+            "median of last 10",
+            note="GridMixup, as OpenMixup's GridMix",
+        ),
+        PublishedResult(
+            "resnet18",
+            "gridmixup",
+            78.6,
+            "",
+            OPENMIXUP,
+            400,
+            "median of last 10",
+            note="GridMixup, as OpenMixup's GridMix",
+        ),
+        PublishedResult(
+            "resnet18",
+            "gridmixup",
+            78.72,
+            "",
+            OPENMIXUP,
+            800,
+            "median of last 10",
+            note="GridMixup, as OpenMixup's GridMix",
+        ),
+        PublishedResult(
+            "resnet18",
+            "gridmixup",
+            77.58,
+            "",
+            OPENMIXUP,
+            1200,
+            "median of last 10",
+            note="GridMixup, as OpenMixup's GridMix",
+        ),
+        PublishedResult(
+            "resnet18",
+            "smoothmix",
+            77.9,
+            "",
+            OPENMIXUP,
+            200,
+            "median of last 10",
+            note="trained with OpenMixup's swapped label weights",
+        ),
+        PublishedResult(
+            "resnet18",
+            "smoothmix",
+            78.77,
+            "",
+            OPENMIXUP,
+            400,
+            "median of last 10",
+            note="trained with OpenMixup's swapped label weights",
+        ),
+        PublishedResult(
+            "resnet18",
+            "smoothmix",
+            78.69,
+            "",
+            OPENMIXUP,
+            800,
+            "median of last 10",
+            note="trained with OpenMixup's swapped label weights",
+        ),
+        PublishedResult(
+            "resnet18",
+            "smoothmix",
+            78.38,
+            "",
+            OPENMIXUP,
+            1200,
+            "median of last 10",
+            note="trained with OpenMixup's swapped label weights",
         ),
         *(
             PublishedResult(

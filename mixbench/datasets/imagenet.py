@@ -71,6 +71,9 @@ INFO = DatasetInfo(
             300,
             "best",
         ),
+        PublishedResult(
+            "resnet101", "fmix", 76.72, "", "FMix repository README", 90, note="its ERM 76.51"
+        ),
     ),
     description="ImageNet-1k (ILSVRC 2012): streamed from disk, 224x224 crops by default, the "
     "validation split as the test set",

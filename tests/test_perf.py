@@ -55,6 +55,17 @@ def test_quick_perf_writes_every_section(tmp_path, capsys):
     assert "ratio_vs_model_only" in printed
 
 
+def test_perf_methods_times_the_named_methods_against_erm(tmp_path, capsys):
+    out = tmp_path / "perf.json"
+    args = ["perf", "--quick", "--only", "methods", "--methods", "mixup,cutmix"]
+    assert main([*args, "--device", "cpu", "--threads", "1", "--json", str(out)]) == 0
+    methods = json.loads(out.read_text())["methods"]
+    assert set(methods) == {"erm", "mixup", "cutmix"}  # ERM added as the reference
+    assert methods["erm"]["ratio_vs_erm"] == 1.0
+    assert main(["perf", "--quick", "--only", "methods", "--methods", "mixupp"]) == 2
+    assert "mixup" in capsys.readouterr().err  # the close match is suggested
+
+
 def test_perf_restores_the_thread_count(tmp_path):
     main(["perf", "--quick", "--only", "loader", "--device", "cpu", "--threads", "2"])
     assert torch.get_num_threads() == 1

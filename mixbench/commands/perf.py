@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="run only these benchmarks: methods, loader, engine, end_to_end (comma-separated)",
     )
     p.add_argument(
+        "--methods",
+        type=csv_list,
+        help="the methods benchmark times only these methods (comma-separated; ERM is always "
+        "added as the reference; default: every registered method with its extras)",
+    )
+    p.add_argument(
         "--data-root",
         metavar="DIR",
         help="image folder (train/<class>/ plus val/ or test/, e.g. the CIFAR-10 JPEGs) for the "
@@ -47,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     run_perf(
         device=args.device,
         only=args.only,
+        methods=args.methods,
         steps=args.steps,
         warmup=args.warmup,
         threads=args.threads,

@@ -39,6 +39,7 @@ class PerfOptions:
     warmup: int = 2
     data_root: Path | None = None
     quick: bool = False
+    methods: list[str] | None = None
     scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -48,9 +49,17 @@ def _methods(opts: PerfOptions) -> dict[str, Any]:
 
     if opts.quick:
         return perf_methods(
-            device=opts.device, steps=1, warmup=0, width=4, batch_size=8, progress=False
+            device=opts.device,
+            steps=1,
+            warmup=0,
+            width=4,
+            batch_size=8,
+            progress=False,
+            methods=opts.methods,
         )
-    return perf_methods(device=opts.device, steps=opts.steps, warmup=opts.warmup)
+    return perf_methods(
+        device=opts.device, steps=opts.steps, warmup=opts.warmup, methods=opts.methods
+    )
 
 
 def image_folder(opts: PerfOptions) -> Path:
@@ -120,6 +129,7 @@ def run_perf(
     *,
     device: str = "auto",
     only: list[str] | None = None,
+    methods: list[str] | None = None,
     steps: int = 5,
     warmup: int = 2,
     threads: int | None = None,
@@ -131,7 +141,8 @@ def run_perf(
     (also written to ``json_path`` if given).
 
     ``threads`` sets torch's intra-op threads for the run (restored afterwards); ``quick``
-    shrinks every benchmark to seconds.
+    shrinks every benchmark to seconds; ``methods`` restricts the methods benchmark to those
+    methods (ERM always added as the reference).
     """
     import torch
 
@@ -159,6 +170,7 @@ def run_perf(
                 warmup=warmup,
                 data_root=Path(data_root).expanduser() if data_root else None,
                 quick=quick,
+                methods=list(methods) if methods else None,
                 scratch=Path(scratch),
             )
             for name in names:

@@ -134,7 +134,12 @@ def test_tune_trains_on_a_validation_split_and_stores_the_study(tmp_path, monkey
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for t in trials:
         assert 0.1 <= t.params["alpha"] <= 4.0 and 0.0 <= t.params["prob"] <= 1.0
-        assert t.user_attrs["params"] == t.params  # cutmix: every parameter is searched
+        # cutmix: alpha and prob are searched; its loss option stays at the defaults.
+        trained = t.user_attrs["params"]
+        assert {k: v for k, v in trained.items() if k in t.params} == t.params
+        assert {k: v for k, v in trained.items() if k not in t.params} == {
+            "loss": "ce", "dm_eta": 0.1, "dm_mode": "both", "dm_power": 1.0
+        }  # fmt: skip
         assert 0.0 <= t.value <= 1.0 and t.intermediate_values == {1: t.value}
     assert study.user_attrs["budget"] == 2
     assert study.user_attrs["setup"]["dataset_options"]["validation"] == 30

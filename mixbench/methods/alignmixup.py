@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import align_mix, alignment_cost, mix, sinkhorn
 from mixbench.methods.mixup import mixing_draws, require_staged
 from mixbench.methods.registry import register_method
@@ -50,14 +50,7 @@ class AlignMixup(MixMethod):
     )
     paper = "Venkataramanan et al., CVPR 2022, arXiv:2103.15375"
     params = {
-        "alpha": Param(
-            2.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mixing ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
-        ),
+        "alpha": concentration_param(2.0, "Beta(alpha, alpha) concentration of the mixing ratio"),
         "align_prob": Param(
             0.5,
             float,

@@ -90,6 +90,28 @@ class Param:
         return out
 
 
+def concentration_param(
+    default: float, help: str, search: tuple[float, float] | None = (0.1, 4.0)
+) -> Param:
+    """A Beta or Dirichlet concentration: a float > 0, searched on a log scale.
+
+    Most methods draw their mixing ratio from Beta(alpha, alpha) (or a Dirichlet); only the
+    default, the help text and, for a few, the searched range differ. ``search=None`` declares
+    a concentration the tuner leaves alone.
+    """
+    space = None if search is None else ("float", search[0], search[1], True)
+    return Param(default, float, help, minimum=0.0, exclusive_minimum=True, search=space)
+
+
+def probability_param(default: float, help: str, searched: bool = True) -> Param:
+    """A probability in [0, 1], such as the chance that a mini-batch is mixed at all.
+
+    ``searched=False`` declares one the tuner leaves alone.
+    """
+    space = ("float", 0.0, 1.0, False) if searched else None
+    return Param(default, float, help, minimum=0.0, maximum=1.0, search=space)
+
+
 class MixMethod:
     """Base class of every training method: one job, ``loss(model, images, labels)``.
 

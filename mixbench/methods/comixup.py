@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param, probability_param
 from mixbench.methods.extras import require_extra
 from mixbench.methods.functional import (
     _comixup_draws,
@@ -72,13 +72,8 @@ class CoMixup(MixMethod):
     requires = ("graphcut",)
     forward_passes = 2
     params = {
-        "alpha": Param(
-            2.0,
-            float,
-            "Dirichlet(alpha) concentration of the prior over inputs, one draw per chunk",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
+        "alpha": concentration_param(
+            2.0, "Dirichlet(alpha) concentration of the prior over inputs, one draw per chunk"
         ),
         "part": Param(
             20, int, "examples per chunk solved jointly (the last may be shorter)", minimum=1
@@ -147,13 +142,7 @@ class CoMixup(MixMethod):
             "soft-target cross-entropy, or the official code's BCE on softmax outputs",
             choices=("ce", "bce"),
         ),
-        "prob": Param(
-            1.0,
-            float,
-            "probability that a mini-batch is mixed",
-            minimum=0.0,
-            maximum=1.0,
-        ),
+        "prob": probability_param(1.0, "probability that a mini-batch is mixed", searched=False),
         "workers": Param(
             0,
             int,

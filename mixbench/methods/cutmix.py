@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, concentration_param, probability_param
 from mixbench.methods.functional import cross_entropy, cutmix_box, paste_box, sample_beta
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
@@ -39,21 +39,11 @@ class CutMix(MixMethod):
     description = "CutMix: paste a random box of another image, labels by area (Yun et al.)"
     paper = "Yun et al., ICCV 2019, arXiv:1905.04899"
     params = {
-        "alpha": Param(
-            1.0,
-            float,
-            "Beta(alpha, alpha) concentration of the box's area ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
+        "alpha": concentration_param(
+            1.0, "Beta(alpha, alpha) concentration of the box's area ratio"
         ),
-        "prob": Param(
-            0.5,
-            float,
-            "probability that a mini-batch is mixed (otherwise plain ERM)",
-            minimum=0.0,
-            maximum=1.0,
-            search=("float", 0.0, 1.0, False),
+        "prob": probability_param(
+            0.5, "probability that a mini-batch is mixed (otherwise plain ERM)"
         ),
         **two_label_params(),
     }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import cross_entropy, fmix_mask, sample_beta
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
@@ -43,13 +43,8 @@ class FMix(MixMethod):
     paper = "Harris et al., arXiv 2020, arXiv:2002.12047"
     version = 1
     params = {
-        "alpha": Param(
-            1.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mask's share of each image",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
+        "alpha": concentration_param(
+            1.0, "Beta(alpha, alpha) concentration of the mask's share of each image"
         ),
         "decay_power": Param(
             3.0,

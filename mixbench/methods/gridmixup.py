@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import grid_mask, sample_beta
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
@@ -79,13 +79,8 @@ class GridMixup(MixMethod):
     paper = "Dobrynin, GridMixup, 2020 (github.com/IlyaDobrynin/GridMixup; no paper)"
     version = 1
     params = {
-        "alpha": Param(
-            0.2,
-            float,
-            "Beta(alpha, alpha) concentration of lam, which sizes the holes",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
+        "alpha": concentration_param(
+            0.2, "Beta(alpha, alpha) concentration of lam, which sizes the holes"
         ),
         "n_holes_min": Param(2, int, "fewest grid cells per row", minimum=1),
         "n_holes_max": Param(6, int, "most grid cells per row", minimum=1),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, probability_param
 from mixbench.methods.functional import (
     blur_normalize,
     cross_entropy,
@@ -74,13 +74,9 @@ class GuidedMixup(MixMethod):
             "saliency: spectral residual (no network pass) or the input gradient (one more pass)",
             choices=("sr", "ap"),
         ),
-        "prob": Param(
+        "prob": probability_param(
             0.5,
-            float,
             "probability that a mini-batch is mixed (otherwise plain ERM; 0.8 is AP's official)",
-            minimum=0.0,
-            maximum=1.0,
-            search=("float", 0.0, 1.0, False),
         ),
         "pairing": Param(
             "greedy",

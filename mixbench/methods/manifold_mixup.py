@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import mix
 from mixbench.methods.mixup import mixing_draws, require_staged
 from mixbench.methods.registry import register_method
@@ -35,14 +35,7 @@ class ManifoldMixup(MixMethod):
     description = "Manifold Mixup: mix hidden states at a random stage (Verma et al.)"
     paper = "Verma et al., ICML 2019, arXiv:1806.05236"
     params = {
-        "alpha": Param(
-            2.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mixing ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
-        ),
+        "alpha": concentration_param(2.0, "Beta(alpha, alpha) concentration of the mixing ratio"),
         "layers": Param(
             (0, 1, 2),
             tuple,

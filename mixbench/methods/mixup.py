@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, concentration_param
 from mixbench.methods.functional import mix, sample_beta
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
@@ -75,14 +75,7 @@ class Mixup(MixMethod):
     description = "mixup: convex combinations of image pairs and their labels (Zhang et al.)"
     paper = "Zhang et al., ICLR 2018, arXiv:1710.09412"
     params = {
-        "alpha": Param(
-            1.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mixing ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
-        ),
+        "alpha": concentration_param(1.0, "Beta(alpha, alpha) concentration of the mixing ratio"),
         **two_label_params(),
     }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import mix, mixupe_loss, mixupe_regularizer
 from mixbench.methods.mixup import mixing_draws
 from mixbench.methods.registry import register_method
@@ -38,14 +38,7 @@ class MixupE(MixMethod):
     paper = "Zou et al., UAI 2023, arXiv:2212.13381"
     forward_passes = 2
     params = {
-        "alpha": Param(
-            2.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mixing ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
-        ),
+        "alpha": concentration_param(2.0, "Beta(alpha, alpha) concentration of the mixing ratio"),
         "eta": Param(
             0.001,
             float,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param, probability_param
 from mixbench.methods.functional import (
     cross_entropy,
     multimix,
@@ -38,13 +38,8 @@ MULTIMIX_PARAMS: dict[str, Param] = {
         minimum=1,
         search=("categorical", (100, 300, 1000)),
     ),
-    "alpha": Param(
-        1.0,
-        float,
-        "Dirichlet(alpha * ones(m)) concentration of the interpolation vectors",
-        minimum=0.0,
-        exclusive_minimum=True,
-        search=("float", 0.1, 4.0, True),
+    "alpha": concentration_param(
+        1.0, "Dirichlet(alpha * ones(m)) concentration of the interpolation vectors"
     ),
     "m": Param(
         0,
@@ -53,13 +48,8 @@ MULTIMIX_PARAMS: dict[str, Param] = {
         "batch); 0: the whole batch",
         minimum=0,
     ),
-    "prob": Param(
-        0.5,
-        float,
-        "probability that a mini-batch gets MultiMix (otherwise the fallback)",
-        minimum=0.0,
-        maximum=1.0,
-        search=("float", 0.0, 1.0, False),
+    "prob": probability_param(
+        0.5, "probability that a mini-batch gets MultiMix (otherwise the fallback)"
     ),
     "fallback": Param(
         "mixup",

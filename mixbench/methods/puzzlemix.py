@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param, probability_param
 from mixbench.methods.functional import cross_entropy, puzzlemix, sample_beta
 from mixbench.methods.gradients import clean_term, saliency_pass
 from mixbench.methods.registry import register_method
@@ -57,21 +57,11 @@ class PuzzleMix(MixMethod):
     requires = ("graphcut",)
     forward_passes = 2
     params = {
-        "alpha": Param(
-            1.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mixing prior's ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
+        "alpha": concentration_param(
+            1.0, "Beta(alpha, alpha) concentration of the mixing prior's ratio"
         ),
-        "prob": Param(
-            1.0,
-            float,
-            "probability that a mini-batch is mixed (otherwise plain ERM)",
-            minimum=0.0,
-            maximum=1.0,
-            search=("float", 0.0, 1.0, False),
+        "prob": probability_param(
+            1.0, "probability that a mini-batch is mixed (otherwise plain ERM)"
         ),
         "block_nums": Param(
             (2, 4, 8, 16),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, concentration_param
 from mixbench.methods.functional import regmixup_batch
 from mixbench.methods.mixup import mixing_draws
 from mixbench.methods.registry import register_method
@@ -38,13 +38,8 @@ class RegMixup(MixMethod):
     paper = "Pinto et al., NeurIPS 2022, arXiv:2206.14502"
     forward_passes = 2
     params = {
-        "alpha": Param(
-            20.0,
-            float,
-            "Beta(alpha, alpha) concentration of the mixing ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.5, 40.0, True),
+        "alpha": concentration_param(
+            20.0, "Beta(alpha, alpha) concentration of the mixing ratio", search=(0.5, 40.0)
         ),
         **two_label_params(),
     }

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mixbench.errors import UsageError
-from mixbench.methods.base import MixMethod, Param
+from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import resize_box, resize_paste, sample_beta
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
@@ -69,12 +69,10 @@ class ResizeMix(MixMethod):
             "redrawn uniformly outside that range",
             choices=("uniform", "beta"),
         ),
-        "alpha": Param(
+        "alpha": concentration_param(
             1.0,
-            float,
             "Beta(alpha, alpha) concentration of the side ratio (scale_dist 'beta' only)",
-            minimum=0.0,
-            exclusive_minimum=True,
+            search=None,
         ),
         "interpolation": Param(
             "nearest",

@@ -67,13 +67,6 @@ def record_problems(record: Any, *, storable: bool = True) -> list[str]:
     return _config_problems(record)
 
 
-def check_record(record: Any, where: str) -> None:
-    """Raise a :class:`UsageError` naming ``where`` and the first problem of ``record``."""
-    problems = record_problems(record)
-    if problems:
-        raise UsageError(f"{where}: {problems[0]}")
-
-
 def _field_problems(record: dict[str, Any]) -> list[str]:
     problems = []
     if not isinstance(record["key"], str) or not _KEY.fullmatch(record["key"]):
@@ -224,4 +217,4 @@ def _is_date(value: Any) -> bool:
     return _is_number(value) and math.isfinite(value) and 0 <= value <= LAST_DATE
 
 
-__all__ = ["REQUIRED_FIELDS", "check_record", "record_problems"]
+__all__ = ["REQUIRED_FIELDS", "record_problems"]

@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except UsageError as exc:
-        print(f"mixbench: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # one line per problem (e.g. bad records)
+            print(f"mixbench: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mixbench: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -4,7 +4,7 @@ The import graph is read from the source with :mod:`ast` (nothing is imported): 
 ``import`` and ``from ... import`` counts, relative ones and those inside functions included,
 and ``from package import name`` counts as an import of ``package.name`` when that is a module.
 
-Layers, lowest first: core (errors, registry, seeding, file I/O, plug-in loading, typed
+Layers, lowest first: core (errors, registry, seeding, file I/O, names, plug-in loading, typed
 configuration, version), components (methods, models, data sets, evaluators), the runner in
 three steps (``bench.train``: one cell's training; ``bench.run``: the matrix, the store,
 evaluation after training, launching; ``bench.tuning`` and ``bench.perf``: built on both), and
@@ -31,6 +31,7 @@ LAYERS = {
     "mixbench.config": 0,
     "mixbench.version": 0,
     "mixbench.seeding": 0,
+    "mixbench.names": 0,
     "mixbench.methods": 1,
     "mixbench.models": 1,
     "mixbench.datasets": 1,

@@ -451,3 +451,36 @@ def test_cost_is_relative_to_erm_only_on_the_same_kind_of_machine():
     text = render_table(table)
     assert _cells(text, "mixup")["cost ×ERM"] == "2.00"  # 22 s / 11 s, both on CPU A
     assert _cells(text, "cutmix")["cost ×ERM"] == "—"  # 11 s on CPU B says nothing against A
+
+
+def test_stored_names_cannot_leave_the_folder_or_break_the_markdown(tmp_path):
+    """Cells stored before names were checked (a preset ``../../../../elsewhere/evil``, a newline
+    or a ``|`` in a name): the leaderboard's files stay in its folder and its Markdown keeps
+    its headings and tables (issue 22)."""
+    from mixbench.bench.run.store import ResultStore, sqlite_url
+    from mixbench.cli import main
+
+    out = tmp_path / "a" / "b" / "c" / "d" / "run"
+    store = ResultStore(sqlite_url(out / "results.db"))
+    evil = _record("erm", 0, 0.5)
+    evil.update(preset="../../../../elsewhere/evil", model="preactresnet18\n# injected")
+    piped = _record("mixup", 0, 0.6)
+    piped.update(method="mixup|x", preset="smoke\n## injected too")
+    for record in (evil, piped):
+        record["created_at"] = 1.0
+        assert store.insert_record(record)
+    store.close()
+    before = sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out)
+    assert main(["leaderboard", "--out", str(out)]) == 0
+    after = sorted(p for p in tmp_path.rglob("*") if out not in p.parents and p != out)
+    assert after == before  # nothing written outside the folder
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert len(plots) == 2 and not any(p.startswith(".") for p in plots), plots
+    assert "_.._.._.._elsewhere_evil-synthetic-preactresnet18_injected-" in plots[0]
+    text = (out / "LEADERBOARD.md").read_text()
+    assert not any(line.startswith(("# injected", "## injected")) for line in text.splitlines())
+    assert "`mixup\\|x`" in text
+    for line in text.splitlines():
+        if line.startswith("| 1 "):
+            header = next(h for h in text.splitlines() if h.startswith("| #"))
+            assert line.replace("\\|", "").count("|") == header.count("|")

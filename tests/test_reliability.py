@@ -18,7 +18,7 @@ import torch
 
 from mixbench.cli import main
 
-from .conftest import TINY
+from .conftest import ROOT, TINY
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,55 @@ def _bad_layouts(tmp: Path) -> dict[str, Path]:
     a_file = tmp / "a-file"
     a_file.write_text("not a folder")
     return {"wrong": wrong, "empty": empty, "bad_preset": bad_preset,
-            "broken_preset": broken_preset, "a_file": a_file}  # fmt: skip
+            "broken_preset": broken_preset, "a_file": a_file,
+            **_bad_records(tmp)}  # fmt: skip
+
+
+def _committed_record() -> dict:
+    """A real exported cell (the first of results/short-cifar10.jsonl)."""
+    lines = (ROOT / "results" / "short-cifar10.jsonl").read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[0])
+
+
+def _rekeyed(record: dict, **config: object) -> dict:
+    """``record`` with fields set in it and in its config alike, and its key recomputed: only
+    what was set is wrong."""
+    from mixbench.config import CellConfig, from_dict
+
+    record = {**record, **config, "config": {**record["config"], **config}}
+    record["key"] = from_dict(CellConfig, record["config"]).key
+    return record
+
+
+#: Exported cells with one thing wrong each: (file name, the bad record).
+def _bad_record_cases() -> dict[str, dict]:
+    good = _committed_record()
+    tampered = {**good, "config": {**good["config"], "schedule": {**good["config"]["schedule"],
+                                                                 "lr": 0.5}}}  # fmt: skip
+    return {
+        "metrics_list": {**good, "metrics": [0.9]},
+        "params_text": {**good, "params": "alpha=1"},
+        "seed_text": {**good, "seed": "one"},
+        "config_list": {**good, "config": [good["config"]]},
+        "created_text": {**good, "created_at": "yesterday"},
+        "tampered": tampered,
+        "evil_preset": _rekeyed(good, preset="../../../../elsewhere/evil"),
+        "newline_model": _rekeyed(good, model="preactresnet18\n## injected"),
+        "nul_method": _rekeyed(good, method="cutmix\x00"),
+        "huge_seed": _rekeyed(good, seed=2**64),
+        "wide_seed": _rekeyed(good, seed=2**40),
+        "big_metric": {**good, "metrics": {**good["metrics"], "best_epoch": 2**70}},
+        "nul_host": {**good, "host": "vm\x00"},
+        "nan_metric": {**good, "metrics": {**good["metrics"], "nll": float("nan")}},
+    }
+
+
+def _bad_records(tmp: Path) -> dict[str, Path]:
+    paths = {}
+    for name, record in _bad_record_cases().items():
+        paths[name] = tmp / f"{name}.jsonl"
+        paths[name].write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return paths
 
 
 # (arguments after `mixbench`, with {out} = the finished run's folder; expected text)
@@ -93,6 +141,22 @@ BAD_INPUTS = [
     ("run --out {out} --set eval.options.ood.sizes=3", "unknown key 'sizes' in eval.options.ood"),
     ("run --out {out} --set eval.options.ood.in_subset=0", "in_subset must be >= 1"),
     ("run --out {out} --set eval.evaluators=['robustnes']", "unknown evaluator 'robustnes'"),
+    # Exported cells with one thing wrong (issue 22: one bad record must not brick the database)
+    ("import --out {out} {metrics_list}", "metrics must be a JSON object"),
+    ("import --out {out} {params_text}", "params must be a JSON object"),
+    ("import --out {out} {seed_text}", "seed must be an integer"),
+    ("import --out {out} {config_list}", "config must be a JSON object"),
+    ("import --out {out} {created_text}", "created_at must be a date"),
+    ("import --out {out} {tampered}", "is not the hash of its config"),
+    ("import --out {out} {evil_preset}", "preset '../../../../elsewhere/evil' is not a valid name"),
+    ("leaderboard --out {out} --from {evil_preset}", "'../../../../elsewhere/evil'"),
+    ("import --out {out} {newline_model}", "model 'preactresnet18\\n## injected' is not a"),
+    ("import --out {out} {nul_method}", "method 'cutmix\\x00' is not a valid name"),
+    ("import --out {out} {huge_seed}", "got 18446744073709551616"),
+    ("import --out {out} {wide_seed}", "got 1099511627776"),
+    ("import --out {out} {big_metric}", "best_epoch is an integer beyond 64 bits"),
+    ("import --out {out} {nul_host}", "host holds a NUL character"),
+    ("import --out {out} {nan_metric}", "metrics.nll is nan"),
 ]
 
 
@@ -243,3 +307,63 @@ def test_database_password_never_reaches_results_or_output(tmp_path, capsys):
     for path in out.rglob("*"):
         if path.is_file():
             assert b"hunter2" not in path.read_bytes()
+
+
+# -- imported records (issue 22) ---------------------------------------------------------------
+
+
+def test_import_refuses_every_bad_line_with_one_line_each_and_commits_nothing(
+    finished_run, tmp_path, capsys
+):
+    """A file with bad records among good ones: every bad line named on its own line, exit 2,
+    and nothing of the files imported (not even the good records, nor another good file)."""
+    cases = _bad_record_cases()
+    good = _committed_record()
+    mixed = tmp_path / "mixed.jsonl"
+    lines = [good, cases["metrics_list"], cases["config_list"], cases["evil_preset"]]
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    other_good = tmp_path / "good.jsonl"
+    other_good.write_text(json.dumps(_committed_record()) + "\n", encoding="utf-8")
+    before = _snapshot(finished_run)
+    assert main(["import", str(other_good), str(mixed), "--out", str(finished_run)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("mixbench: error: ") for line in err)
+    where = [line.removeprefix("mixbench: error: ").split(": ", 1)[0] for line in err]
+    assert where == [f"{mixed}:{n}" for n in (2, 3, 4)], err
+    assert "Traceback" not in "\n".join(err)
+    assert _snapshot(finished_run) == before
+
+
+def test_the_committed_results_import_and_their_keys_are_their_configs_hashes(tmp_path, capsys):
+    from mixbench.bench.run.records import record_problems
+    from mixbench.config import CellConfig, from_dict
+
+    files = sorted((ROOT / "results").rglob("*.jsonl"))
+    assert files
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            assert from_dict(CellConfig, record["config"]).key == record["key"]
+            assert record_problems(record) == [], (path, record["key"])
+    out = tmp_path / "imported"
+    assert main(["import", str(ROOT / "results"), "--out", str(out)]) == 0
+    assert "imported 54 cells" in capsys.readouterr().err
+    assert main(["status", "--out", str(out)]) == 0
+    assert main(["leaderboard", "--out", str(out)]) == 0
+
+
+def test_records_one_backend_cannot_store_are_refused_alike_on_both(tmp_path, capsys):
+    """A NUL in a name, a seed beyond PostgreSQL's 32-bit integers, NaN in JSON: SQLite could
+    store them, PostgreSQL cannot; both refuse them up front with the same line."""
+    pg = os.environ.get("MIXBENCH_TEST_POSTGRES_URL")
+    if not pg:
+        pytest.skip("no PostgreSQL server: set MIXBENCH_TEST_POSTGRES_URL (.ci/run starts one)")
+    paths = _bad_records(tmp_path)
+    for name in ("nul_method", "wide_seed", "huge_seed", "nan_metric", "nul_host", "big_metric"):
+        errors = []
+        for db in (f"sqlite:///{tmp_path / name}.db", pg):
+            assert main(["import", str(paths[name]), "--db", db]) == 2, (name, db)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "Traceback" not in err
+            errors.append(err)
+        assert errors[0] == errors[1]

@@ -96,3 +96,44 @@ def test_unreachable_database_and_redaction():
     with pytest.raises(UsageError) as info:
         ResultStore("postgresql+psycopg://bob:secret@127.0.0.1:1/nowhere")
     assert "secret" not in str(info.value)
+
+
+# Every form of a password in a database URL stays hidden (issue 22, item 5).
+SECRET_URLS = [
+    "postgresql+psycopg://bob:hunter2@db.example/bench",
+    "postgresql+psycopg://bob@db.example/bench?password=hunter2&sslmode=require",
+    "postgresql+psycopg://db.example/bench?user=bob&PASSWORD=hunter2",
+    "postgresql+psycopg://bob@db.example/bench?sslpassword=hunter2",
+    "postgresql+psycopg://bob:hun@ter2@db.example/bench",  # an unencoded '@' in the password
+    "postgresql+psycopg://bob:hunter2@db.example:notaport/bench",  # unparseable
+]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_redaction_hides_every_form_of_password(url):
+    shown = redact_url(url)
+    assert "hunter2" not in shown and "ter2" not in shown and "***" in shown
+    assert "db.example" in shown  # the rest of the URL still says where
+
+
+def test_redaction_keeps_the_user_and_a_sqlite_path():
+    assert redact_url("postgresql+psycopg://bob:s%40cret@host/db") == (
+        "postgresql+psycopg://bob:***@host/db"
+    )
+    assert redact_url("sqlite:////tmp/results.db") == "sqlite:////tmp/results.db"
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_errors_about_a_database_url_never_show_its_password(url, capsys):
+    from mixbench.cli import main
+
+    assert main(["status", "--db", url.replace("db.example", "127.0.0.1:1")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixbench: error: ") and err.count("\n") == 1, err
+    assert "hunter2" not in err and "ter2" not in err, err
+
+
+def test_an_unencoded_at_in_a_password_is_refused_before_connecting():
+    with pytest.raises(UsageError, match="percent-encode '@'") as info:
+        ResultStore("postgresql+psycopg://bob:hun@ter2@127.0.0.1:1/nowhere")
+    assert "ter2" not in str(info.value) and "hun" not in str(info.value)

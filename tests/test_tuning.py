@@ -455,3 +455,15 @@ def test_bad_tune_input_is_a_one_line_usage_error(tmp_path, capsys, argv, messag
     assert err.startswith("mixbench: error:") and "\n" not in err
     assert message in err
     assert not (out / "tuning.db").exists()
+
+
+def test_a_studys_folder_stays_in_the_output_folder_whatever_the_names(tmp_path):
+    """The trials of a study are written under OUT/tuning, even for a preset name such as
+    ``../../elsewhere`` (issue 22: names never build paths that leave the folder)."""
+    from mixbench.bench.tuning.study import study_folder
+
+    assert study_folder(tmp_path, "smoke/synthetic/preactresnet18/mixup") == (
+        tmp_path / "tuning" / "smoke" / "synthetic" / "preactresnet18" / "mixup"
+    )
+    evil = study_folder(tmp_path, "../../elsewhere/../evil/synthetic/preactresnet18/mixup")
+    assert (tmp_path / "tuning") in evil.resolve().parents

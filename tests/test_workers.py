@@ -116,6 +116,34 @@ def test_local_launcher_runs_the_matrix_and_writes_the_leaderboard(tmp_path):
 
 
 @pytest.mark.slow
+def test_local_launcher_job_files_are_owner_only_and_hold_no_password(tmp_path, capsys):
+    """The launcher's job files (pickled cells and results, logs) are written 0600 in a 0700
+    folder; with PostgreSQL, neither the results database's password nor the tuning storage's
+    reaches them or the output (issue 22)."""
+    from mixbench.cli import main
+
+    out = tmp_path / "out"
+    db = sqlite_url(out / "results.db")
+    extra = []
+    if PG_URL:  # a password the server (trust authentication) ignores
+        db = _fresh_pg_url().replace("://mixbench@", "://mixbench:hunter2@")
+        extra = ["--param-set", "best", "--tuning-storage", db + "?password=hunter2"]
+    code = main(["run", "--preset", "smoke", "--methods", "mixup", *TINY, "--out", str(out),
+                 "--db", db, *extra, "--launcher", "local", "--workers", "1"])  # fmt: skip
+    assert code == 0
+    logs = out / "launcher-logs"
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert any(p.name.endswith("_submitted.pkl") for p in files)
+    assert any(p.name.endswith("_result.pkl") for p in files)
+    assert logs.stat().st_mode & 0o777 == 0o700
+    for path in [*files, *(p for p in logs.rglob("*") if p.is_dir())]:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+        if path.is_file():
+            assert b"hunter2" not in path.read_bytes()
+    assert "hunter2" not in "".join(capsys.readouterr())
+
+
+@pytest.mark.slow
 def test_local_launcher_exits_non_zero_when_a_cell_fails(tmp_path):
     from mixbench.cli import main
 
@@ -181,7 +209,8 @@ def test_bad_import_file_names_the_line(tmp_path, capsys):
     bad.write_text('{"key": "x"}\nnot json\n')
     assert main(["import", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "bad.jsonl:1" in err and err.count("\n") == 1
+    assert err.splitlines()[0].startswith("mixbench: error: ") and "bad.jsonl:1: " in err
+    assert "bad.jsonl:2: not valid JSON" in err and err.count("\n") == 2  # one line per bad line
     assert not Path(tmp_path / "o" / "results.db").exists()
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mixbench.commands.options import add_db_argument
+from mixbench.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,15 @@ def run(args: argparse.Namespace) -> int:
     from mixbench.bench.run.store import ResultStore
     from mixbench.bench.run.transfer import import_records, read_results_path
 
-    records = [r for path in args.files for r in read_results_path(path)]
+    # Every file is checked before anything is written: a bad line anywhere commits nothing.
+    records, bad = [], []
+    for path in args.files:
+        try:
+            records += read_results_path(path, storable=True)
+        except UsageError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise UsageError("\n".join(bad))
     if not args.db:
         check_out_dir(args.out)
     store = ResultStore(args.db or default_db_url(args.out))

@@ -49,8 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     rows = []
     for c in cells:
+        top1 = (c["metrics"] or {}).get("top1")
         if c["status"] == "done":
-            detail = f"top-1 {100 * c['metrics']['top1']:.2f}%"
+            detail = f"top-1 {100 * top1:.2f}%" if isinstance(top1, (int, float)) else ""
         elif c["status"] == "running":
             detail = f"on {c['worker']} since {when(c['started_at'])}"
         else:

@@ -258,7 +258,12 @@ def render_table(table: Table) -> str:
     best = best_values(table, columns)
     body = []
     for rank, row in enumerate(ranked_rows(table), 1):
-        line = [str(rank), method_label(row), describe_params(row), str(len(row.seeds))]
+        line = [
+            str(rank),
+            _cell(method_label(row)),
+            _cell(describe_params(row)),
+            str(len(row.seeds)),
+        ]
         for col in columns:
             text = col.text(row, table)
             value = col.value(row, table)
@@ -273,6 +278,11 @@ def render_table(table: Table) -> str:
         body.append(line)
     headers = ["#", "method", "parameters", "seeds", *[c.header for c in columns]]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _cell(text: str) -> str:
+    """``text`` safe in a table cell: a ``|`` (from a stored name or value) is escaped."""
+    return text.replace("|", "\\|")
 
 
 def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:

@@ -19,6 +19,7 @@ from mixbench.leaderboard.markdown import cost_vs_erm, format_params  # noqa: E4
 from mixbench.leaderboard.protocol import describe_hardware, hardware_of  # noqa: E402
 from mixbench.leaderboard.sweep import base_setting, param_text  # noqa: E402
 from mixbench.leaderboard.tables import Row, Table  # noqa: E402
+from mixbench.names import file_part  # noqa: E402
 
 # Fixed metadata so that regenerating a plot from the same results gives the same bytes.
 _PNG_METADATA = {"Software": None}
@@ -324,10 +325,17 @@ def write_plots(tables: list[Table], out_dir: Path) -> dict[str, list[str]]:
     plot_dir = out_dir / "plots"
     for table in tables:
         name = f"{table.slug}-top1.png"
-        top1_bar_chart(table, plot_dir / name)
+        top1_bar_chart(table, _inside(plot_dir, name))
         written.setdefault(table.slug, []).append(f"plots/{name}")
         for suffix, draw in PLOTS:
             name = f"{table.slug}-{suffix}.png"
-            if draw(table, plot_dir / name):
+            if draw(table, _inside(plot_dir, name)):
                 written[table.slug].append(f"plots/{name}")
     return written
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """``folder / name`` where ``name`` is one plain file name (it cannot leave ``folder``)."""
+    if name != file_part(name):
+        raise ValueError(f"plot file name {name!r} is not a plain file name")
+    return folder / name

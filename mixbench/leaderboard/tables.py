@@ -17,6 +17,7 @@ from pathlib import PurePath
 from typing import Any
 
 from mixbench.config import keyed_params, table_key
+from mixbench.names import file_part, one_line
 
 #: Metrics whose name ends so hold a note on an evaluator that was skipped (shown under the
 #: table), e.g. ``corruption_official_note``.
@@ -135,10 +136,11 @@ class Table:
 
     @property
     def slug(self) -> str:
-        """A file-name-safe name of the table (its plots are named after it)."""
+        """A file-name-safe name of the table (its plots are named after it): one file-name
+        component whatever the names hold (no ``/``, never starting with a dot)."""
         data = re.sub(r"[^A-Za-z0-9]+", "", self.data_name.lower())
         dataset = f"{self.dataset}-{data}" if data and data != self.dataset else self.dataset
-        return f"{self.preset}-{dataset}-{self.model}-{self.schedule_key}"
+        return file_part(f"{self.preset}-{dataset}-{self.model}-{self.schedule_key}")
 
     @property
     def display_dataset(self) -> str:
@@ -175,6 +177,18 @@ def data_name(record: dict[str, Any]) -> str:
     return ""
 
 
+def _one_line_text(value: Any) -> Any:
+    """``value`` with every string in it made one line (:func:`one_line`): names and notes of
+    a stored cell cannot start a heading or a list item of the leaderboard."""
+    if isinstance(value, str):
+        return one_line(value)
+    if isinstance(value, dict):
+        return {k: _one_line_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_one_line_text(v) for v in value]
+    return value
+
+
 def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     """Group finished cells (dicts with config, metrics, timings...) into sorted tables."""
     tables: dict[tuple[str, ...], Table] = {}
@@ -183,6 +197,7 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
     for rec in records:
         if rec.get("status", "done") != "done" or not rec.get("metrics"):
             continue
+        rec = _one_line_text(rec)
         if rec.get("key"):  # the same cell from two exports counts once
             if rec["key"] in seen:
                 continue

@@ -5,15 +5,18 @@
 same code path, which is how the tests exercise it). submitit pickles the matrix's resolved
 cells into each job, which runs :func:`run_worker`: the workers share the results database of
 the run, claim cells one at a time and stop when none is left. The database URL travels in the
-environment (:data:`~mixbench.bench.run.DB_ENV`), never in a job file.
+environment (:data:`~mixbench.bench.run.DB_ENV`), never in a job file; the job files (pickled
+cells, logs, pickled results) are written owner-only (``0600``, in a ``0700`` folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,19 @@ from mixbench.config import CellConfig
 from mixbench.errors import UsageError
 
 LAUNCHERS = ("local", "slurm")
+#: The file-creation mask of the launcher's job files: readable and writable by the owner only.
+PRIVATE_UMASK = 0o077
+
+
+@contextlib.contextmanager
+def private_files() -> Iterator[int]:
+    """Files and folders created in the block (and by processes started in it) are owner-only;
+    yields the mask in force before."""
+    previous = os.umask(PRIVATE_UMASK)
+    try:
+        yield previous
+    finally:
+        os.umask(previous)
 
 
 @dataclass
@@ -43,24 +59,32 @@ def run_worker(
     out_dir: Path,
     retry_failed: bool = False,
     nproc_per_node: int = 1,
+    umask: int | None = None,
 ) -> int:
     """What launched job ``index`` runs: claim and run ``cells`` of the shared database (its
     URL from the environment) until none is left; returns the job's exit status.
 
     Plug-ins named in the environment (``--plugin`` of the launching command) are imported
-    first, so that their methods, models and data sets resolve.
+    first, so that their methods, models and data sets resolve. The cells' files are written
+    under ``umask`` (the launching command's), the job's own files (its pickled result) under
+    the owner-only mask the job started with.
     """
     from mixbench.bench.run.matrix import run_matrix
     from mixbench.plugins import load_environment_plugins
 
     load_environment_plugins()
-    summary = run_matrix(
-        cells,
-        out_dir,
-        os.environ.get(DB_ENV),
-        retry_failed=retry_failed,
-        nproc_per_node=nproc_per_node,
-    )
+    job_umask = os.umask(umask) if umask is not None else None
+    try:
+        summary = run_matrix(
+            cells,
+            out_dir,
+            os.environ.get(DB_ENV),
+            retry_failed=retry_failed,
+            nproc_per_node=nproc_per_node,
+        )
+    finally:
+        if job_umask is not None:
+            os.umask(job_umask)
     print(
         f"worker {index} done: {summary.ran} cells run, {len(summary.failed)} failed in the matrix",
         file=sys.stderr,
@@ -81,17 +105,49 @@ def launch_matrix(
 ) -> list[Any]:
     """Submit ``workers`` jobs running :func:`run_worker` on ``cells``; returns the jobs.
 
-    Logs go to ``out_dir/launcher-logs``. Launched cells show no progress bars (their output
+    Logs go to ``out_dir/launcher-logs``, an owner-only folder whose files (the pickled cells
+    and results, the logs) are owner-only too (:func:`private_files`); secrets such as the
+    database URL travel in the environment. Launched cells show no progress bars (their output
     is a log file); local workers share this machine's cores (:func:`shared_cpu_environment`).
     """
-    import submitit
-
     if launcher not in LAUNCHERS:
         raise UsageError(f"unknown launcher {launcher!r}; valid launchers: {', '.join(LAUNCHERS)}")
     if workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
     log_dir = out_dir / "launcher-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.chmod(0o700)
+    with private_files() as umask:
+        return _submit(
+            launcher,
+            workers,
+            cells,
+            out_dir,
+            db_url,
+            log_dir,
+            slurm,
+            umask=umask,
+            retry_failed=retry_failed,
+            nproc_per_node=nproc_per_node,
+        )
+
+
+def _submit(
+    launcher: str,
+    workers: int,
+    cells: list[CellConfig],
+    out_dir: Path,
+    db_url: str,
+    log_dir: Path,
+    slurm: SlurmOptions | None,
+    *,
+    umask: int,
+    retry_failed: bool,
+    nproc_per_node: int,
+) -> list[Any]:
+    """Submit the jobs of :func:`launch_matrix` (called with owner-only file creation)."""
+    import submitit
+
     slurm = slurm or SlurmOptions()
     if launcher == "local":
         executor: Any = submitit.LocalExecutor(folder=str(log_dir))
@@ -119,6 +175,7 @@ def launch_matrix(
         out_dir=out_dir,
         retry_failed=retry_failed,
         nproc_per_node=nproc_per_node,
+        umask=umask,
     )
     env = {DB_ENV: db_url}
     if launcher == "local":

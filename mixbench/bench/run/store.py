@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -98,12 +99,69 @@ class CellRecord:
         return cls(**data)
 
 
+#: A query parameter that holds a secret (``password``, ``sslpassword``, ``passwd``, ``pwd``)
+#: and its value, in the text of a URL.
+_SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd)[^=&#]*=)[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """The database URL with any password replaced by ``***`` (safe to print)."""
+    """The database URL with every password replaced by ``***`` (safe to print).
+
+    The password of the user part and query parameters such as ``?password=`` are hidden; a
+    URL that SQLAlchemy cannot parse, or that holds several ``@`` (an unencoded ``@`` in a
+    password), shows nothing between ``://`` and its last ``@``.
+    """
+    parsed = parse_db_url(url)
+    if parsed is None:
+        if "://" not in url:
+            return "<database url>"
+        scheme, rest = url.split("://", 1)
+        if "@" in rest:
+            rest = "***" + rest[rest.rindex("@") :]
+        return _SECRET_QUERY.sub(r"\1***", f"{scheme}://{rest}")
+    return _SECRET_QUERY.sub(r"\1***", parsed.render_as_string(hide_password=True))
+
+
+def check_db_url(url: str, what: str = "database") -> sa.engine.URL:
+    """``url`` parsed; a malformed URL, or one whose password holds an unencoded ``@`` (which
+    would send the password's tail to the server as a host name), is a :class:`UsageError`."""
+    parsed = parse_db_url(url)
+    if parsed is None:
+        hint = " (percent-encode '@' in a password as %40)" if url.count("@") > 1 else ""
+        raise UsageError(
+            f"malformed {what} URL {redact_url(url)!r}{hint}: expected e.g. "
+            "sqlite:///results.db or postgresql+psycopg://user@host/db"
+        )
+    return parsed
+
+
+def scrub_url(text: str, url: str) -> str:
+    """``text`` (e.g. a driver's error message) with the password and query secrets of
+    ``url`` replaced by ``***``."""
+    text = text.replace(url, redact_url(url))
+    secrets: set[str] = set()
+    parsed = parse_db_url(url)
+    if parsed is not None:
+        secrets.add(str(parsed.password or ""))
+        for key, value in parsed.query.items():
+            if _SECRET_QUERY.match(f"?{key}="):
+                secrets.update([value] if isinstance(value, str) else value)
+    secrets.discard("")
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def parse_db_url(url: str) -> sa.engine.URL | None:
+    """SQLAlchemy's parse of ``url``; None when it fails or is ambiguous (an ``@`` left in the
+    host: the password held an unencoded ``@``)."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.engine.make_url(url)
     except Exception:
-        return "<database url>"
+        return None
+    if "@" in (parsed.host or ""):
+        return None
+    return parsed
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -116,30 +174,29 @@ class ResultStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        try:
-            parsed = sa.engine.make_url(url)
-        except Exception:
-            raise UsageError(
-                f"malformed database URL {redact_url(url)!r}: expected e.g. sqlite:///results.db "
-                "or postgresql+psycopg://user@host/db"
-            ) from None
+        parsed = check_db_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.engine: Engine = sa.create_engine(url, future=True, **self._engine_options())
         except Exception as exc:
-            raise UsageError(f"cannot use database {redact_url(url)}: {exc}") from None
+            raise UsageError(
+                f"cannot use database {redact_url(url)}: {scrub_url(str(exc), url)}"
+            ) from None
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_on_connect)
             sa.event.listen(self.engine, "begin", _sqlite_on_begin)
         try:
             self._create_tables()
-        except sa.exc.OperationalError as exc:
-            reason = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-            raise UsageError(
-                f"cannot reach database {redact_url(url)}: {reason}; check the URL and the server"
-            ) from None
+        except sa.exc.DBAPIError as exc:
+            reason = scrub_url(str(exc.orig).splitlines()[0] if exc.orig else str(exc), url)
+            if isinstance(exc, sa.exc.OperationalError):
+                raise UsageError(
+                    f"cannot reach database {redact_url(url)}: {reason}; check the URL and the "
+                    "server"
+                ) from None
+            raise UsageError(f"cannot use database {redact_url(url)}: {reason}") from None
 
     def _create_tables(self) -> None:
         # Several workers starting at once on a new PostgreSQL database race to create the
@@ -306,18 +363,25 @@ class ResultStore:
 
     def insert_record(self, record: dict[str, Any]) -> bool:
         """Insert a finished cell exported elsewhere; False if its key is already present."""
-        values = dict(record)
-        for col in _JSON_COLUMNS:
-            if isinstance(values.get(col), str):  # JSON text, as older exports held it
-                values[col] = json.loads(values[col])
+        return self.insert_records([record]) == 1
+
+    def insert_records(self, records: Iterable[dict[str, Any]]) -> int:
+        """Insert finished cells exported elsewhere in one transaction (all or none); cells
+        whose key is already present are skipped. Returns how many were added."""
+        added = 0
         with self.engine.begin() as conn:
-            present = conn.execute(
-                sa.select(cells_table.c.key).where(cells_table.c.key == values["key"])
-            ).first()
-            if present is not None:
-                return False
-            conn.execute(self._insert_ignore(values))
-        return True
+            for record in records:
+                values = dict(record)
+                for col in _JSON_COLUMNS:
+                    if isinstance(values.get(col), str):  # JSON text, as older exports held it
+                        values[col] = json.loads(values[col])
+                present = conn.execute(
+                    sa.select(cells_table.c.key).where(cells_table.c.key == values["key"])
+                ).first()
+                if present is None:
+                    conn.execute(self._insert_ignore(values))
+                    added += 1
+        return added
 
     # -- reading ------------------------------------------------------------------------
     def records(

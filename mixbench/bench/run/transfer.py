@@ -7,12 +7,14 @@ cells whose key is already present, so results from machines that share no datab
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from mixbench.bench.run.records import record_problems
 from mixbench.bench.run.store import DONE, ResultStore
 from mixbench.errors import UsageError
 from mixbench.fileio import atomic_write_text
@@ -36,17 +38,6 @@ EXPORTED_FIELDS = (
     "started_at",
     "finished_at",
 )
-REQUIRED_FIELDS = (
-    "key",
-    "preset",
-    "method",
-    "dataset",
-    "model",
-    "seed",
-    "params",
-    "config",
-    "metrics",
-)
 
 
 def export_records(store: ResultStore, *, preset: str | None = None) -> list[dict[str, Any]]:
@@ -67,51 +58,89 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
     return len(lines)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Cells from a JSON Lines export; a malformed line is a UsageError naming file and line."""
+def read_jsonl(path: Path, *, storable: bool = False) -> list[dict[str, Any]]:
+    """Cells from a JSON Lines export, each checked (:func:`record_problems`; ``storable``:
+    also that both database backends can store it).
+
+    A file with bad lines is a :class:`UsageError` with one line per bad line, naming the file,
+    the line and the problem: nothing of it is used.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    records = []
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{path} is not UTF-8 text ({exc.reason}): not a mixbench export"
+        ) from None
+    records, bad = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        missing = [f for f in REQUIRED_FIELDS if f not in record]
-        if not isinstance(record, dict) or missing:
-            raise UsageError(f"{path}:{number}: not an exported mixbench cell (missing {missing})")
+            bad.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+            continue
+        except RecursionError:
+            bad.append(f"{path}:{number}: JSON nested too deeply")
+            continue
+        if isinstance(record, dict):
+            record = _decode_json_text(record)
+        problems = record_problems(record, storable=storable)
+        if problems:
+            bad.append(f"{path}:{number}: {'; '.join(problems)}")
+            continue
         record.setdefault("status", DONE)
         records.append(record)
+    if bad:
+        raise UsageError("\n".join(bad))
     return records
 
 
-def read_results_path(path: Path) -> list[dict[str, Any]]:
-    """Cells from one ``.jsonl`` file or every ``*.jsonl`` file of a folder (sorted by name)."""
+def _decode_json_text(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with JSON columns held as JSON text (as older exports did) decoded; text
+    that is not JSON is kept, for the check to refuse."""
+    out = dict(record)
+    for name in ("params", "config", "metrics", "timings", "versions"):
+        if isinstance(out.get(name), str):
+            with contextlib.suppress(json.JSONDecodeError, RecursionError):
+                out[name] = json.loads(out[name])
+    return out
+
+
+def read_results_path(path: Path, *, storable: bool = False) -> list[dict[str, Any]]:
+    """Cells from one ``.jsonl`` file or every ``*.jsonl`` file of a folder (sorted by name),
+    checked as :func:`read_jsonl` does; every bad line of every file is reported."""
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.jsonl"))
         if not files:
             raise UsageError(f"no *.jsonl files in {path}: export results with `mixbench export`")
-        return [r for f in files for r in read_jsonl(f)]
-    if not path.is_file():
+    elif path.is_file():
+        files = [path]
+    else:
         raise UsageError(f"{path} does not exist: expected a .jsonl file or a folder of them")
-    return read_jsonl(path)
+    records, bad = [], []
+    for file in files:
+        try:
+            records += read_jsonl(file, storable=storable)
+        except UsageError as exc:
+            bad.append(str(exc))
+    if bad:
+        raise UsageError("\n".join(bad))
+    return records
 
 
 def import_records(store: ResultStore, records: Iterable[dict[str, Any]]) -> tuple[int, int]:
-    """Insert exported cells not yet in ``store``; returns (added, skipped)."""
-    added = skipped = 0
+    """Insert exported cells not yet in ``store`` in one transaction (all or nothing); returns
+    (added, skipped). Check them first (:func:`read_jsonl` with ``storable=True``)."""
+    rows = []
     for record in records:
         values = {name: record.get(name) for name in EXPORTED_FIELDS}
         values["status"] = DONE
         values["attempts"] = values.get("attempts") or 0
         values["created_at"] = values.get("created_at") or values.get("finished_at") or 0.0
-        if store.insert_record(values):
-            added += 1
-        else:
-            skipped += 1
-    return added, skipped
+        rows.append(values)
+    added = store.insert_records(rows)
+    return added, len(rows) - added

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import RDBStorage
 
-from mixbench.bench.run.store import redact_url
+from mixbench.bench.run.store import parse_db_url, redact_url, scrub_url
 from mixbench.errors import UsageError
 
 HEARTBEAT_SECONDS = 30  # a running trial's heartbeat; a silent one is failed after the grace
@@ -64,15 +64,13 @@ def open_storage(url: str, *, must_exist: bool = False) -> RDBStorage:
     With ``must_exist``, a SQLite file that is not there is a :class:`UsageError` instead of a
     new empty database.
     """
-    import sqlalchemy as sa
-
-    try:
-        parsed = sa.engine.make_url(url)
-    except Exception:
+    parsed = parse_db_url(url)
+    if parsed is None:
+        hint = " (percent-encode '@' in a password as %40)" if url.count("@") > 1 else ""
         raise UsageError(
-            f"malformed storage URL {redact_url(url)!r}: expected e.g. sqlite:///tuning.db or "
-            "postgresql+psycopg://user@host/db"
-        ) from None
+            f"malformed storage URL {redact_url(url)!r}{hint}: expected e.g. sqlite:///tuning.db "
+            "or postgresql+psycopg://user@host/db"
+        )
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database)
         if must_exist and not path.is_file():
@@ -87,5 +85,5 @@ def open_storage(url: str, *, must_exist: bool = False) -> RDBStorage:
     except Exception as exc:
         raise UsageError(
             f"cannot open tuning storage {redact_url(url)}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{scrub_url(str(exc).splitlines()[0], url) if str(exc) else ''}"
         ) from None

@@ -42,6 +42,7 @@ from mixbench.bench.tuning.storage import study_name
 from mixbench.config import CellConfig, config_hash, to_dict
 from mixbench.errors import UsageError
 from mixbench.methods import get_method_class, resolve_params
+from mixbench.names import file_part
 
 VALIDATION_FRACTION = 0.1  # default validation split: this share of the training set
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -54,6 +55,7 @@ __all__ = [
     "default_validation_size",
     "finished_trials",
     "format_params",
+    "study_folder",
     "tune_study",
     "tuning_setup",
 ]
@@ -86,6 +88,13 @@ def check_validation_size(size: int, n_train: int, num_classes: int) -> int:
 
 
 # -- one study ---------------------------------------------------------------------------
+
+
+def study_folder(out_dir: Path, name: str) -> Path:
+    """Where the trials of study ``name`` (``preset/dataset/model/method``) are written:
+    ``out_dir/tuning/<each part of the name as one plain file name>``, never outside
+    ``out_dir`` whatever the names hold."""
+    return out_dir.joinpath("tuning", *(file_part(part) for part in name.split("/")))
 
 
 def tuning_setup(cell: CellConfig, space: SearchSpace) -> dict[str, Any]:
@@ -231,7 +240,7 @@ def tune_study(
     bundle_cache = {} if bundle_cache is None else bundle_cache
     study = _load_study(cell, space, storage, budget, pruner or make_pruner())
     name = study.study_name
-    root = out_dir / "tuning" / name
+    root = study_folder(out_dir, name)
 
     def objective(trial: optuna.Trial) -> float:
         trial.study.sampler = make_sampler(cell.seed, trial.number)

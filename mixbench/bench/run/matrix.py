@@ -21,7 +21,7 @@ from typing import Any
 
 import ignite.distributed as idist
 
-from mixbench.bench.run.store import DONE, FAILED, ResultStore, sqlite_url
+from mixbench.bench.run.store import DONE, FAILED, ClaimLost, ResultStore, sqlite_url
 from mixbench.config import CellConfig
 from mixbench.errors import UsageError
 
@@ -231,6 +231,10 @@ def _matrix_loop(
                         file=log,
                     )
                 raise
+            except ClaimLost as exc:
+                # Another worker runs the cell now: its row is not ours to write.
+                print(f"    stopped: {exc}", file=log)
+                continue
             except (CellFailed, UsageError) as exc:
                 _record_failure(store, key, worker, str(exc), log)
                 continue
@@ -242,7 +246,15 @@ def _matrix_loop(
             if store is None:
                 continue
             timings = dict(result.timings, wall_seconds=time.perf_counter() - start)
-            store.finish(key, worker, metrics=result.metrics, timings=timings, versions=versions)
+            if not store.finish(
+                key, worker, metrics=result.metrics, timings=timings, versions=versions
+            ):
+                print(
+                    f"    not recorded: this worker ({worker}) lost its claim on {key} to "
+                    "another worker while it ran; the result of the worker holding it counts",
+                    file=log,
+                )
+                continue
             print(
                 f"    top-1 {100 * result.metrics['top1']:.2f}%  "
                 f"({timings['train_images_per_s']:.0f} train img/s, "

@@ -22,6 +22,10 @@ PRIVATE_DIR_MODE = 0o700
 #: Temporary files of :func:`atomic_write` are named ``.<name>.<random>.tmp``.
 TEMP_SUFFIX = ".tmp"
 
+#: A temporary file older than this in a folder that several processes may write (a run's
+#: folder, a data cache) is a leftover of a crash: no write lasts that long.
+STALE_TEMPORARY_SECONDS = 3600.0
+
 
 def _public_mode() -> int:
     """``0666`` less the process's umask: the mode ``open()`` would give a new file."""
@@ -34,11 +38,13 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, private: bool = F
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``.
 
     The file gets mode ``0600`` when ``private`` (see the module docstring), else the mode
-    the umask allows. A crash leaves at most the temporary file, which
-    :func:`remove_temporaries` deletes on the next start.
+    the umask allows. A crash leaves at most the temporary file: the next write of ``path``
+    deletes those older than :data:`STALE_TEMPORARY_SECONDS` (and :func:`remove_temporaries`
+    those of a whole folder).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(path.parent, older_than=STALE_TEMPORARY_SECONDS, name=path.name)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -75,14 +81,17 @@ def create_private_file(path: Path) -> bool:
     return True
 
 
-def remove_temporaries(folder: Path, *, older_than: float = 0.0) -> list[Path]:
+def remove_temporaries(
+    folder: Path, *, older_than: float = 0.0, name: str | None = None
+) -> list[Path]:
     """Delete the temporary files that :func:`atomic_write` left in ``folder`` when a process
-    died mid-write (``.<name>.<random>.tmp``), those modified more than ``older_than`` seconds
-    ago; returns them. Call it where no other process writes at the same time (or with an age
-    that no write lasts)."""
+    died mid-write (``.<name>.<random>.tmp``; only those of the file ``name`` if given),
+    those modified more than ``older_than`` seconds ago; returns them. Call it where no other
+    process writes at the same time, or with an age that no write lasts."""
     removed = []
     now = time.time()
-    for path in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+    pattern = f".{name}.*{TEMP_SUFFIX}" if name is not None else f".*{TEMP_SUFFIX}"
+    for path in Path(folder).glob(pattern):
         try:
             if path.is_file() and now - path.stat().st_mtime >= older_than:
                 path.unlink()

@@ -417,3 +417,21 @@ def test_results_checkpoints_and_exports_are_readable_by_their_owner_only(finish
     umask = os.umask(0)
     os.umask(umask)
     assert mode(finished_run / "LEADERBOARD.md") == 0o666 & ~umask  # shared: as the umask says
+
+
+def test_a_run_deletes_the_temporary_files_that_crashes_left(tmp_path, capsys):
+    """Temporary files of atomic writes killed midway (a leaderboard, an export), older than
+    any write lasts, are deleted by the next run in that folder; fresh ones (a write of
+    another process in progress) are left alone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".LEADERBOARD.md.a1b2c3.tmp", out / ".export.jsonl.d4e5f6.tmp"]
+    fresh = out / ".LEADERBOARD.md.g7h8i9.tmp"
+    for path in [*stale, fresh]:
+        path.write_text("partial")
+    for path in stale:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert main(["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out),
+                 "--no-leaderboard"]) == 0  # fmt: skip
+    assert [p.exists() for p in stale] == [False, False]
+    assert fresh.exists()

@@ -24,6 +24,7 @@ import ignite.distributed as idist
 from mixbench.bench.run.store import DONE, FAILED, ClaimLost, ResultStore, sqlite_url
 from mixbench.config import CellConfig
 from mixbench.errors import UsageError
+from mixbench.fileio import STALE_TEMPORARY_SECONDS, remove_temporaries
 
 
 @dataclass
@@ -121,6 +122,9 @@ def run_matrix(
     bundle_cache: dict[Any, Any] = {}
     validate_matrix(cells, bundle_cache)
     check_out_dir(out_dir)
+    # What a crash left mid-write (a leaderboard, an export); other workers may be writing
+    # here now, so only files older than any write lasts.
+    remove_temporaries(out_dir, older_than=STALE_TEMPORARY_SECONDS)
     url = db_url or default_db_url(out_dir)
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     keys = [c.key for c in cells]

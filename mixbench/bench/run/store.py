@@ -5,7 +5,7 @@ A row holds the cell's resolved config and its hash (the primary key), its statu
 software versions and host. Cells are claimed in a transaction so that several processes
 sharing one database never run the same cell twice.
 
-Each claim carries a token (``claims``): the claiming process's boot id and PID namespace and
+Each claim carries a token (column ``claim``): the claiming process's boot id and PID namespace and
 a random part. The token, not the worker's name, says who holds a cell: a heartbeat or a
 finish of a worker whose claim was taken over changes nothing (the heartbeat raises
 :class:`ClaimLost`), and a process's PID is judged only by a process of the same boot and PID
@@ -284,9 +284,11 @@ class ResultStore:
         (PostgreSQL re-checks the condition after a concurrent update commits; SQLite takes the
         write lock at BEGIN IMMEDIATE), and the losers move on to the next cell.
 
-        Runnable: pending or interrupted; running but abandoned (its process on this host is
-        gone, or its heartbeat is older than ``stale_after`` seconds); failed when
-        ``retry_failed``. The claimed row becomes ``running`` for ``worker``.
+        Runnable: pending or interrupted; running but abandoned (its process on this host, of
+        this boot and PID namespace, is gone, or its heartbeat is older than ``stale_after``
+        seconds); failed when ``retry_failed``. The claimed row becomes ``running`` for
+        ``worker`` under a new claim token, which this store's heartbeat, finish, fail and
+        interrupt of the cell then require.
         """
         keys = list(keys)
         host, pid = socket.gethostname(), os.getpid()

@@ -367,3 +367,195 @@ def test_records_one_backend_cannot_store_are_refused_alike_on_both(tmp_path, ca
             assert err.count("\n") == 1 and "Traceback" not in err
             errors.append(err)
         assert errors[0] == errors[1]
+
+
+def _small_cell(seed: int = 0, epochs: int = 3):
+    """A cell of a few tiny steps per epoch, no evaluators (seconds to train)."""
+    import dataclasses
+
+    from mixbench.bench.perf.data import bench_cell
+    from mixbench.config import ScheduleConfig
+
+    cell = bench_cell(device="cpu", method="mixup", batch_size=8, steps_per_epoch=2,
+                      width=4, image_size=32, num_classes=4)  # fmt: skip
+    schedule = ScheduleConfig(epochs=epochs, batch_size=8, schedule="onecycle")
+    return dataclasses.replace(cell, seed=seed, schedule=schedule)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no except Exception catches it)."""
+
+
+def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    from mixbench.bench.train.engine import train_cell
+
+    cell, folder = _small_cell(), tmp_path / "cell"
+    real_save, saves = torch.save, []
+
+    def save_then_die(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:  # the checkpoint of epoch 2, half written
+            if hasattr(f, "write"):  # ignite's DiskSaver passes an open file
+                f.write(b"half")
+            else:
+                Path(f).write_bytes(b"half")
+            raise _Killed
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train_cell(cell, folder)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in folder.glob("checkpoint_*.pt")] == ["checkpoint_1.pt"]
+    result = train_cell(cell, folder)
+    assert result.timings["resumed_from_epoch"] == 1
+    assert [p.name for p in folder.glob("checkpoint_*.pt")] == ["checkpoint_3.pt"]
+
+
+def test_a_restart_deletes_temporaries_and_superseded_checkpoints(tmp_path):
+    """A kill after the new checkpoint is complete but before the old one is deleted, and
+    temporary files of writes killed midway (ours and ignite's): the next start cleans up."""
+    from mixbench.bench.train.engine import train_cell
+
+    cell, folder = _small_cell(epochs=2), tmp_path / "cell"
+    train_cell(cell, folder)
+    final = folder / "checkpoint_2.pt"
+    (folder / "checkpoint_1.pt").write_bytes(final.read_bytes())  # superseded by epoch 2
+    leftovers = [folder / ".checkpoint_3.pt.k2j4h5.tmp", folder / "tmpab12cd34",
+                 folder / ".cell.json.x9y8z7.tmp"]  # fmt: skip
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    (folder / "notes.txt").write_text("kept")
+    result = train_cell(cell, folder)
+    assert result.timings["resumed_from_epoch"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["cell.json", "checkpoint_2.pt", "notes.txt"]
+
+
+def test_a_checkpoint_of_another_cell_is_set_aside_with_a_warning(tmp_path):
+    from mixbench.bench.train.engine import train_cell
+
+    ours, theirs = _small_cell(seed=1, epochs=1), _small_cell(seed=0, epochs=1)
+    train_cell(theirs, tmp_path / "theirs")
+    folder = tmp_path / "ours"
+    folder.mkdir()
+    copied = folder / "checkpoint_1.pt"
+    copied.write_bytes((tmp_path / "theirs" / "checkpoint_1.pt").read_bytes())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train_cell(ours, folder)
+    assert result.timings["resumed_from_epoch"] == 0
+    assert any(
+        "checkpoint_1.pt is of another cell" in str(w.message) and theirs.key in str(w.message)
+        for w in caught
+    )
+    assert (folder / "checkpoint_1.pt.foreign").exists()
+    state = torch.load(folder / "checkpoint_1.pt", map_location="cpu", weights_only=True)
+    assert state["cell"] == {"key": ours.key}
+
+
+@pytest.mark.parametrize("lost_before", ["heartbeat", "finish"])
+def test_a_worker_that_lost_its_claim_stops_and_says_so(tmp_path, capsys, monkeypatch, lost_before):
+    """Mid-cell, another worker of the same name (same host name, same PID in its container)
+    judges the cell abandoned and takes it over: this one's heartbeat stops it (or its finish
+    does not land), it says so, and the cell stays the other's."""
+    import mixbench.bench.train.engine as engine
+    from mixbench.bench.run.store import ResultStore
+
+    out = tmp_path / "run"
+    real_train_cell = engine.train_cell
+    other = []
+
+    def taken_over(cell, workdir, *, heartbeat=None, **kwargs):
+        with sqlite3.connect(out / "results.db") as conn:  # this worker looks gone
+            conn.execute("UPDATE cells SET heartbeat = 0")
+        other.append(ResultStore("sqlite:///" + str(out / "results.db")))
+        assert other[0].claim([cell.key], "w", stale_after=60) is not None
+        if lost_before == "heartbeat":
+            heartbeat()
+        return real_train_cell(cell, workdir, heartbeat=heartbeat, **kwargs)
+
+    monkeypatch.setattr(engine, "train_cell", taken_over)
+    args = ["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out),
+            "--worker-name", "w", "--no-leaderboard"]  # fmt: skip
+    try:
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert "lost its claim" in err
+        ((status, attempts, metrics),) = sqlite3.connect(out / "results.db").execute(
+            "SELECT status, attempts, metrics FROM cells"
+        )
+        assert (status, attempts, metrics) == ("running", 2, None)
+        other[0].finish(other[0].records()[0].key, "w", metrics={"top1": 0.5}, timings={},
+                        versions={})  # fmt: skip
+        assert other[0].records()[0].metrics == {"top1": 0.5}  # the holder's result lands
+    finally:
+        for store in other:
+            store.close()
+
+
+@pytest.mark.parametrize("damage", ["not-a-database", "truncated"])
+@pytest.mark.parametrize("command", ["run", "status", "leaderboard", "export", "import"])
+def test_a_damaged_sqlite_database_is_one_line_and_exit_2(
+    finished_run, tmp_path, capsys, command, damage
+):
+    out = tmp_path / "run"
+    out.mkdir()
+    good = (finished_run / "results.db").read_bytes()
+    damaged = b"these are not the bytes of a database\n" * 200
+    if damage == "truncated":
+        damaged = good[: len(good) // 2]
+    (out / "results.db").write_bytes(damaged)
+    exported = tmp_path / "cells.jsonl"
+    assert main(["export", "--out", str(exported), "--db",
+                 "sqlite:///" + str(finished_run / "results.db")]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = {
+        "run": ["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out)],
+        "status": ["status", "--out", str(out)],
+        "leaderboard": ["leaderboard", "--out", str(out)],
+        "export": ["export", "--out", str(tmp_path / "x.jsonl"), "--db",
+                   "sqlite:///" + str(out / "results.db")],
+        "import": ["import", str(exported), "--out", str(out)],
+    }[command]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "is damaged" in err and "results.db" in err
+    assert (out / "results.db").read_bytes() == damaged
+
+
+def test_results_checkpoints_and_exports_are_readable_by_their_owner_only(finished_run, tmp_path):
+    import stat
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    exported = tmp_path / "cells.jsonl"
+    assert main(["export", "--out", str(exported), "--db",
+                 "sqlite:///" + str(finished_run / "results.db")]) == 0  # fmt: skip
+    private = [finished_run / "results.db", exported,
+               *finished_run.glob("cells/*/checkpoint_*.pt"),
+               *finished_run.glob("cells/*/cell.json")]  # fmt: skip
+    assert len(private) == 4  # one cell
+    assert {str(p): mode(p) for p in private} == {str(p): 0o600 for p in private}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode(finished_run / "LEADERBOARD.md") == 0o666 & ~umask  # shared: as the umask says
+
+
+def test_a_run_deletes_the_temporary_files_that_crashes_left(tmp_path, capsys):
+    """Temporary files of atomic writes killed midway (a leaderboard, an export), older than
+    any write lasts, are deleted by the next run in that folder; fresh ones (a write of
+    another process in progress) are left alone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".LEADERBOARD.md.a1b2c3.tmp", out / ".export.jsonl.d4e5f6.tmp"]
+    fresh = out / ".LEADERBOARD.md.g7h8i9.tmp"
+    for path in [*stale, fresh]:
+        path.write_text("partial")
+    for path in stale:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert main(["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out),
+                 "--no-leaderboard"]) == 0  # fmt: skip
+    assert [p.exists() for p in stale] == [False, False]
+    assert fresh.exists()

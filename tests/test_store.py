@@ -137,3 +137,116 @@ def test_an_unencoded_at_in_a_password_is_refused_before_connecting():
     with pytest.raises(UsageError, match="percent-encode '@'") as info:
         ResultStore("postgresql+psycopg://bob:hun@ter2@127.0.0.1:1/nowhere")
     assert "ter2" not in str(info.value) and "hun" not in str(info.value)
+
+
+def _unshare_pid_usable() -> str | None:
+    """Why ``unshare --pid --fork`` cannot run here, or None when it can."""
+    import os
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    if os.geteuid() != 0:
+        return "a new PID namespace needs root (unshare --pid)"
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return f"unshare --pid is refused here: {probe.stderr.decode().strip()}"
+    return None
+
+
+def test_a_worker_in_another_pid_namespace_leaves_a_live_cell_alone(store, cells, tmp_path):
+    """Same host name, another PID namespace (a container on the host's network): the holder's
+    PID means nothing there, so only the heartbeat may declare the cell abandoned."""
+    reason = _unshare_pid_usable()
+    if reason is not None:
+        pytest.skip(reason)
+    store.add_cells(cells[:1])
+    key = cells[0].key
+    assert store.claim([key], "w1") is not None  # held by this (live) process
+    script = (
+        "import json, os, sys\n"
+        "from mixbench.bench.run.store import ResultStore\n"
+        "store = ResultStore(sys.argv[1])\n"
+        "record = store.claim([sys.argv[2]], 'w2')\n"
+        "print(json.dumps({'pid': os.getpid(), 'claimed': record is not None}))\n"
+    )
+    proc = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", script, store.url, key],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    import json
+
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["pid"] < 10  # it did run in a new PID namespace
+    assert seen["claimed"] is False
+    (record,) = store.records()
+    assert record.status == RUNNING and record.worker == "w1" and record.attempts == 1
+
+
+def test_a_worker_that_lost_its_claim_cannot_heartbeat_or_finish(tmp_path, cells):
+    """Two processes with the same worker name (same host name, both PID 1 in their
+    containers): only the claim that holds the cell may refresh or finish it."""
+    url = sqlite_url(tmp_path / "results.db")
+    first, second = ResultStore(url), ResultStore(url)
+    try:
+        first.add_cells(cells[:1])
+        key = cells[0].key
+        assert first.claim([key], "host:1") is not None
+        with first.engine.begin() as conn:  # the first looks abandoned to the second
+            conn.exec_driver_sql("UPDATE cells SET heartbeat = 0 WHERE key = ?", (key,))
+        assert second.claim([key], "host:1") is not None
+        with pytest.raises(RuntimeError, match="lost its claim"):  # store.ClaimLost
+            first.heartbeat(key, "host:1")
+        assert not first.finish(key, "host:1", metrics={"top1": 0.1}, timings={}, versions={})
+        assert not first.fail(key, "host:1", "late failure")
+        (record,) = first.records()
+        assert record.status == RUNNING and record.metrics is None
+        second.heartbeat(key, "host:1")
+        assert second.finish(key, "host:1", metrics={"top1": 0.9}, timings={}, versions={})
+        (record,) = first.records()
+        assert record.status == DONE and record.metrics == {"top1": 0.9}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_database_made_before_claim_tokens_opens_and_gains_the_column(tmp_path, cells):
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from mixbench.bench.run.store import metadata
+
+    path = tmp_path / "old.db"
+    old = sa.MetaData()
+    table = metadata.tables["cells"]
+    columns = [
+        sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+        for c in table.columns
+        if c.name != "claim"
+    ]
+    sa.Table("cells", old, *columns)
+    engine = sa.create_engine(sqlite_url(path))
+    old.create_all(engine)
+    engine.dispose()
+    store = ResultStore(sqlite_url(path))
+    try:
+        store.add_cells(cells[:1])
+        record = store.claim([cells[0].key], "w1")
+        assert record is not None and record.claim
+        assert store.finish(record.key, "w1", metrics={"top1": 0.5}, timings={}, versions={})
+    finally:
+        store.close()
+    names = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(cells)")]
+    assert "claim" in names
+    assert ResultStore(sqlite_url(path)).records()[0].status == DONE
+
+
+def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path):
+    import stat
+
+    path = tmp_path / "sub" / "results.db"
+    ResultStore(sqlite_url(path)).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

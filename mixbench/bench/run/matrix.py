@@ -21,9 +21,10 @@ from typing import Any
 
 import ignite.distributed as idist
 
-from mixbench.bench.run.store import DONE, FAILED, ResultStore, sqlite_url
+from mixbench.bench.run.store import DONE, FAILED, ClaimLost, ResultStore, sqlite_url
 from mixbench.config import CellConfig
 from mixbench.errors import UsageError
+from mixbench.fileio import STALE_TEMPORARY_SECONDS, remove_temporaries
 
 
 @dataclass
@@ -121,6 +122,9 @@ def run_matrix(
     bundle_cache: dict[Any, Any] = {}
     validate_matrix(cells, bundle_cache)
     check_out_dir(out_dir)
+    # What a crash left mid-write (a leaderboard, an export); other workers may be writing
+    # here now, so only files older than any write lasts.
+    remove_temporaries(out_dir, older_than=STALE_TEMPORARY_SECONDS)
     url = db_url or default_db_url(out_dir)
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     keys = [c.key for c in cells]
@@ -231,6 +235,10 @@ def _matrix_loop(
                         file=log,
                     )
                 raise
+            except ClaimLost as exc:
+                # Another worker runs the cell now: its row is not ours to write.
+                print(f"    stopped: {exc}", file=log)
+                continue
             except (CellFailed, UsageError) as exc:
                 _record_failure(store, key, worker, str(exc), log)
                 continue
@@ -242,7 +250,15 @@ def _matrix_loop(
             if store is None:
                 continue
             timings = dict(result.timings, wall_seconds=time.perf_counter() - start)
-            store.finish(key, worker, metrics=result.metrics, timings=timings, versions=versions)
+            if not store.finish(
+                key, worker, metrics=result.metrics, timings=timings, versions=versions
+            ):
+                print(
+                    f"    not recorded: this worker ({worker}) lost its claim on {key} to "
+                    "another worker while it ran; the result of the worker holding it counts",
+                    file=log,
+                )
+                continue
             print(
                 f"    top-1 {100 * result.metrics['top1']:.2f}%  "
                 f"({timings['train_images_per_s']:.0f} train img/s, "

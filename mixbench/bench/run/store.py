@@ -4,6 +4,13 @@ A row holds the cell's resolved config and its hash (the primary key), its statu
 (``pending``, ``running``, ``done``, ``failed``, ``interrupted``), the metrics, timings,
 software versions and host. Cells are claimed in a transaction so that several processes
 sharing one database never run the same cell twice.
+
+Each claim carries a token (column ``claim``): the claiming process's boot id and PID namespace and
+a random part. The token, not the worker's name, says who holds a cell: a heartbeat or a
+finish of a worker whose claim was taken over changes nothing (the heartbeat raises
+:class:`ClaimLost`), and a process's PID is judged only by a process of the same boot and PID
+namespace; elsewhere the heartbeat decides. The SQLite file is created readable by its owner
+only (``mixbench.fileio``'s rule for private files).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from mixbench.config import CellConfig, to_dict
 from mixbench.errors import UsageError
+from mixbench.fileio import create_private_file
 
 PENDING, RUNNING, DONE, FAILED, INTERRUPTED = "pending", "running", "done", "failed", "interrupted"
 STATUSES = (PENDING, RUNNING, DONE, FAILED, INTERRUPTED)
@@ -58,6 +67,8 @@ cells_table = sa.Table(
     sa.Column("finished_at", sa.Float),
     sa.Column("error", sa.Text),
     sa.Column("traceback", sa.Text),
+    # Added later: databases made before it gain the column when opened (_add_claim_column).
+    sa.Column("claim", sa.String(255)),
 )
 
 _JSON_COLUMNS = ("params", "config", "metrics", "timings", "versions")
@@ -89,6 +100,8 @@ class CellRecord:
     finished_at: float | None
     error: str | None
     traceback: str | None
+    #: The token of the claim that holds the cell (see the module docstring).
+    claim: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> CellRecord:
@@ -102,6 +115,31 @@ class CellRecord:
 #: A query parameter that holds a secret (``password``, ``sslpassword``, ``passwd``, ``pwd``)
 #: and its value, in the text of a URL.
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd)[^=&#]*=)[^&#]*")
+
+
+class ClaimLost(RuntimeError):
+    """This worker no longer holds the cell it runs: another worker took it over (e.g. after
+    judging it abandoned). The worker stops the cell and records nothing."""
+
+
+@functools.cache
+def process_identity() -> str:
+    """``boot=<boot id> pidns=<PID namespace>`` of this process: two processes can judge each
+    other's PIDs only when these are equal (empty parts where the system does not say)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"boot={boot} pidns={namespace}"
+
+
+def new_claim_token() -> str:
+    """A claim's token: this process's :func:`process_identity` and a random part."""
+    return f"{process_identity()} {uuid.uuid4().hex}"
 
 
 def redact_url(url: str) -> str:
@@ -176,8 +214,11 @@ class ResultStore:
         self.url = url
         parsed = check_db_url(url)
         self.dialect = parsed.get_backend_name()
+        #: key -> token of the claims this store made and still holds.
+        self._claims: dict[str, str] = {}
         if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            create_private_file(Path(parsed.database))
         try:
             self.engine: Engine = sa.create_engine(url, future=True, **self._engine_options())
         except Exception as exc:
@@ -189,8 +230,20 @@ class ResultStore:
             sa.event.listen(self.engine, "begin", _sqlite_on_begin)
         try:
             self._create_tables()
+            self._add_claim_column()
+            if self.dialect == "sqlite":
+                self._check_sqlite()
         except sa.exc.DBAPIError as exc:
             reason = scrub_url(str(exc.orig).splitlines()[0] if exc.orig else str(exc), url)
+            self.engine.dispose()
+            damaged = isinstance(exc, sa.exc.DatabaseError) and not isinstance(
+                exc, sa.exc.OperationalError
+            )
+            if self.dialect == "sqlite" and damaged:
+                raise UsageError(
+                    f"database {redact_url(url)} is damaged ({reason}); move it aside and "
+                    "rerun, or restore it from a backup or an export (mixbench import)"
+                ) from None
             if isinstance(exc, sa.exc.OperationalError):
                 raise UsageError(
                     f"cannot reach database {redact_url(url)}: {reason}; check the URL and the "
@@ -209,6 +262,27 @@ class ResultStore:
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))
+
+    def _add_claim_column(self) -> None:
+        # A database made before claims had tokens: add the column (NULL on old rows, which
+        # keep the old rule: same host and a dead PID).
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("cells")}
+        if "claim" in columns:
+            return
+        exists = "IF NOT EXISTS " if self.dialect == "postgresql" else ""
+        try:
+            with self.engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE cells ADD COLUMN {exists}claim VARCHAR(255)")
+        except sa.exc.OperationalError as exc:  # another worker added it first (SQLite)
+            if "duplicate column" not in str(exc.orig):
+                raise
+
+    def _check_sqlite(self) -> None:
+        # A truncated or overwritten file fails here, not in the middle of a command.
+        with self.engine.connect() as conn:
+            result = conn.exec_driver_sql("PRAGMA quick_check").scalar()
+        if result != "ok":
+            raise sa.exc.DatabaseError("PRAGMA quick_check", None, Exception(result))
 
     def _engine_options(self) -> dict[str, Any]:
         # JSON columns written with sorted keys: the stored text is canonical.
@@ -269,12 +343,15 @@ class ResultStore:
         (PostgreSQL re-checks the condition after a concurrent update commits; SQLite takes the
         write lock at BEGIN IMMEDIATE), and the losers move on to the next cell.
 
-        Runnable: pending or interrupted; running but abandoned (its process on this host is
-        gone, or its heartbeat is older than ``stale_after`` seconds); failed when
-        ``retry_failed``. The claimed row becomes ``running`` for ``worker``.
+        Runnable: pending or interrupted; running but abandoned (its process on this host, of
+        this boot and PID namespace, is gone, or its heartbeat is older than ``stale_after``
+        seconds); failed when ``retry_failed``. The claimed row becomes ``running`` for
+        ``worker`` under a new claim token, which this store's heartbeat, finish, fail and
+        interrupt of the cell then require.
         """
         keys = list(keys)
         host, pid = socket.gethostname(), os.getpid()
+        token = new_claim_token()
         with self.engine.begin() as conn:
             query = (
                 sa.select(cells_table)
@@ -307,21 +384,37 @@ class ResultStore:
                         attempts=row.attempts + 1,
                         error=None,
                         traceback=None,
+                        claim=token,
                     )
                 )
                 if result.rowcount == 1:
                     row.status, row.worker, row.attempts = RUNNING, worker, row.attempts + 1
+                    row.host, row.pid, row.heartbeat, row.claim = host, pid, now, token
+                    self._claims[row.key] = token
                     return row
         return None
 
+    def _holder(self, key: str, worker: str) -> Any:
+        """The condition "this worker, and the claim this store made, hold ``key``"."""
+        condition = sa.and_(cells_table.c.key == key, cells_table.c.worker == worker)
+        if key in self._claims:
+            condition = sa.and_(condition, cells_table.c.claim == self._claims[key])
+        return condition
+
     def heartbeat(self, key: str, worker: str) -> None:
-        """Refresh the heartbeat of a cell this worker runs."""
+        """Refresh the heartbeat of a cell this worker runs; :class:`ClaimLost` when it no
+        longer holds it (another worker took it over)."""
         with self.engine.begin() as conn:
-            conn.execute(
+            result = conn.execute(
                 cells_table.update()
-                .where(cells_table.c.key == key)
-                .where(cells_table.c.worker == worker)
+                .where(self._holder(key, worker))
+                .where(cells_table.c.status == RUNNING)
                 .values(heartbeat=time.time())
+            )
+        if result.rowcount != 1:  # the token stays: nothing this claim writes lands now
+            raise ClaimLost(
+                f"this worker ({worker}) lost its claim on cell {key}: another worker took it "
+                "over; stopping it here without recording anything"
             )
 
     def finish(
@@ -332,9 +425,10 @@ class ResultStore:
         metrics: dict[str, Any],
         timings: dict[str, Any],
         versions: dict[str, Any],
-    ) -> None:
-        """Mark a cell done with its results (only if this worker still holds it)."""
-        self._set(
+    ) -> bool:
+        """Mark a cell done with its results, only if this worker's claim still holds it;
+        returns whether it did."""
+        return self._set(
             key,
             worker,
             status=DONE,
@@ -344,22 +438,25 @@ class ResultStore:
             finished_at=time.time(),
         )
 
-    def fail(self, key: str, worker: str, error: str, traceback: str | None = None) -> None:
-        """Mark a cell failed with the reason and the traceback."""
-        self._set(key, worker, status=FAILED, error=error, traceback=traceback)
+    def fail(self, key: str, worker: str, error: str, traceback: str | None = None) -> bool:
+        """Mark a cell failed with the reason and the traceback (if this worker holds it)."""
+        return self._set(key, worker, status=FAILED, error=error, traceback=traceback)
 
-    def interrupt(self, key: str, worker: str, reason: str = "interrupted") -> None:
+    def interrupt(self, key: str, worker: str, reason: str = "interrupted") -> bool:
         """Mark a cell interrupted (it resumes from its checkpoint on the next run)."""
-        self._set(key, worker, status=INTERRUPTED, error=reason)
+        return self._set(key, worker, status=INTERRUPTED, error=reason)
 
-    def _set(self, key: str, worker: str, **values: Any) -> None:
+    def _set(self, key: str, worker: str, **values: Any) -> bool:
         with self.engine.begin() as conn:
-            conn.execute(
+            result = conn.execute(
                 cells_table.update()
-                .where(cells_table.c.key == key)
-                .where(cells_table.c.worker == worker)
+                .where(self._holder(key, worker))
                 .values(heartbeat=time.time(), **values)
             )
+        if result.rowcount != 1:
+            return False
+        self._claims.pop(key, None)
+        return True
 
     def insert_record(self, record: dict[str, Any]) -> bool:
         """Insert a finished cell exported elsewhere; False if its key is already present."""
@@ -414,10 +511,23 @@ def _runnable(row: CellRecord, now: float, host: str, stale_after: float, retry:
     if row.status == FAILED:
         return retry
     if row.status == RUNNING:
-        if row.host == host and row.pid is not None and not _pid_alive(row.pid):
+        if (
+            row.host == host
+            and row.pid is not None
+            and _same_pid_namespace(row.claim)
+            and not _pid_alive(row.pid)
+        ):
             return True
         return row.heartbeat is None or now - row.heartbeat > stale_after
     return False
+
+
+def _same_pid_namespace(claim: str | None) -> bool:
+    """Whether the claim was made by a process of this boot and PID namespace, whose PID this
+    process can therefore judge (a claim made before tokens existed: assumed so)."""
+    if claim is None:
+        return True
+    return claim.rsplit(" ", 1)[0] == process_identity()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -54,7 +54,7 @@ def export_records(store: ResultStore, *, preset: str | None = None) -> list[dic
 def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
     """Write ``records`` to ``path`` as JSON Lines (atomically); returns how many."""
     lines = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in records]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in lines), private=True)
     return len(lines)
 
 

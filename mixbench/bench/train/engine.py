@@ -206,30 +206,117 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+class CellKey:
+    """The key of the cell a checkpoint belongs to, saved in it (as ``cell``) so that a
+    checkpoint copied from another cell is refused (:func:`load_checkpoint`)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"key": self.key}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.key = str(state["key"])
+
+
+class PrivateDiskSaver(DiskSaver):
+    """ignite's :class:`~ignite.handlers.DiskSaver`, with two changes: a checkpoint is a
+    private file (mode ``0600``, written atomically by :func:`mixbench.fileio.write_private`),
+    and the checkpoints it supersedes are deleted only once the new one is complete (ignite's
+    ``Checkpoint`` asks for the removal before it saves, so a kill in between would leave
+    none; and after a resume it does not know the checkpoint resumed from)."""
+
+    def __init__(self, dirname: Path) -> None:
+        super().__init__(str(dirname), atomic=True, require_empty=False)
+        self._superseded: list[str] = []
+
+    def _save_func(self, checkpoint: Any, path: Path, func: Callable) -> None:
+        from mixbench.fileio import write_private
+
+        write_private(path, lambda tmp: func(checkpoint, tmp, **self.kwargs))
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(filename)
+
+    def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
+        super().__call__(checkpoint, filename, metadata)
+        superseded, self._superseded = self._superseded, []
+        if idist.get_rank() == self.save_on_rank:
+            for name in superseded:
+                (self.dirname / name).unlink(missing_ok=True)
+            delete_older_checkpoints(self.dirname, _checkpoint_epoch(Path(filename)) or 0)
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The epoch of ``checkpoint_<epoch>.pt``, or None for another name."""
+    prefix, _, epoch = path.stem.rpartition("_")
+    if path.suffix != ".pt" or prefix != CHECKPOINT_PREFIX or not epoch.isdigit():
+        return None
+    return int(epoch)
+
+
+def delete_older_checkpoints(folder: Path, epoch: int) -> None:
+    """Delete the checkpoints in ``folder`` of epochs before ``epoch`` (superseded by its)."""
+    for path in folder.glob(f"{CHECKPOINT_PREFIX}_*.pt"):
+        found = _checkpoint_epoch(path)
+        if found is not None and found < epoch:
+            path.unlink(missing_ok=True)
+
+
+def _set_aside(path: Path, suffix: str, why: str) -> None:
+    """Rename a checkpoint that must not be loaded to ``<name><suffix>``, with a warning."""
+    bad = path.with_suffix(".pt" + suffix)
+    path.replace(bad)
+    warnings.warn(
+        f"checkpoint {path} is {why}; moved to {bad.name} and resuming from an older one",
+        stacklevel=3,
+    )
+
+
 def load_checkpoint(folder: Path, to_load: dict[str, Any]) -> int:
     """Restore ``to_load`` from the newest readable checkpoint; returns its epoch (0 if none).
 
     Checkpoints are read with ``weights_only=True``. An unreadable (e.g. truncated) file is
-    set aside with a warning and the next older one is tried.
+    set aside (``.pt.corrupt``) with a warning and the next older one is tried; so is one that
+    belongs to another cell (``.pt.foreign``) when ``to_load`` has the cell's
+    :class:`CellKey` under ``cell`` (checkpoints written before keys were stored are loaded).
     """
+    marker = to_load.get("cell")
+    objects = {k: v for k, v in to_load.items() if k != "cell"}
     while (path := latest_checkpoint(folder)) is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            Checkpoint.load_objects(to_load=to_load, checkpoint=state)
+            stored = state.get("cell", {}).get("key") if isinstance(state, dict) else None
+            if isinstance(marker, CellKey) and stored is not None and stored != marker.key:
+                _set_aside(path, ".foreign", f"of another cell ({stored}, not {marker.key})")
+                continue
+            Checkpoint.load_objects(to_load=objects, checkpoint=state)
         except Exception as exc:  # a truncated or foreign file: never trust it
-            bad = path.with_suffix(".pt.corrupt")
-            path.replace(bad)
-            warnings.warn(
-                f"checkpoint {path} is unreadable ({type(exc).__name__}); moved to {bad.name} "
-                "and resuming from an older one",
-                stacklevel=2,
-            )
+            _set_aside(path, ".corrupt", f"unreadable ({type(exc).__name__})")
             continue
         trainer_state = state["trainer"]
         if "epoch" in trainer_state:
             return int(trainer_state["epoch"])
         return int(trainer_state["iteration"]) // max(1, int(trainer_state["epoch_length"] or 1))
     return 0
+
+
+#: Temporary files of ignite's DiskSaver (``tempfile.NamedTemporaryFile``), left by a kill
+#: mid-write in earlier versions.
+_IGNITE_TEMPORARY = re.compile(r"tmp[a-z0-9_]{8}")
+
+
+def clean_cell_folder(folder: Path, resumed_from: int) -> None:
+    """Delete what a crash left in a cell's folder: temporary files of interrupted writes,
+    and checkpoints older than the one resumed from (epoch ``resumed_from``)."""
+    from mixbench.fileio import remove_temporaries
+
+    remove_temporaries(folder)
+    for path in folder.iterdir():
+        if _IGNITE_TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+    delete_older_checkpoints(folder, resumed_from)
 
 
 CELL_FILE = "cell.json"
@@ -242,7 +329,8 @@ def write_cell_file(workdir: Path, cell: CellConfig) -> None:
     from mixbench.config import to_dict
     from mixbench.fileio import atomic_write_text
 
-    atomic_write_text(workdir / CELL_FILE, json.dumps(to_dict(cell), indent=2, sort_keys=True))
+    text = json.dumps(to_dict(cell), indent=2, sort_keys=True)
+    atomic_write_text(workdir / CELL_FILE, text, private=True)
 
 
 @dataclass
@@ -416,8 +504,9 @@ def _evaluated_epochs(schedule: ScheduleConfig) -> Callable[[Engine, int], bool]
 
 
 def attach_checkpoint(trainer: Engine, parts: TrainingParts, workdir: Path) -> dict[str, Any]:
-    """Save everything a resume needs after every epoch (the newest checkpoint only, written
-    atomically); returns the saved objects, for :func:`load_checkpoint`."""
+    """Save everything a resume needs, and the cell's key, after every epoch (the newest
+    checkpoint only, written atomically and privately by :class:`PrivateDiskSaver`, which
+    deletes the previous one after); returns the saved objects, for :func:`load_checkpoint`."""
     to_save = {
         "trainer": trainer,
         "model": parts.backbone,
@@ -425,12 +514,13 @@ def attach_checkpoint(trainer: Engine, parts: TrainingParts, workdir: Path) -> d
         "scheduler": parts.scheduler,
         "method": parts.method,
         "progress": parts.progress,
+        "cell": CellKey(parts.cell.key),
     }
     if parts.scaler.is_enabled():
         to_save["scaler"] = parts.scaler
     checkpoint = Checkpoint(
         to_save,
-        DiskSaver(str(workdir), require_empty=False, atomic=True),
+        PrivateDiskSaver(workdir),
         filename_prefix="",
         filename_pattern=CHECKPOINT_PREFIX + "_{global_step}.{ext}",
         global_step_transform=lambda engine, _: engine.state.epoch,
@@ -473,7 +563,9 @@ def train_cell(
     checkpoint handler is attached: the place to add handlers such as optuna's pruning handler.
     """
     schedule = cell.schedule
-    workdir.mkdir(parents=True, exist_ok=True)
+    from mixbench.fileio import PRIVATE_DIR_MODE
+
+    workdir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     parts = build_training(cell, bundle_cache)
     trainer = create_trainer(parts)
     evaluator, evaluate = create_evaluator(parts)
@@ -507,6 +599,8 @@ def train_cell(
 
     write_cell_file(workdir, cell)
     resumed_from = load_checkpoint(workdir, to_save)
+    if parts.rank == 0:
+        clean_cell_folder(workdir, resumed_from)
     if resumed_from >= schedule.epochs:
         # Training finished before an interruption; evaluation is all that is left.
         last_metrics.update(evaluate())

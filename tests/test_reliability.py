@@ -186,7 +186,9 @@ def test_sigkill_mid_cell_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert main(["run", *args, "--out", str(reference)]) == 0
 
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The victim computes with as many threads as this process (conftest sets them), whatever
+    # OMP_NUM_THREADS says: float sums over other thread counts differ in the last bits.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(torch.get_num_threads()))
     victim = subprocess.Popen(
         [sys.executable, "-m", "mixbench", "run", *args, "--out", str(out)],
         stdout=subprocess.DEVNULL,

@@ -369,7 +369,9 @@ def test_safe_extract_accepts_zips_written_by_writestr(tmp_path):
 def test_safe_extract_refuses_archives_that_expand_too_much(tmp_path):
     bomb = tmp_path / "bomb.zip"  # 20 MiB of zeros in about 20 KB: expands ~1000 times
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("zeros", bytes(20 << 20))
+        info = zipfile.ZipInfo("zeros")
+        info.external_attr, info.compress_type = 0o100644 << 16, zipfile.ZIP_DEFLATED
+        zf.writestr(info, bytes(20 << 20))
     with pytest.raises(UsageError, match="refusing to extract .* expands [0-9,]+ times"):
         archive_mod.safe_extract(bomb, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
@@ -409,9 +411,7 @@ def test_safe_extract_conflicts_and_odd_links_are_one_line_errors(tmp_path, entr
 
 
 def test_safe_extract_damaged_archive_is_a_one_line_error(tmp_path):
-    path = tmp_path / "damaged.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("a.txt", b"alpha" * 100)
+    path = _zip(tmp_path / "damaged.zip", [("a.txt", b"alpha" * 100, "file")])
     data = bytearray(path.read_bytes())
     data[data.index(b"alpha")] ^= 0xFF  # the stored bytes no longer match their CRC
     path.write_bytes(bytes(data))

@@ -128,7 +128,7 @@ BAD_INPUTS = [
         "batch_size 512 is larger than the 256 training images of data set 'synthetic'",
     ),
     (
-        "run --out {out} --methods erm --set eval.calibration_bins=1000000000",
+        "run --out {out} --methods erm --set eval.calibration_bins=100000",
         "calibration_bins must be in 1..10000",
     ),
 ]

@@ -244,7 +244,6 @@ def test_presets_that_include_each_other_are_refused(tmp_path):
         ('methods=["mix\\u0000up"]', "holds a control character"),
         ('param_set="de\\tfault"', "holds a control character"),
         ("variants=[{method='mixup',seeds=[4294967296]}]", "variant 1 of preset 'smoke'"),
-        ("schedule.batch_size=257", "batch_size 257 is larger than the 256 training images"),
         ("dataset_options.synthetic.noise='loud'", "option 'noise' must be of type float"),
         ("dataset_options.synthetic.train_subset=1.5", "'train_subset' must be of type int | None"),
     ],
@@ -254,6 +253,25 @@ def test_values_no_run_or_database_can_take_are_refused_when_cells_are_built(set
     apply_setting(matrix, setting)
     with pytest.raises(UsageError, match=re.escape(needle)):
         build_cells(matrix)
+
+
+def test_a_batch_larger_than_the_declared_training_set_is_refused():
+    from mixbench.bench.run.cells import check_batch_fits
+
+    matrix = load_preset("smoke")  # 256 training images
+    check_batch_fits(matrix)
+    apply_setting(matrix, "schedule.batch_size=256")
+    check_batch_fits(matrix)
+    apply_setting(matrix, "schedule.batch_size=257")
+    with pytest.raises(UsageError, match="batch_size 257 is larger than the 256 training images"):
+        check_batch_fits(matrix)
+    apply_setting(matrix, "dataset_options.synthetic.train_subset=200")
+    with pytest.raises(UsageError, match="larger than the 200 training images"):
+        check_batch_fits(matrix)
+    matrix = load_preset("paper-cifar10")  # the registered size: 50,000
+    apply_setting(matrix, "schedule.batch_size=50001")
+    with pytest.raises(UsageError, match="larger than the 50000 training images of data set"):
+        check_batch_fits(matrix)
 
 
 def test_absurd_calibration_bins_are_refused_when_the_preset_is_read():
@@ -278,12 +296,14 @@ def test_every_shipped_preset_and_stored_result_passes_the_new_checks():
     import json
     from pathlib import Path
 
+    from mixbench.bench.run.cells import check_batch_fits
     from mixbench.config import EvalConfig, ScheduleConfig, check_name, check_seed, from_dict
     from mixbench.datasets.base import check_dataset_options
 
     for name in list_presets():
         for matrix in load_matrices(name):
             matrix.validate()
+            check_batch_fits(matrix)
             for dataset in matrix.datasets:
                 check_dataset_options(dataset, matrix.dataset_options.get(dataset, {}))
     results = Path(__file__).resolve().parent.parent / "results"

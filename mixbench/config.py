@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import types
 import typing
@@ -31,6 +32,46 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+
+#: The largest seed: seeds are stored as 32-bit signed integers (PostgreSQL's ``integer``), and
+#: torch, NumPy and Python all accept 0 to 2**31 - 1.
+MAX_SEED = 2**31 - 1
+#: The longest name of a preset, method, data set, model or parameter set (the store's columns).
+MAX_NAME_LENGTH = 200
+#: The most calibration bins: more bins than test images leave most of them empty.
+MAX_CALIBRATION_BINS = 10_000
+
+
+def check_seed(seed: Any, where: str) -> int:
+    """``seed`` if it is an integer in 0..:data:`MAX_SEED`, else ``UsageError`` naming ``where``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"{where}: seed {seed!r} is not an integer in 0..{MAX_SEED} (2**31 - 1)")
+    return seed
+
+
+def check_name(name: Any, where: str) -> str:
+    """``name`` if every database accepts it (non-empty text of at most
+    :data:`MAX_NAME_LENGTH` characters, no NUL or other control character), else
+    ``UsageError`` naming ``where``."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{where} must be a non-empty name, got {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(
+            f"{where} is {len(name)} characters long; names have at most {MAX_NAME_LENGTH}"
+        )
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise UsageError(
+            f"{where} {name!r} holds a control character (NUL, newline, ...); use printable text"
+        )
+    return name
+
+
+def _finite(value: float, where: str, low: float, *, strict: bool = False) -> None:
+    """Refuse a NaN or infinite ``value``, or one below ``low`` (or equal to it if ``strict``)."""
+    bad = not math.isfinite(value) or value < low or (strict and value == low)
+    if bad:
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise UsageError(f"{where} must be a finite number {bound}, got {value}")
 
 
 @dataclass
@@ -54,8 +95,10 @@ class ScheduleConfig:
             raise UsageError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise UsageError(f"lr must be > 0, got {self.lr}")
+        _finite(self.lr, "lr", 0.0, strict=True)
+        _finite(self.momentum, "momentum", 0.0)
+        _finite(self.weight_decay, "weight_decay", 0.0)
+        _finite(self.gamma, "gamma", 0.0, strict=True)
         if self.schedule not in SCHEDULES:
             raise UsageError(
                 f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}"
@@ -123,8 +166,11 @@ class EvalConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.calibration_bins < 1:
-            raise UsageError(f"eval.calibration_bins must be >= 1, got {self.calibration_bins}")
+        if not 1 <= self.calibration_bins <= MAX_CALIBRATION_BINS:
+            raise UsageError(
+                f"eval.calibration_bins must be in 1..{MAX_CALIBRATION_BINS}, "
+                f"got {self.calibration_bins}"
+            )
         if self.batch_size < 1:
             raise UsageError(f"eval.batch_size must be >= 1, got {self.batch_size}")
         for name in ("attack_subset", "corruption_subset", "official_subset"):
@@ -250,6 +296,27 @@ class MatrixConfig:
     param_set: str = "default"
     include: list[str] = field(default_factory=list)
     variants: list[dict[str, Any]] = field(default_factory=list)
+
+    def validate(self) -> None:
+        """Refuse what no database or training run can take, before anything runs: the
+        schedule's values (:meth:`ScheduleConfig.validate`), seeds outside 0..2**31 - 1, and
+        names with control characters or longer than :data:`MAX_NAME_LENGTH` (PostgreSQL
+        refuses them where SQLite would store them)."""
+        self.schedule.validate()
+        where = f"preset {self.name!r}"
+        check_name(self.name, "the preset's name")
+        check_name(self.param_set, f"{where}: param_set")
+        for what in ("methods", "datasets", "models"):
+            for name in getattr(self, what):
+                check_name(name, f"{where}: {what} entry")
+        for seed in self.seeds:
+            check_seed(seed, where)
+        for i, variant in enumerate(self.variants):
+            for seed in variant.get("seeds", []) if isinstance(variant, dict) else []:
+                check_seed(seed, f"variant {i + 1} of {where}")
+            for key in ("method", "param_set"):
+                if isinstance(variant, dict) and isinstance(variant.get(key), str):
+                    check_name(variant[key], f"variant {i + 1} of {where}: {key}")
 
 
 # -- (de)serialisation ------------------------------------------------------------------
@@ -377,20 +444,26 @@ def load_preset(name_or_path: str) -> MatrixConfig:
     return from_dict(MatrixConfig, data, f"preset {default_name!r}")
 
 
-def load_matrices(name_or_path: str) -> list[MatrixConfig]:
+def load_matrices(name_or_path: str, _chain: tuple[str, ...] = ()) -> list[MatrixConfig]:
     """The matrices of a preset: itself, or the presets it ``include``s (each keeping its name).
 
     A preset such as ``paper`` that only includes others (``paper-cifar10``, ...) expands to
     their matrices, so that its cells are exactly theirs (same keys, same leaderboard tables).
+    A preset that includes itself, directly or through others, is a ``UsageError``.
     """
     matrix = load_preset(name_or_path)
     if not matrix.include:
         return [matrix]
+    chain = (*_chain, name_or_path)
+    seen = {Path(p).stem for p in chain} | {matrix.name}
     out: list[MatrixConfig] = []
     for part in matrix.include:
         if part == matrix.name:
             raise UsageError(f"preset {matrix.name!r} includes itself")
-        out.extend(load_matrices(part))
+        if part in chain or Path(part).stem in seen:
+            cycle = " -> ".join([*chain, part])
+            raise UsageError(f"presets include each other ({cycle}); remove one of the includes")
+        out.extend(load_matrices(part, chain))
     return out
 
 

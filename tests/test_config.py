@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mixbench.bench.run.cells import build_cells
@@ -220,3 +222,103 @@ def test_param_set_ce_from_the_command_line(capsys):
     assert main(["run", "--dry-run", "--param-set", "bogus"]) == 2
     err = capsys.readouterr().err
     assert "unknown parameter set 'bogus'" in err and "ce" in err and "paper" in err
+
+
+def test_presets_that_include_each_other_are_refused(tmp_path):
+    for a, b in (("a", "b"), ("b", "c"), ("c", "a")):  # a -> b -> c -> a
+        (tmp_path / f"{a}.toml").write_text(f'include = ["{tmp_path / b}.toml"]\n')
+    with pytest.raises(UsageError, match=r"presets include each other \(.*a.toml -> .*b.toml"):
+        load_matrices(str(tmp_path / "a.toml"))
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("schedule.lr=nan", "lr must be a finite number > 0, got nan"),
+        ("schedule.lr=-inf", "lr must be a finite number > 0, got -inf"),
+        ("schedule.momentum=-0.1", "momentum must be a finite number >= 0"),
+        ("schedule.weight_decay=inf", "weight_decay must be a finite number >= 0"),
+        ("schedule.gamma=0", "gamma must be a finite number > 0"),
+        ("seeds=[2147483648]", "seed 2147483648 is not an integer in 0..2147483647"),
+        ("seeds=[-1]", "seed -1 is not an integer"),
+        ('methods=["mix\\u0000up"]', "holds a control character"),
+        ('param_set="de\\tfault"', "holds a control character"),
+        ("variants=[{method='mixup',seeds=[4294967296]}]", "variant 1 of preset 'smoke'"),
+        ("dataset_options.synthetic.noise='loud'", "option 'noise' must be of type float"),
+        ("dataset_options.synthetic.train_subset=1.5", "'train_subset' must be of type int | None"),
+    ],
+)
+def test_values_no_run_or_database_can_take_are_refused_when_cells_are_built(setting, needle):
+    matrix = load_preset("smoke")
+    apply_setting(matrix, setting)
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        build_cells(matrix)
+
+
+def test_a_batch_larger_than_the_declared_training_set_is_refused():
+    from mixbench.bench.run.cells import check_batch_fits
+
+    matrix = load_preset("smoke")  # 256 training images
+    check_batch_fits(matrix)
+    apply_setting(matrix, "schedule.batch_size=256")
+    check_batch_fits(matrix)
+    apply_setting(matrix, "schedule.batch_size=257")
+    with pytest.raises(UsageError, match="batch_size 257 is larger than the 256 training images"):
+        check_batch_fits(matrix)
+    apply_setting(matrix, "dataset_options.synthetic.train_subset=200")
+    with pytest.raises(UsageError, match="larger than the 200 training images"):
+        check_batch_fits(matrix)
+    matrix = load_preset("paper-cifar10")  # the registered size: 50,000
+    apply_setting(matrix, "schedule.batch_size=50001")
+    with pytest.raises(UsageError, match="larger than the 50000 training images of data set"):
+        check_batch_fits(matrix)
+
+
+def test_absurd_calibration_bins_are_refused_when_the_preset_is_read():
+    with pytest.raises(UsageError, match=r"calibration_bins must be in 1\.\.10000"):
+        apply_setting(load_preset("smoke"), "eval.calibration_bins=100000")
+
+
+def test_synthetic_refuses_sizes_it_cannot_hold_before_generating():
+    from mixbench.datasets import create_dataset
+
+    with pytest.raises(UsageError, match="n_train=1000000000000 of 32x32 images is too large"):
+        create_dataset("synthetic", n_train=10**12)
+    with pytest.raises(UsageError, match="n_test=100000 of 1024x1024 images is too large"):
+        create_dataset("synthetic", n_test=100_000, n_train=10, image_size=1024)
+    with pytest.raises(UsageError, match="noise must be a finite number"):
+        create_dataset("synthetic", n_train=10, n_test=1, noise=float("nan"))
+
+
+def test_every_shipped_preset_and_stored_result_passes_the_new_checks():
+    """The checks refuse nothing that mixbench ships or has stored (their keys stay as they
+    were: the checks change no value)."""
+    import json
+    from pathlib import Path
+
+    from mixbench.bench.run.cells import check_batch_fits
+    from mixbench.config import EvalConfig, ScheduleConfig, check_name, check_seed, from_dict
+    from mixbench.datasets.base import check_dataset_options
+
+    for name in list_presets():
+        for matrix in load_matrices(name):
+            matrix.validate()
+            check_batch_fits(matrix)
+            for dataset in matrix.datasets:
+                check_dataset_options(dataset, matrix.dataset_options.get(dataset, {}))
+    results = Path(__file__).resolve().parent.parent / "results"
+    records = [
+        json.loads(line)
+        for path in sorted(results.glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    assert records
+    for record in records:
+        config = record["config"]
+        from_dict(ScheduleConfig, config["schedule"]).validate()
+        from_dict(EvalConfig, config["eval"])
+        check_seed(config["seed"], "stored cell")
+        for field in ("preset", "method", "dataset", "model", "param_set"):
+            check_name(config.get(field, "default"), field)
+        check_dataset_options(config["dataset"], config["dataset_options"])

@@ -336,6 +336,89 @@ def test_safe_extract_refuses_paths_escaping_the_target(tmp_path, fmt, case):
         assert list(target.iterdir()) == []
 
 
+def _links_inside(target: Path) -> bool:
+    real = Path(os.path.realpath(target))
+    return all(
+        Path(os.path.realpath(p)).is_relative_to(real) for p in target.rglob("*") if p.is_symlink()
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("fmt", ["zip", "tar"])
+def test_safe_extract_refuses_a_link_that_a_later_link_sends_out(tmp_path, fmt):
+    # Each link stays inside when it is made; replacing `a` by `a -> .` sends `b` out.
+    entries = [("a", b"r/s", "symlink"), ("b", b"a/..", "symlink"), ("a", b".", "symlink")]
+    built = (_zip if fmt == "zip" else _tar)(tmp_path / f"relink.{fmt}", entries)
+    target = tmp_path / "deep" / "out"
+    with pytest.raises(UsageError, match="refusing to extract .* link 'b' resolves to"):
+        archive_mod.safe_extract(built, target)
+    assert _links_inside(target)
+
+
+def test_safe_extract_accepts_zips_written_by_writestr(tmp_path):
+    path = tmp_path / "plain.zip"
+    with zipfile.ZipFile(path, "w") as zf:  # modes 0o600 without a file type, as Python writes
+        zf.writestr("top/", b"")
+        zf.writestr("top/a.txt", b"alpha")
+        zf.writestr("top/sub/b.txt", b"beta")
+    archive_mod.safe_extract(path, tmp_path / "out")
+    assert (tmp_path / "out" / "top" / "a.txt").read_bytes() == b"alpha"
+    assert (tmp_path / "out" / "top" / "sub" / "b.txt").read_bytes() == b"beta"
+
+
+def test_safe_extract_refuses_archives_that_expand_too_much(tmp_path):
+    bomb = tmp_path / "bomb.zip"  # 20 MiB of zeros in about 20 KB: expands ~1000 times
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        info = zipfile.ZipInfo("zeros")
+        info.external_attr, info.compress_type = 0o100644 << 16, zipfile.ZIP_DEFLATED
+        zf.writestr(info, bytes(20 << 20))
+    with pytest.raises(UsageError, match="refusing to extract .* expands [0-9,]+ times"):
+        archive_mod.safe_extract(bomb, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    # The same archive passes under a higher ratio, not under a lower total.
+    archive_mod.safe_extract(bomb, tmp_path / "ok", max_ratio=5000)
+    assert (tmp_path / "ok" / "zeros").stat().st_size == 20 << 20
+    with pytest.raises(UsageError, match="more than the limit of 10,000,000"):
+        archive_mod.safe_extract(bomb, tmp_path / "small", max_bytes=10_000_000, max_ratio=5000)
+    # Hard links count as the copies they are extracted as.
+    links = [("f", bytes(1000), "file")] + [(f"h{i}", b"f", "hardlink") for i in range(20)]
+    with pytest.raises(UsageError, match="expands to 21,000 bytes"):
+        archive_mod.safe_extract(_tar(tmp_path / "h.tar", links), tmp_path / "h", max_bytes=20_000)
+
+
+def test_tiny_imagenet_sized_archives_pass_the_default_limits():
+    # Tiny-ImageNet's zip: about 248 MB, 120,000 JPEGs expanding to about 0.5 GB.
+    archive_mod.check_size(Path("tiny-imagenet-200.zip"), 248_000_000, 500_000_000)
+    archive_mod.check_size(Path("x.zip"), 248_000_000, 10 * 248_000_000)  # 10x: still fine
+    assert archive_mod.MAX_EXPANDED_BYTES >= 10 * 500_000_000
+    with pytest.raises(UsageError, match="expands 1,000 times"):
+        archive_mod.check_size(Path("bomb.zip"), 510_000, 510_000_000)
+
+
+@pytest.mark.parametrize(
+    ("entries", "needle"),
+    [
+        ([("top/d/x", b"x", "file"), ("top/d", b"y", "file")], "would replace the folder"),
+        ([("top/f", b"x", "file"), ("top/f/x", b"y", "file")], "cannot write member 'top/f/x'"),
+        ([("top/link", b"\xff\xfe", "symlink")], "not UTF-8"),
+    ],
+    ids=["file_over_folder", "file_under_file", "non_utf8_link"],
+)
+def test_safe_extract_conflicts_and_odd_links_are_one_line_errors(tmp_path, entries, needle):
+    built = _zip(tmp_path / "odd.zip", entries)
+    with pytest.raises(UsageError, match=needle):
+        archive_mod.safe_extract(built, tmp_path / "out")
+
+
+def test_safe_extract_damaged_archive_is_a_one_line_error(tmp_path):
+    path = _zip(tmp_path / "damaged.zip", [("a.txt", b"alpha" * 100, "file")])
+    data = bytearray(path.read_bytes())
+    data[data.index(b"alpha")] ^= 0xFF  # the stored bytes no longer match their CRC
+    path.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="is damaged"):
+        archive_mod.safe_extract(path, tmp_path / "out")
+
+
 def test_safe_extract_refuses_what_is_not_an_archive(tmp_path):
     path = tmp_path / "plain.txt"
     path.write_text("hello")

@@ -55,9 +55,18 @@ def _bad_layouts(tmp: Path) -> dict[str, Path]:
     broken_preset.write_text("[schedule\nepochs = 3\n")
     a_file = tmp / "a-file"
     a_file.write_text("not a folder")
+    # Presets that include each other: a -> b -> a.
+    (tmp / "cycle-a.toml").write_text(f'include = ["{tmp / "cycle-b.toml"}"]\n')
+    (tmp / "cycle-b.toml").write_text(f'include = ["{tmp / "cycle-a.toml"}"]\n')
+    control_name = tmp / "control.toml"  # a name PostgreSQL cannot store (NUL), SQLite can
+    control_name.write_text(
+        'name = "smoke\\u0000x"\nmethods = ["erm"]\n[schedule]\nepochs = 1\nbatch_size = 64\n'
+        "[dataset_options.synthetic]\nn_train = 128\nn_test = 64\n"
+        '[model_options.preactresnet18]\nwidth = 8\n[eval]\nevaluators = ["calibration"]\n'
+    )
     return {"wrong": wrong, "empty": empty, "bad_preset": bad_preset,
-            "broken_preset": broken_preset, "a_file": a_file,
-            **_bad_records(tmp)}  # fmt: skip
+            "broken_preset": broken_preset, "a_file": a_file, "cycle": tmp / "cycle-a.toml",
+            "control_name": control_name, **_bad_records(tmp)}  # fmt: skip
 
 
 def _committed_record() -> dict:
@@ -157,6 +166,34 @@ BAD_INPUTS = [
     ("import --out {out} {big_metric}", "best_epoch is an integer beyond 64 bits"),
     ("import --out {out} {nul_host}", "host holds a NUL character"),
     ("import --out {out} {nan_metric}", "metrics.nll is nan"),
+    # Values that used to end in a traceback, or in failed cells, refused when the preset and
+    # the command line are read (the same for SQLite and PostgreSQL). ``--methods erm`` keeps
+    # them quick where an older mixbench trains them.
+    ("run --out {out} --preset {cycle}", "presets include each other"),
+    ("run --out {out} --preset {control_name}", "holds a control character"),
+    ("run --out {out} --methods erm --set name=" + "x" * 201, "names have at most 200"),
+    ("run --out {out} --methods erm --seeds 2147483648", "seed 2147483648 is not an integer"),
+    ("run --out {out} --methods erm --seeds 0,-1", "seed -1 is not an integer in 0..2147483647"),
+    (
+        "run --out {out} --methods erm --set dataset_options.synthetic.n_train=many",
+        "option 'n_train' must be of type int",
+    ),
+    (
+        "run --out {out} --methods erm --set dataset_options.synthetic.n_train=1000000000000",
+        "synthetic n_train=1000000000000 of 32x32 images is too large",
+    ),
+    ("run --out {out} --methods erm --set schedule.lr=nan", "lr must be a finite number > 0"),
+    ("run --out {out} --methods erm --set schedule.lr=inf", "got inf"),
+    ("run --out {out} --methods erm --set schedule.momentum=-0.9", "momentum must be a finite"),
+    ("run --out {out} --methods erm --set schedule.weight_decay=-1e-4", "weight_decay must be"),
+    (
+        "run --out {out} --methods erm --set schedule.batch_size=512",
+        "batch_size 512 is larger than the 256 training images of data set 'synthetic'",
+    ),
+    (
+        "run --out {out} --methods erm --set eval.calibration_bins=100000",
+        "calibration_bins must be in 1..10000",
+    ),
 ]
 
 

@@ -155,6 +155,39 @@ def test_local_launcher_exits_non_zero_when_a_cell_fails(tmp_path):
     assert record.status == "failed" and "NaN" in record.error
 
 
+def _wrong_mixbench(folder: Path) -> Path:
+    """A folder holding another ``mixbench/`` package, which fails when imported."""
+    (folder / "mixbench").mkdir(parents=True)
+    (folder / "mixbench" / "__init__.py").write_text("raise ImportError('the wrong mixbench')\n")
+    return folder
+
+
+def test_launched_python_imports_the_launching_mixbench_from_any_folder(tmp_path, monkeypatch):
+    import mixbench
+    from mixbench.bench.run.launch import same_package_environment
+
+    monkeypatch.chdir(_wrong_mixbench(tmp_path))
+    env = dict(os.environ, **same_package_environment())
+    probe = "import mixbench, sys; sys.stdout.write(mixbench.__file__)"
+    found = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert Path(found).resolve() == Path(mixbench.__file__).resolve()
+
+
+@pytest.mark.slow
+def test_local_launcher_workers_import_the_launching_mixbench(tmp_path, monkeypatch):
+    from mixbench.cli import main
+
+    monkeypatch.chdir(_wrong_mixbench(tmp_path / "checkout"))
+    out = tmp_path / "out"
+    code = main(["run", "--preset", "smoke", "--methods", "erm", *TINY, "--out", str(out),
+                 "--no-leaderboard", "--launcher", "local", "--workers", "1"])  # fmt: skip
+    assert code == 0
+    (record,) = _records(sqlite_url(out / "results.db"))
+    assert record.status == "done"
+
+
 def test_status_json_lists_cells(tmp_path, capsys):
     from mixbench.cli import main
 

@@ -20,12 +20,15 @@ __all__ = [
 
 
 def build_matrices(args: argparse.Namespace) -> list[Any]:
-    """The matrices of the preset of ``args``, every command-line override applied to each."""
+    """The matrices of the preset of ``args``, every command-line override applied to each,
+    each checked for a batch its data sets can fill."""
+    from mixbench.bench.run.cells import check_batch_fits
     from mixbench.config import load_matrices
 
     matrices = load_matrices(args.preset)
     for matrix in matrices:
         apply_overrides(matrix, args)
+        check_batch_fits(matrix)
     note_unused_params(matrices, args.param)
     return matrices
 

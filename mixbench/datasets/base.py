@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from mixbench.datasets.options import check_option_types
 from mixbench.errors import UsageError
 from mixbench.registry import Registry
 
@@ -323,6 +324,7 @@ def create_dataset(
 
 
 def _check_options(name: str, factory: DatasetFactory, options: dict[str, Any]) -> None:
+    check_option_types(name, factory, options)
     params = inspect.signature(factory).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
@@ -333,6 +335,37 @@ def _check_options(name: str, factory: DatasetFactory, options: dict[str, Any]) 
                 f"data set {name!r} has no option {key!r}; valid options: "
                 f"{', '.join(valid) or 'none'}"
             )
+
+
+#: Options that :func:`create_dataset` takes for every data set.
+_COMMON = ("train_subset", "subset_seed")
+
+
+def check_dataset_options(name: str, options: dict[str, Any]) -> None:
+    """Check the options of data set ``name`` (names and types) without loading it.
+
+    ``train_subset`` and ``subset_seed`` (taken by every data set) are checked against
+    :func:`~mixbench.datasets.base.create_dataset`'s annotations, the others against the
+    factory's; an unknown option is refused where the factory takes no ``**options``.
+    """
+    factory = DATASETS.get(name)
+    own = {k: v for k, v in options.items() if k not in _COMMON}
+    _check_options(name, factory, own)
+    check_option_types(name, create_dataset, {k: options[k] for k in _COMMON if k in options})
+    check_option_types(name, factory, own)
+
+
+def declared_train_size(name: str, options: dict[str, Any]) -> int | None:
+    """The number of training images data set ``name`` has with ``options``, as far as it is
+    known without loading it: ``train_subset``, else ``n_train`` (the option or the factory's
+    default), else :attr:`DatasetInfo.train_size`; ``None`` when unknown."""
+    for key in ("train_subset", "n_train"):
+        if isinstance(options.get(key), int):
+            return int(options[key])
+    parameter = inspect.signature(DATASETS.get(name)).parameters.get("n_train")
+    if parameter is not None and isinstance(parameter.default, int):
+        return int(parameter.default)
+    return dataset_info(name).train_size
 
 
 def require_root(name: str, root: Path | None, expected: str) -> Path:

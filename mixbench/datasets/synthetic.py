@@ -27,6 +27,11 @@ from mixbench.datasets.base import (
 )
 from mixbench.errors import UsageError
 
+#: The most pixel values (images x 3 x height x width) of one generated split: 2**30, 1 GiB of
+#: uint8 images (about 350,000 images of 32x32), generated through float tensors four times
+#: that size.
+MAX_VALUES = 2**30
+
 
 def class_palette(num_classes: int) -> torch.Tensor:
     """One RGB colour (values in [0, 1]) per class, hues spread evenly around the circle."""
@@ -114,8 +119,14 @@ def synthetic(
             f"synthetic needs n_train >= num_classes ({num_classes}) and n_test >= 1, "
             f"got n_train={n_train}, n_test={n_test}"
         )
-    if noise < 0:
-        raise UsageError(f"synthetic noise must be >= 0, got {noise}")
+    for split, n in (("n_train", n_train), ("n_test", n_test)):
+        if n * 3 * size[0] * size[1] > MAX_VALUES:
+            raise UsageError(
+                f"synthetic {split}={n} of {size[0]}x{size[1]} images is too large: a split "
+                f"holds at most {MAX_VALUES // (3 * size[0] * size[1]):,} images of that size"
+            )
+    if not 0 <= noise < math.inf:
+        raise UsageError(f"synthetic noise must be a finite number >= 0, got {noise}")
     train = generate_gratings(
         n_train, num_classes, size, seeding.generator(seeding.split_seed(seed, "train")), noise
     )

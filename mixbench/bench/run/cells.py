@@ -215,6 +215,32 @@ def key_defaults(cls: type) -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if getattr(p, "key_default", False)}
 
 
+def _check_dataset_options(matrix: MatrixConfig) -> None:
+    """Each data set's options: names and types (the factory's annotations), nothing loaded."""
+    from mixbench.datasets.base import check_dataset_options
+
+    for name in matrix.datasets:
+        check_dataset_options(name, matrix.dataset_options.get(name, {}))
+
+
+def check_batch_fits(matrix: MatrixConfig) -> None:
+    """Refuse a ``schedule.batch_size`` larger than the training set of a data set of
+    ``matrix`` (its declared size: ``train_subset``, ``n_train`` or :class:`DatasetInfo`;
+    nothing loaded): training drops the last partial batch, so such a cell has nothing to
+    train on. The command line checks every matrix it reads; cells built only to be
+    evaluated need not pass."""
+    from mixbench.datasets.base import declared_train_size
+
+    batch = matrix.schedule.batch_size
+    for name in matrix.datasets:
+        size = declared_train_size(name, matrix.dataset_options.get(name, {}))
+        if size is not None and batch > size:
+            raise UsageError(
+                f"schedule.batch_size {batch} is larger than the {size} training images of "
+                f"data set {name!r}: no full batch to train on; lower schedule.batch_size"
+            )
+
+
 def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list[CellConfig]:
     """Every cell of ``matrix``, names and parameters validated, in a stable order.
 
@@ -224,7 +250,8 @@ def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list
     """
     from mixbench.methods import get_method_class, resolve_params
 
-    matrix.schedule.validate()
+    matrix.validate()
+    _check_dataset_options(matrix)
     if not matrix.seeds:
         raise UsageError("the matrix has no seeds; pass --seeds 0,1,2")
     evaluation = resolve_eval(matrix.eval)

@@ -6,7 +6,9 @@ same code path, which is how the tests exercise it). submitit pickles the matrix
 cells into each job, which runs :func:`run_worker`: the workers share the results database of
 the run, claim cells one at a time and stop when none is left. The database URL travels in the
 environment (:data:`~mixbench.bench.run.DB_ENV`), never in a job file; the job files (pickled
-cells, logs, pickled results) are written owner-only (``0600``, in a ``0700`` folder).
+cells, logs, pickled results) are written owner-only (``0600``, in a ``0700`` folder). The
+workers import the mixbench of the launching process, wherever they start
+(:func:`same_package_environment`).
 """
 
 from __future__ import annotations
@@ -90,6 +92,26 @@ def run_worker(
         file=sys.stderr,
     )
     return 0
+
+
+def same_package_environment() -> dict[str, str]:
+    """``PYTHONPATH`` and ``PYTHONSAFEPATH`` that make a launched Python import this mixbench.
+
+    submitit starts workers with ``python -m``, which puts the working folder first on
+    ``sys.path``: from a folder that holds another ``mixbench/`` (a checkout, say) the workers
+    would import that one. ``PYTHONSAFEPATH`` (Python 3.11 on) leaves the working folder out,
+    and ``PYTHONPATH`` starts with the folder this mixbench was imported from, then the working
+    folder where this process has it on its path (plug-in modules found there), then the
+    ``PYTHONPATH`` already set.
+    """
+    from mixbench import errors
+
+    paths = [str(Path(errors.__file__).resolve().parent.parent)]
+    if "" in sys.path or os.getcwd() in sys.path:
+        paths.append(os.getcwd())
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "PYTHONSAFEPATH": "1"}
 
 
 def launch_matrix(
@@ -177,7 +199,7 @@ def _submit(
         nproc_per_node=nproc_per_node,
         umask=umask,
     )
-    env = {DB_ENV: db_url}
+    env = {DB_ENV: db_url, **same_package_environment()}
     if launcher == "local":
         env.update(shared_cpu_environment(workers))
     with environment(env):  # copied into the jobs when they are submitted

@@ -24,7 +24,7 @@ from mixbench.methods import functional as fn
 from mixbench.methods import get_method, get_method_class, list_methods
 from mixbench.models import create_model, list_models
 
-from .conftest import installed_methods
+from .conftest import installed_methods, net_for
 
 SEVEN = ["alignmixup", "cutmix", "dense_multimix", "erm", "manifold_mixup", "mixup", "multimix"]
 
@@ -105,21 +105,10 @@ def cached_model(name: str, num_classes: int) -> nn.Module:
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 
-#: A tiny Vision Transformer for 32x32 images (timm): the network of the methods that need one.
-TINY_VIT = ("timm:vit_tiny_patch16_224", {
-    "img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2,
-})  # fmt: skip
-
 
 def tiny_net(num_classes: int = 10, method: str | None = None) -> nn.Module:
-    """A tiny PreActResNet-18, or a tiny ViT for a method that needs one (skipped with the
-    reason where timm is missing)."""
-    net = create_model("preactresnet18", num_classes, width=4, seed=0).train()
-    if method is None or get_method(method).supports(net) is None:
-        return net
-    pytest.importorskip("timm", reason=f"{method} needs a ViT: pip install 'mixbench[timm]'")
-    name, options = TINY_VIT
-    return create_model(name, num_classes, seed=0, **options).train()
+    """A tiny PreActResNet-18, or a tiny ViT for a method that needs one."""
+    return net_for(method, num_classes)
 
 
 def batch(b: int = 8, size: int = 32, classes: int = 10, seed: int = 0):

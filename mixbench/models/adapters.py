@@ -83,6 +83,7 @@ class AdaptedNet(StagedNet):
             classifier reads.
         strides: the down-sampling strides (see :meth:`StagedNet.final_map_size`).
         min_input_size: the smallest square input side.
+        entry_of: ``entry_of(net)`` is the network's first module (default: ``net.conv1``).
     """
 
     #: Whether :meth:`pool` accepts a feature map (b, d, h, w); a ViT that reads its class
@@ -99,6 +100,7 @@ class AdaptedNet(StagedNet):
         pool_of: Callable[[nn.Module, torch.Tensor], torch.Tensor],
         strides: Sequence[int] = (),
         min_input_size: int = 32,
+        entry_of: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         nn.Module.__init__(self)  # not StagedNet's: the network's modules stay where they are
         if not stages:
@@ -110,8 +112,15 @@ class AdaptedNet(StagedNet):
         self._stages = list(stages)
         self._head_of = head_of
         self._pool_of = pool_of
+        self._entry_of = entry_of or _first_conv
         self.strides = tuple(int(s) for s in strides)
         self.min_input_size = int(min_input_size)  # type: ignore[misc]
+
+    @property
+    def entry_module(self) -> nn.Module:
+        """The first module that every pass runs (the network's first layer), where a pass
+        counter hooks: the forward and the staged path both call it once per pass."""
+        return self._entry_of(self.net)
 
     @property
     def stem(self) -> Callable[[torch.Tensor], torch.Tensor]:  # type: ignore[override]
@@ -165,6 +174,7 @@ class ViTNet(AdaptedNet):
             _vit_pool,
             strides=(patch,),
             min_input_size=int(net.patch_embed.patch_size[0]),
+            entry_of=_patch_embed,
         )
         self.prefix_tokens = int(net.num_prefix_tokens)
         #: The one input side the ViT takes (its position embedding is for that grid), or
@@ -247,6 +257,18 @@ class ViTNet(AdaptedNet):
         return logits, weights
 
 
+def _first_conv(net: nn.Module) -> nn.Module:
+    return net.conv1
+
+
+def _convnext_stem(net: nn.Module) -> nn.Module:
+    return net.stem
+
+
+def _patch_embed(net: nn.Module) -> nn.Module:
+    return net.patch_embed
+
+
 def _classifier(net: nn.Module) -> nn.Linear:
     return net.get_classifier()
 
@@ -318,6 +340,7 @@ def _adapt_timm_convnext(net: nn.Module, name: str) -> AdaptedNet:
         _classifier,
         _timm_pool,
         strides=(stride, *(2,) * (len(stages) - 1)),
+        entry_of=_convnext_stem,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import sqlite3
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from mixbench.errors import UsageError
 from mixbench.methods import get_method, list_methods
 from mixbench.models import AdaptedNet, StagedNet, ViTNet, create_model, model_info
 
-from .conftest import installed_methods
+from .conftest import TINY, installed_methods
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 needs_timm = pytest.mark.skipif(
@@ -273,3 +274,29 @@ def test_methods_declare_what_they_cannot_train() -> None:
     refused = {m: get_method(m).supports(cnn) for m in list_methods()}
     assert {m for m, r in refused.items() if r} == {"transmix"}
     assert "Vision Transformer" in refused["transmix"]
+
+
+# -- the ViT preset --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_timm
+def test_smoke_vit_runs_every_method_that_supports_the_vit_to_a_leaderboard(tmp_path, capsys):
+    out = tmp_path / "vit"
+    assert main(["run", "--preset", "smoke-vit", "--out", str(out), *TINY]) == 0
+    con = sqlite3.connect(out / "results.db")
+    try:
+        rows = con.execute("SELECT method, status, model FROM cells").fetchall()
+    finally:
+        con.close()
+    matrix_model = create_model(VIT, 10, img_size=32, patch_size=4, depth=4, embed_dim=64)
+    supported = [m for m in installed_methods() if get_method(m).supports(matrix_model) is None]
+    assert "transmix" in supported and "alignmixup" not in supported
+    assert sorted(m for m, _, _ in rows) == sorted(supported)
+    assert all(status == "done" and model == VIT for _, status, model in rows)
+    board = (out / "LEADERBOARD.md").read_text()
+    for name in supported:
+        assert f"| `{name}`" in board
+    err = capsys.readouterr().err
+    assert f"skipping method 'alignmixup' on model '{VIT}'" in err
+    assert f"skipping method 'multimix' on model '{VIT}'" in err

@@ -183,6 +183,28 @@ def test_bad_backbones_are_one_line_usage_errors(name: str, options: dict, match
     assert "\n" not in str(info.value)
 
 
+def test_without_timm_a_timm_model_names_the_extra(monkeypatch) -> None:
+    from mixbench.models import adapters
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        adapters.importlib.util, "find_spec", lambda n, *a: None if n == "timm" else real(n, *a)
+    )
+    with pytest.raises(UsageError, match=r"pip install 'mixbench\[timm\]'"):
+        create_model("timm:resnet18", 5)
+
+
+def test_the_engine_refuses_a_method_that_cannot_train_the_model(tmp_path) -> None:
+    from mixbench.bench.perf.data import bench_cell
+    from mixbench.bench.train.engine import train_cell
+
+    cell = bench_cell(device="cpu", method="transmix", batch_size=8, steps_per_epoch=1,
+                      width=4, image_size=32, num_classes=4)  # fmt: skip
+    with pytest.raises(UsageError, match="'transmix' cannot train model 'preactresnet18'"):
+        train_cell(cell, tmp_path / "cell")
+    assert not list((tmp_path / "cell").glob("checkpoint_*"))
+
+
 @needs_timm
 def test_an_unsupported_family_exits_2_with_one_line(tmp_path, capsys) -> None:
     argv = ["run", "--preset", "smoke", "--methods", "erm", "--dry-run", "--models"]

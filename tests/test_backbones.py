@@ -175,6 +175,7 @@ def test_vit_attention_is_the_class_tokens_in_the_last_block() -> None:
         pytest.param("timm:efficientnet_b0", {}, "supported: .*ConvNeXt", marks=needs_timm),
         pytest.param("timm:no_such_net", {}, "unknown timm model", marks=needs_timm),
         pytest.param("timm:resnet18", {"no_such_option": 1}, "no_such_option", marks=needs_timm),
+        pytest.param(VIT, {"embed_dim": 64, "num_heads": 3}, "divisible", marks=needs_timm),
     ],
 )
 def test_bad_backbones_are_one_line_usage_errors(name: str, options: dict, match: str) -> None:
@@ -311,7 +312,9 @@ def test_smoke_vit_runs_every_method_that_supports_the_vit_to_a_leaderboard(tmp_
         rows = con.execute("SELECT method, status, model FROM cells").fetchall()
     finally:
         con.close()
-    matrix_model = create_model(VIT, 10, img_size=32, patch_size=4, depth=4, embed_dim=64)
+    from mixbench.config import load_preset
+
+    matrix_model = create_model(VIT, 10, **load_preset("smoke-vit").model_options[VIT])
     supported = [m for m in installed_methods() if get_method(m).supports(matrix_model) is None]
     assert "transmix" in supported and "alignmixup" not in supported
     assert sorted(m for m, _, _ in rows) == sorted(supported)
@@ -322,3 +325,16 @@ def test_smoke_vit_runs_every_method_that_supports_the_vit_to_a_leaderboard(tmp_
     err = capsys.readouterr().err
     assert f"skipping method 'alignmixup' on model '{VIT}'" in err
     assert f"skipping method 'multimix' on model '{VIT}'" in err
+
+
+@needs_timm
+def test_methods_that_pool_a_mixed_map_refuse_a_vit_that_reads_its_class_token() -> None:
+    token = create_model(VIT, 5, **TINY_VIT)
+    avg = create_model(VIT, 5, **VIT_AVG)
+    refused = {m for m in list_methods() if get_method(m).supports(token)}
+    assert refused == {"alignmixup", "multimix"}
+    assert "class token" in get_method("alignmixup").supports(token)
+    # Dense MultiMix pools only for its clean term; input mixup only (align_prob 0) pools none.
+    assert get_method("dense_multimix", clean_weight=1.0).supports(token)
+    assert get_method("alignmixup", align_prob=0.0).supports(token) is None
+    assert not {m for m in list_methods() if get_method(m).supports(avg)}

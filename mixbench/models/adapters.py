@@ -370,7 +370,7 @@ def _build_tv(name: str, arch: str, num_classes: int, options: dict[str, Any]) -
         )
     try:
         net = tvm.get_model(arch, weights=None, num_classes=num_classes, **options)
-    except TypeError as err:
+    except (TypeError, ValueError, AssertionError) as err:  # options the network refuses
         raise UsageError(f"model {name!r}: {err}") from None
     if not isinstance(net, tvm.ResNet):
         raise _family_error(name, type(net).__name__)
@@ -391,7 +391,7 @@ def _build_timm(name: str, arch: str, num_classes: int, options: dict[str, Any])
         )
     try:
         net = timm.create_model(arch, pretrained=False, num_classes=num_classes, **options)
-    except TypeError as err:
+    except (TypeError, ValueError, AssertionError) as err:  # options the network refuses
         raise UsageError(f"model {name!r}: {err}") from None
     if isinstance(net, VisionTransformer):
         plain = type(net).forward_head is VisionTransformer.forward_head

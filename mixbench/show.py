@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from mixbench.fileio import atomic_write  # noqa: E402
-from mixbench.methods import MixMethod  # noqa: E402
+from mixbench.methods import MixMethod, check_supports  # noqa: E402
 
 __all__ = ["Observation", "ProbeNet", "observe", "save_figure", "show_figure"]
 
@@ -153,6 +153,7 @@ def observe(
     The method's own generators are used as they are (seed it first); ``net`` is a staged
     network (left in train mode, as in training).
     """
+    check_supports(method, net, f"{type(net).__name__} (the network show draws with)")
     probe = ProbeNet(net)
     probe.train()
     seen = Observation(draws=draws)

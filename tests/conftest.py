@@ -67,6 +67,37 @@ def installed_methods() -> list[str]:
     return [name for name in list_methods() if missing_extra(name) is None]
 
 
+#: A tiny Vision Transformer for 32x32 images (timm): the network of the methods that declare
+#: they need one (TransMix), where a test otherwise uses a tiny PreActResNet-18.
+TINY_VIT = ("timm:vit_tiny_patch16_224", {
+    "img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2,
+})  # fmt: skip
+
+
+def cnn_methods() -> list[str]:
+    """The registered methods that train a CNN: all but those that declare they need a ViT
+    (TransMix); the rows of a matrix of CNNs, the others skipped with their reason."""
+    from mixbench.methods import get_method, list_methods
+    from mixbench.models import create_model
+
+    net = create_model("preactresnet18", 10, width=4)
+    return [name for name in list_methods() if get_method(name).supports(net) is None]
+
+
+def net_for(method: str | None, num_classes: int = 10, seed: int = 0, width: int = 4):
+    """A tiny PreActResNet-18 (``width``), or the tiny ViT for a ``method`` that cannot train
+    a CNN (the test is skipped with the reason where timm is missing). Training mode."""
+    from mixbench.methods import get_method
+    from mixbench.models import create_model
+
+    net = create_model("preactresnet18", num_classes, width=width, seed=seed).train()
+    if method is None or get_method(method).supports(net) is None:
+        return net
+    pytest.importorskip("timm", reason=f"{method} needs a ViT: pip install 'mixbench[timm]'")
+    name, options = TINY_VIT
+    return create_model(name, num_classes, seed=seed, **options).train()
+
+
 def pytest_collection_modifyitems(config, items):
     """Conformance tests over the registry skip a method whose optional extra is missing, with
     the line that says what to install as the reason (CI installs every extra)."""

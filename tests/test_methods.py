@@ -9,6 +9,7 @@ generator in the draw order its docstring states.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import sys
 from typing import Any
@@ -23,7 +24,7 @@ from mixbench.methods import functional as fn
 from mixbench.methods import get_method, get_method_class, list_methods
 from mixbench.models import create_model, list_models
 
-from .conftest import installed_methods
+from .conftest import installed_methods, net_for
 
 SEVEN = ["alignmixup", "cutmix", "dense_multimix", "erm", "manifold_mixup", "mixup", "multimix"]
 
@@ -102,8 +103,12 @@ def cached_model(name: str, num_classes: int) -> nn.Module:
     return copy.deepcopy(_MODELS[name]).train()
 
 
-def tiny_net(num_classes: int = 10) -> nn.Module:
-    return create_model("preactresnet18", num_classes, width=4, seed=0).train()
+HAS_TIMM = importlib.util.find_spec("timm") is not None
+
+
+def tiny_net(num_classes: int = 10, method: str | None = None) -> nn.Module:
+    """A tiny PreActResNet-18, or a tiny ViT for a method that needs one."""
+    return net_for(method, num_classes)
 
 
 def batch(b: int = 8, size: int = 32, classes: int = 10, seed: int = 0):
@@ -296,7 +301,7 @@ def test_embedding_methods_need_a_staged_backbone() -> None:
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
 def test_loss_is_a_finite_scalar_with_gradients_everywhere(name: str, params: dict) -> None:
-    model = tiny_net()
+    model = tiny_net(method=name)
     images, labels = batch()
     loss = make(name, params).loss(model, images, labels)
     assert loss.shape == () and loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -313,11 +318,17 @@ def test_deterministic_under_a_seed(name: str, params: dict) -> None:
     # A fresh network per call: a train-mode pass moves the batch-norm statistics, which an
     # eval-mode saliency pass (PuzzleMix) reads.
     images, labels = batch()
-    first = [make(name, params, seed=s).loss(tiny_net(), images, labels).item() for s in range(4)]
-    again = [make(name, params, seed=s).loss(tiny_net(), images, labels).item() for s in range(4)]
+    first = [
+        make(name, params, seed=s).loss(tiny_net(method=name), images, labels).item()
+        for s in range(4)
+    ]
+    again = [
+        make(name, params, seed=s).loss(tiny_net(method=name), images, labels).item()
+        for s in range(4)
+    ]
     assert first == again
     # Consecutive calls continue the stream; a checkpointed state replays it.
-    model = tiny_net()
+    model = tiny_net(method=name)
     method = make(name, params, seed=3)
     method.loss(model, images, labels)
     state = copy.deepcopy(method.state_dict())
@@ -333,13 +344,13 @@ def test_deterministic_under_a_seed(name: str, params: dict) -> None:
 def test_inputs_are_left_untouched(name: str, params: dict) -> None:
     images, labels = batch()
     kept = images.clone(), labels.clone()
-    make(name, params).loss(tiny_net(), images, labels).backward()
+    make(name, params).loss(tiny_net(method=name), images, labels).backward()
     assert torch.equal(images, kept[0]) and torch.equal(labels, kept[1])
 
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
 def test_one_sgd_step_lowers_the_loss(name: str, params: dict) -> None:
-    model = tiny_net()
+    model = tiny_net(method=name)
     images, labels = batch()
     method = make(name, params)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -355,14 +366,14 @@ def test_one_sgd_step_lowers_the_loss(name: str, params: dict) -> None:
 
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
 def test_autocast_bfloat16(name: str, params: dict) -> None:
-    model = tiny_net()
+    model = tiny_net(method=name)
     images, labels = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = make(name, params).loss(model, images, labels)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    reference = make(name, params).loss(tiny_net(), images, labels)
+    reference = make(name, params).loss(tiny_net(method=name), images, labels)
     assert loss.item() == pytest.approx(reference.item(), rel=0.1)
 
 
@@ -375,8 +386,8 @@ def test_channels_last_gives_the_same_loss(name: str, params: dict) -> None:
     channels-last on CUDA only; the backward is checked there, below.
     """
     images, labels = batch()
-    expected = make(name, params).loss(tiny_net(), images, labels)
-    model = tiny_net().to(memory_format=torch.channels_last)
+    expected = make(name, params).loss(tiny_net(method=name), images, labels)
+    model = tiny_net(method=name).to(memory_format=torch.channels_last)
     with torch.no_grad():
         loss = make(name, params).loss(
             model, images.contiguous(memory_format=torch.channels_last), labels
@@ -392,8 +403,8 @@ def test_channels_last_gives_the_same_loss(name: str, params: dict) -> None:
 @pytest.mark.parametrize("name,params", VARIANTS, ids=VARIANT_IDS)
 def test_channels_last_backward_on_cuda(name: str, params: dict) -> None:
     images, labels = (t.cuda() for t in batch())
-    expected = make(name, params).loss(tiny_net().cuda(), images, labels)
-    model = tiny_net().cuda().to(memory_format=torch.channels_last)
+    expected = make(name, params).loss(tiny_net(method=name).cuda(), images, labels)
+    model = tiny_net(method=name).cuda().to(memory_format=torch.channels_last)
     loss = make(name, params).loss(
         model, images.contiguous(memory_format=torch.channels_last), labels
     )
@@ -406,6 +417,9 @@ def test_channels_last_backward_on_cuda(name: str, params: dict) -> None:
 @pytest.mark.parametrize("name,params", [(n, MIX_BRANCH.get(n, {})) for n in list_methods()])
 def test_every_method_on_every_model(model_name: str, name: str, params: dict) -> None:
     model = cached_model(model_name, 5)
+    reason = make(name, params).supports(model)
+    if reason is not None:
+        pytest.skip(f"{name} declares it cannot train {model_name}: {reason}")
     size = max(32, int(getattr(model, "min_input_size", 32)))
     images, labels = batch(b=4, size=size, classes=5)
     loss = make(name, params).loss(model, images, labels)
@@ -437,8 +451,10 @@ def test_training_module_under_ddp(tmp_path) -> None:
     try:
         images, labels = batch()
         for name in installed_methods():
+            if make(name, {}).supports(tiny_net()) is not None and not HAS_TIMM:
+                continue  # a ViT-only method, without timm to build a ViT
             module = DistributedDataParallel(
-                Training(tiny_net(), make(name, MIX_BRANCH.get(name, {})))
+                Training(tiny_net(method=name), make(name, MIX_BRANCH.get(name, {})))
             )
             optimizer = torch.optim.SGD(module.parameters(), lr=0.01)
             for _ in range(2):

@@ -39,7 +39,9 @@ def test_quick_perf_writes_every_section(tmp_path, capsys):
     assert main(["perf", "--quick", "--device", "cpu", "--threads", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["threads"] == 1
-    assert set(result) == {"device", "threads", "methods", "loader", "engine", "end_to_end"}
+    assert set(result) == {
+        "device", "threads", "methods", "loader", "engine", "end_to_end", "adapters",
+    }  # fmt: skip
     loader = result["loader"]
     assert {"mixbench_img_s", "torchvision_img_s", "ratio"} <= set(loader)
     assert loader["ratio"] == pytest.approx(loader["mixbench_img_s"] / loader["torchvision_img_s"])
@@ -50,7 +52,16 @@ def test_quick_perf_writes_every_section(tmp_path, capsys):
         _positive_finite(result[name])
         assert isinstance(result[name]["meets_target"], bool)
     assert result["methods"]["erm"]["ratio_vs_erm"] == 1.0  # `methods` still runs
+    # The adapters' overhead: each backbone's step through its adapter against the bare one.
+    adapters = result["adapters"]
+    assert "tv:resnet18" in adapters
+    assert isinstance(adapters.pop("meets_target"), bool) and "0.02" in adapters.pop("target")
+    for timing in adapters.values():
+        assert {"forward_overhead", "staged_overhead"} <= set(timing)
+        _positive_finite({k: v for k, v in timing.items() if k.endswith("_s")})
+        assert timing["forward_overhead"] > -1 and timing["staged_overhead"] > -1
     printed = capsys.readouterr().out
+    assert "== adapters" in printed and "staged_overhead" in printed
     assert "== loader" in printed and "ratio_vs_plain_loop" in printed
     assert "ratio_vs_model_only" in printed
 
@@ -64,6 +75,9 @@ def test_perf_methods_times_the_named_methods_against_erm(tmp_path, capsys):
     assert methods["erm"]["ratio_vs_erm"] == 1.0
     assert main(["perf", "--quick", "--only", "methods", "--methods", "mixupp"]) == 2
     assert "mixup" in capsys.readouterr().err  # the close match is suggested
+    # A named method that cannot train the benchmark's CNN: one line, exit 2.
+    assert main(["perf", "--quick", "--only", "methods", "--methods", "transmix"]) == 2
+    assert "needs a Vision Transformer" in capsys.readouterr().err
 
 
 def test_perf_restores_the_thread_count(tmp_path):

@@ -8,6 +8,7 @@ import torch
 
 from mixbench.cli import main
 from mixbench.datasets import create_dataset
+from mixbench.errors import UsageError
 from mixbench.methods import get_method, list_methods
 from mixbench.models import create_model
 from mixbench.show import TAG_SCALE, ProbeNet, observe, save_figure, show_figure
@@ -28,7 +29,19 @@ def _net(seed: int = 0):
     return create_model("preactresnet18", 10, seed=seed, width=4)
 
 
-@pytest.mark.parametrize("name", list_methods())
+def _cnn_methods() -> list[str]:
+    """The methods that train the CNN ``show`` draws with (TransMix needs a ViT)."""
+    return [m for m in list_methods() if get_method(m).supports(_net()) is None]
+
+
+def test_a_method_that_cannot_train_the_network_is_a_usage_error(batch):
+    bundle, images, labels, _ = batch
+    with pytest.raises(UsageError, match="transmix.*Vision Transformer"):
+        show_figure(get_method("transmix"), _net(), images, labels, mean=bundle.mean,
+                    std=bundle.std, class_names=bundle.class_names, title="t", draws=1)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", _cnn_methods())
 def test_every_registered_method_gets_a_png(name, batch, tmp_path):
     bundle, images, labels, _ = batch
     method = get_method(name)

@@ -36,7 +36,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("import", "load exported cells into a results database", "import_"),
     Command("methods", "list the registered methods"),
     Command("evaluators", "list the registered evaluators"),
-    Command("models", "list the registered models"),
+    Command("models", "list the registered models; how to name torchvision and timm ones"),
     Command("datasets", "list the registered data sets and what is known about each"),
     Command("presets", "list the registered presets"),
     Command("tune", "optuna search over a method's declared search space"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -13,6 +14,7 @@ __all__ = [
     "all_cells",
     "apply_overrides",
     "build_matrices",
+    "drop_unsupported",
     "matrix_cells",
     "note_unused_params",
     "parameter_set_names",
@@ -50,8 +52,41 @@ def matrix_cells(matrix: Any, args: argparse.Namespace) -> list[Any]:
 
 
 def all_cells(args: argparse.Namespace) -> list[Any]:
-    """The cells of every matrix of ``args``."""
-    return [cell for matrix in build_matrices(args) for cell in matrix_cells(matrix, args)]
+    """The cells of every matrix of ``args``, less those whose method cannot train the cell's
+    model (TransMix on a CNN): each such pair is skipped with its reason on stderr."""
+    cells = [cell for matrix in build_matrices(args) for cell in matrix_cells(matrix, args)]
+    return drop_unsupported(cells)
+
+
+def drop_unsupported(cells: list[Any]) -> list[Any]:
+    """``cells`` without those whose method's :meth:`~mixbench.methods.MixMethod.supports`
+    refuses the model (built once per model and options, on the meta device: no memory, no
+    weights), with one note per method, model and reason."""
+    import torch
+
+    from mixbench.methods import get_method
+    from mixbench.models import create_model
+
+    models: dict[str, Any] = {}
+    kept, noted = [], set()
+    for cell in cells:
+        options = json.dumps(cell.model_options, sort_keys=True, default=str)
+        key = f"{cell.model} {options}"
+        if key not in models:
+            with torch.device("meta"):
+                models[key] = create_model(cell.model, 10, **cell.model_options)
+        reason = get_method(cell.method, **cell.params).supports(models[key])
+        if reason is None:
+            kept.append(cell)
+            continue
+        if (cell.method, key, reason) not in noted:
+            noted.add((cell.method, key, reason))
+            print(
+                f"mixbench: note: skipping method {cell.method!r} on model {cell.model!r}: "
+                f"{reason}",
+                file=sys.stderr,
+            )
+    return kept
 
 
 def note_unused_params(matrices: list[Any], params: list[str]) -> None:
@@ -124,9 +159,9 @@ def apply_overrides(matrix: Any, args: argparse.Namespace) -> None:
             DATASETS.get(name)  # raises with the valid names
     for name in matrix.models:
         if name not in valid_models:
-            from mixbench.models import MODELS
+            from mixbench.models import check_model_name
 
-            MODELS.get(name)
+            check_model_name(name)
 
 
 def parameter_set_names() -> list[str]:

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--only",
         type=csv_list,
-        help="run only these benchmarks: methods, loader, engine, end_to_end (comma-separated)",
+        help="run only these benchmarks: methods, loader, engine, end_to_end, adapters "
+        "(comma-separated)",
     )
     p.add_argument(
         "--methods",

@@ -54,12 +54,12 @@ def _budget_of(args: argparse.Namespace) -> int:
 
 def _select_matrix(args: argparse.Namespace) -> MatrixConfig:
     from mixbench.datasets import DATASETS
-    from mixbench.models import MODELS
+    from mixbench.models import check_model_name
 
     if args.dataset:
         DATASETS.get(args.dataset)
     if args.model:
-        MODELS.get(args.model)
+        check_model_name(args.model)
     matrices = build_matrices(args)
     matrix = next((m for m in matrices if args.dataset in m.datasets), matrices[0])
     if matrix.param_set.startswith("best"):

@@ -29,11 +29,13 @@ from mixbench.methods import (  # noqa: F401
     resizemix,
     saliencymix,
     smoothmix,
+    transmix,
 )
 from mixbench.methods.base import (
     MixMethod,
     Param,
     check_requirements,
+    check_supports,
     describe,
     requirement_message,
     resolve_params,
@@ -53,6 +55,7 @@ __all__ = [
     "MixMethod",
     "Param",
     "check_requirements",
+    "check_supports",
     "default_params",
     "describe",
     "get_method",

@@ -9,7 +9,7 @@ from torch import nn
 
 from mixbench.methods.base import MixMethod, Param, concentration_param
 from mixbench.methods.functional import align_mix, alignment_cost, mix, sinkhorn
-from mixbench.methods.mixup import mixing_draws, require_staged
+from mixbench.methods.mixup import mixing_draws, pooling_reason, require_staged
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
 
@@ -37,6 +37,11 @@ class AlignMixup(MixMethod):
 
     Version 2: the transported mix in float32 under autocast (version 1 mixed in the
     autocast dtype). Without autocast (every CPU run) both versions compute the same.
+
+    On a Vision Transformer the feature map is the grid of patch tokens, so the tokens are
+    aligned and mixed; the mix is pooled as the ViT pools, which needs a ViT that pools by the
+    mean of its patch tokens (``global_pool='avg'``): one that reads its class token cannot
+    run the alignment branch and is refused (:meth:`supports`).
     """
 
     version = 2
@@ -75,6 +80,10 @@ class AlignMixup(MixMethod):
         ),
         **two_label_params(),
     }
+
+    def supports(self, model: nn.Module) -> str | None:
+        """Any model whose pool takes a feature map (not a ViT that reads its class token)."""
+        return pooling_reason(model) if self.align_prob > 0 else None
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The AlignMixup loss of one mini-batch."""

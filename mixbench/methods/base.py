@@ -213,6 +213,14 @@ class MixMethod:
         all of them, unless a method runs one in eval mode (an eval-mode saliency pass)."""
         return self.passes_per_step()
 
+    # -- the backbones it can train -----------------------------------------------------
+    def supports(self, model: nn.Module) -> str | None:
+        """``None`` when the method can train ``model``, else the one-line reason it cannot
+        (a method that needs a Vision Transformer, or one that pools a mixed feature map on a
+        ViT that reads its class token). The command line skips such cells with the reason;
+        the engine refuses them. Every model here by default."""
+        return None
+
     # -- the one job --------------------------------------------------------------------
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss of one mini-batch: a differentiable scalar.
@@ -242,6 +250,15 @@ def resolve_params(cls: type[MixMethod], given: dict[str, Any]) -> dict[str, Any
     for key, value in given.items():
         resolved[key] = declared[key].parse(key, value)
     return resolved
+
+
+def check_supports(method: MixMethod, model: nn.Module, model_name: str = "") -> None:
+    """Raise a one-line :class:`UsageError` when ``method`` cannot train ``model``."""
+    reason = method.supports(model)
+    if reason is not None:
+        name = model_name or type(model).__name__
+        method_name = type(method).name or type(method).__name__
+        raise UsageError(f"method {method_name!r} cannot train model {name!r}: {reason}")
 
 
 def describe(cls: type[MixMethod]) -> str:

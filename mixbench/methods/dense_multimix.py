@@ -49,7 +49,14 @@ class DenseMultiMix(MultiMixBase):
 
     Version 2: as MultiMix's (paper default ``clean_weight = 0``, no second pass on fallback
     batches, subsets per generated example and position).
+
+    On a Vision Transformer the positions are the patch tokens (the class token left out):
+    tokens are interpolated with their attention, the MultiMix paper's reading for sequence
+    data. Only the clean term pools the map, so on a ViT that reads its class token the
+    variants with ``clean_weight > 0`` are refused (:meth:`supports`).
     """
+
+    pools_features = False
 
     description = (
         "Dense MultiMix: attention-weighted mixing of feature-map positions (Venkataramanan et al.)"

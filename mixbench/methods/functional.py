@@ -34,6 +34,8 @@ Public API (each function's docstring states its equation):
 - :func:`spectral_residual_saliency`, :func:`blur_normalize`, :func:`guided_pairing` and
   :func:`guided_mask`: GuidedMixup's saliency, its normalised maps, the greedy pairing of
   examples with distant salient regions and the pixel mask from two maps.
+- :func:`box_patch_mask` and :func:`transmix_lambda`: TransMix's CutMix box on the ViT's
+  patch grid and its attention-based label weights.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "alignment_cost",
     "block_saliency",
     "blur_normalize",
+    "box_patch_mask",
     "comixup_compatibility",
     "comixup_masks",
     "comixup_mix",
@@ -91,6 +94,7 @@ __all__ = [
     "soft_binary_cross_entropy",
     "soft_cross_entropy",
     "spectral_residual_saliency",
+    "transmix_lambda",
     "transport_blocks",
     "transport_cost",
 ]
@@ -1832,3 +1836,50 @@ def guided_mask(
         total = a + b
         mask = torch.where(total > 0, a / total.masked_fill(total == 0, 1.0), 0.5)
         return mask, mask.mean(dim=(1, 2))
+
+
+# -- TransMix ------------------------------------------------------------------------------
+
+
+def box_patch_mask(box: Box, height: int, width: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The CutMix ``box`` (top, bottom, left, right) of an ``height`` x ``width`` image on a
+    patch grid ``(h, w)``: a float32 (h, w) mask, 1 where the patch shows the pasted box.
+
+    The pixel mask (1 inside the box) is down-sampled by nearest-neighbour interpolation, as
+    TransMix's official code does (``nn.Upsample(size)``, mode ``nearest``): patch ``(i, j)``
+    takes the pixel ``(floor(i * height / h), floor(j * width / w))``.
+    """
+    top, bottom, left, right = (int(v) for v in box)
+    pixels = torch.zeros(1, 1, int(height), int(width))
+    pixels[..., top:bottom, left:right] = 1.0
+    return F.interpolate(pixels, size=tuple(int(g) for g in grid), mode="nearest")[0, 0]
+
+
+def transmix_lambda(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """TransMix's label weight of each example's own image: ``lam`` (b,), float32.
+
+    ``attention`` (b, n) is the class token's attention to the n patch tokens (last block,
+    mean over heads); ``mask`` (n,), (h, w) with h * w = n, or per example (b, n) / (b, h, w),
+    is 1 on the patches that show the partner image (the pasted box) and 0 on the example's
+    own. ``lam_i = sum_j a_ij (1 - m_ij) / sum_j a_ij``: the share of the attention that falls
+    on the example's own patches (1 - lam on the partner's). An all-zero attention row gives
+    the own image's share of the patches. Detached; no gradient reaches the attention.
+    """
+    if attention.dim() != 2:
+        raise ValueError(f"expected attention (b, n), got shape {tuple(attention.shape)}")
+    b, n = attention.shape
+    with torch.no_grad(), torch.autocast(attention.device.type, enabled=False):
+        m = mask.detach().to(device=attention.device, dtype=torch.float32)
+        if m.shape == (b, n) or (m.dim() == 3 and m.numel() == b * n):
+            per_example = m.reshape(b, n)
+        elif m.numel() == n:
+            per_example = m.reshape(1, n).expand(b, n)
+        else:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not match {n} patches per example"
+            )
+        a = attention.detach().float()
+        total = a.sum(1)
+        own = (a * (1.0 - per_example)).sum(1)
+        fallback = (1.0 - per_example).mean(1)
+        return torch.where(total > 0, own / total.clamp_min(torch.finfo(a.dtype).tiny), fallback)

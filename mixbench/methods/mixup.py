@@ -16,7 +16,14 @@ from mixbench.methods.functional import mix, sample_beta
 from mixbench.methods.registry import register_method
 from mixbench.methods.two_label import two_label_loss, two_label_params
 
-__all__ = ["Mixup", "input_mixup_loss", "mixing_draws", "num_classes_of", "require_staged"]
+__all__ = [
+    "Mixup",
+    "input_mixup_loss",
+    "mixing_draws",
+    "num_classes_of",
+    "pooling_reason",
+    "require_staged",
+]
 
 
 def mixing_draws(
@@ -50,6 +57,18 @@ def require_staged(model: nn.Module, method: str, *names: str) -> None:
             f"method {method!r} needs a staged backbone (mixbench.models.StagedNet) with "
             f"{', '.join(missing)}; {type(model).__name__} has none: use a mixbench model"
         )
+
+
+def pooling_reason(model: nn.Module) -> str | None:
+    """Why a method that classifies a pooled, mixed feature map cannot train ``model`` (a
+    Vision Transformer whose head reads its class token, which the map of patch tokens does
+    not hold), or ``None``."""
+    if getattr(model, "pools_feature_map", True):
+        return None
+    return (
+        "it classifies a pooled mix of the last feature map, and this ViT's head reads its "
+        "class token, which is not part of the map; give the model global_pool='avg'"
+    )
 
 
 def num_classes_of(model: nn.Module) -> int:

@@ -17,7 +17,7 @@ from mixbench.methods.functional import (
     one_hot,
     soft_cross_entropy,
 )
-from mixbench.methods.mixup import input_mixup_loss, num_classes_of, require_staged
+from mixbench.methods.mixup import input_mixup_loss, num_classes_of, pooling_reason, require_staged
 from mixbench.methods.registry import register_method
 
 __all__ = [
@@ -117,6 +117,16 @@ class MultiMixBase(MixMethod):
         """How many examples of a batch of ``batch`` each generated example mixes: ``m``
         clamped to the batch, or None for the whole batch."""
         return None if self.m == 0 or self.m >= batch else self.m
+
+    #: Whether the mixed loss pools the last feature map (MultiMix does; Dense MultiMix only
+    #: for its clean term).
+    pools_features: bool = True
+
+    def supports(self, model: nn.Module) -> str | None:
+        """Any model whose pool takes a feature map; on a ViT that reads its class token,
+        only a variant that pools nothing (Dense MultiMix without the clean term)."""
+        pools = self.pools_features or self.clean_weight > 0
+        return pooling_reason(model) if pools and self.prob > 0 else None
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of one mini-batch: the mixed loss, or the fallback's, plus the clean term."""

@@ -5,17 +5,21 @@
 registered names and ``model_info(name)`` a model's description and options. Installed packages
 add models through the entry point group ``mixbench.models``. The registry lives in
 :mod:`mixbench.models.registry`; the built-in families register themselves when this package is
-imported.
+imported. ``tv:<name>`` and ``timm:<name>`` name torchvision and timm networks
+(:mod:`mixbench.models.adapters`).
 """
 
 from __future__ import annotations
 
 # The built-in model families register themselves on import.
 from mixbench.models import preactresnet, resnet, wrn  # noqa: F401
+from mixbench.models.adapters import AdaptedNet, ViTNet, is_external
 from mixbench.models.registry import (
     MODELS,
     ModelFactory,
+    check_model_name,
     create_model,
+    external_model_help,
     list_models,
     model_info,
     model_options,
@@ -25,6 +29,11 @@ from mixbench.models.staged import StagedNet, init_weights
 
 __all__ = [
     "MODELS",
+    "AdaptedNet",
+    "ViTNet",
+    "check_model_name",
+    "external_model_help",
+    "is_external",
     "ModelFactory",
     "StagedNet",
     "create_model",

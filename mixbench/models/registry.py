@@ -3,7 +3,8 @@
 ``register_model(name)`` registers a factory ``f(num_classes, **options) -> StagedNet``,
 ``create_model(name, num_classes, **options)`` returns a fresh network, ``list_models()`` the
 registered names and ``model_info(name)`` a model's description and options. Installed packages
-add models through the entry point group ``mixbench.models``.
+add models through the entry point group ``mixbench.models``. Names ``tv:<name>`` and
+``timm:<name>`` are torchvision and timm networks, wrapped by :mod:`mixbench.models.adapters`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from mixbench.errors import UsageError
+from mixbench.models.adapters import SUPPORTED_FAMILIES, build_external, is_external
 from mixbench.models.staged import StagedNet
 from mixbench.registry import Registry
 
@@ -38,13 +40,33 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return MODELS.register(name)
 
 
+def check_model_name(name: str) -> None:
+    """Raise the registry's ``UnknownNameError`` for an unknown model name; ``tv:`` and
+    ``timm:`` names are checked when the model is built."""
+    if not is_external(name):
+        MODELS.get(name)
+
+
+def external_model_help() -> str:
+    """How to name torchvision and timm models, for ``mixbench models``."""
+    return (
+        "torchvision and timm networks: tv:<name> (torchvision.models.get_model) or "
+        "timm:<name> (timm.create_model, pip install 'mixbench[timm]'), built without weights; "
+        "options pass through (--set model_options.timm:<name>.img_size=32). Supported: "
+        + "; ".join(SUPPORTED_FAMILIES)
+    )
+
+
 def list_models(filter: str = "*", exclude: str | None = None) -> list[str]:
     """Registered model names, sorted, optionally filtered by a shell-style pattern."""
     return MODELS.names(filter, exclude)
 
 
 def model_options(name: str) -> dict[str, Any]:
-    """The keyword options of model ``name`` (all but ``num_classes``) with their defaults."""
+    """The keyword options of model ``name`` (all but ``num_classes``) with their defaults;
+    empty for a torchvision or timm model, whose options pass through to its library."""
+    if is_external(name):
+        return {}
     params = inspect.signature(MODELS.get(name)).parameters
     return {
         key: p.default
@@ -57,6 +79,13 @@ def model_options(name: str) -> dict[str, Any]:
 
 def model_info(name: str) -> dict[str, Any]:
     """Name, one-line description (the factory docstring's first line) and options of a model."""
+    if is_external(name):
+        library = "torchvision" if name.startswith("tv:") else "timm"
+        return {
+            "name": name,
+            "description": f"{library}'s {name.partition(':')[2]}, wrapped as a staged network",
+            "options": {},
+        }
     doc = (inspect.getdoc(MODELS.get(name)) or "").strip()
     return {
         "name": name,
@@ -88,16 +117,23 @@ def create_model(name: str, num_classes: int, *, seed: int | None = None, **kw: 
     """A freshly initialised network ``name`` with ``num_classes`` outputs.
 
     Args:
-        name: a registered model name (see :func:`list_models`).
+        name: a registered model name (see :func:`list_models`), or ``tv:<name>`` /
+            ``timm:<name>`` for a torchvision / timm network (its options pass through to the
+            library's constructor; ``pretrained`` is refused).
         num_classes: number of classes, at least 2.
         seed: if given, the initial weights are drawn from a generator seeded with it, leaving
             torch's global generator untouched; if ``None`` they come from the global one.
         **kw: the model's options (see :func:`model_info`); strings are converted to the
             option's type. Unknown options raise ``UsageError`` listing the valid ones.
     """
-    factory = MODELS.get(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UsageError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if is_external(name):
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return build_external(name, num_classes, **kw)
+    factory = MODELS.get(name)
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     options = model_options(name)

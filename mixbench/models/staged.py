@@ -40,6 +40,9 @@ class StagedNet(nn.Module):
 
     #: The smallest square input side (H = W) that the network is meant for.
     min_input_size: ClassVar[int] = 32
+    #: Whether :meth:`pool` maps any feature map (b, d, h, w) to what the head reads; False
+    #: for a Vision Transformer whose head reads its class token (not part of the map).
+    pools_feature_map: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mixbench.bench.train.compute import ComputeCounter
 from mixbench.methods import (
     check_requirements,
+    check_supports,
     get_method,
     get_method_class,
     list_methods,
@@ -123,7 +124,9 @@ def perf_methods(
         warmup: untimed rounds first.
         steps: timed rounds; each method's figure is the median of these.
         methods: method names (default: every registered method whose optional extras are
-            installed; the others are named on standard error); ``erm`` is always added.
+            installed and that trains the network; the others are named on standard error,
+            and a named method that cannot train it is a ``UsageError``); ``erm`` is always
+            added.
         progress: print one line per round on standard error.
         threads: torch's intra-op threads during the benchmark (default: left as set).
 
@@ -181,6 +184,14 @@ def _run(
     instances = {label: get_method(method, **params) for label, (method, params) in entries.items()}
 
     model = create_model("preactresnet18", num_classes, width=width, seed=0).to(dev).train()
+    for label in list(names):  # a method that needs another network (TransMix: a ViT)
+        reason = instances[label].supports(model)
+        if reason is not None:
+            if methods is not None and entries[label][0] in methods:
+                check_supports(instances[label], model, "preactresnet18")
+            print(f"perf: {label} skipped: {reason}", file=sys.stderr)
+            names.remove(label)
+            del instances[label]
     counter = ComputeCounter(model)
     passes: dict[str, list[float]] = {name: [] for name in names}
     bn_updates: dict[str, list[int]] = {name: [] for name in names}

@@ -5,7 +5,9 @@ times are only indicative). Benchmarks register in ``BENCHMARKS``: a name and a 
 ``(PerfOptions) -> dict`` whose result becomes that name's section of the JSON:
 
 - ``methods``: each method's training step against ERM's (:mod:`mixbench.bench.perf.methods`);
-- ``loader``, ``engine``, ``end_to_end``: the data path (:mod:`mixbench.bench.perf.data`).
+- ``loader``, ``engine``, ``end_to_end``: the data path (:mod:`mixbench.bench.perf.data`);
+- ``adapters``: a torchvision or timm network's step through its adapter against the bare
+  network's (:mod:`mixbench.bench.perf.adapters`).
 
 Without ``--data-root`` the loader and end-to-end benchmarks read the ``synthetic`` data set
 written as JPEG files into a temporary folder; with it, that image folder.
@@ -105,11 +107,24 @@ def _end_to_end(opts: PerfOptions) -> dict[str, Any]:
     return perf_end_to_end(image_folder(opts), device=opts.device, **sizes)
 
 
+def _adapters(opts: PerfOptions) -> dict[str, Any]:
+    from mixbench.bench.perf.adapters import perf_adapters
+
+    if opts.quick:
+        tiny_vit = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+        backbones = {"tv:resnet18": {}, "timm:vit_tiny_patch16_224": tiny_vit}
+        return perf_adapters(
+            device=opts.device, batch_size=4, rounds=1, warmup=0, steps=1, backbones=backbones
+        )
+    return perf_adapters(device=opts.device, rounds=opts.steps, warmup=opts.warmup)
+
+
 BENCHMARKS: dict[str, Callable[[PerfOptions], dict[str, Any]]] = {
     "methods": _methods,
     "loader": _loader,
     "engine": _engine,
     "end_to_end": _end_to_end,
+    "adapters": _adapters,
 }
 
 

@@ -41,7 +41,9 @@ class ComputeCounter:
         self.steps = 0
         self._in_step = False
         self._batch: int | None = None
-        entry = getattr(backbone, "stem", None)
+        # The first module of every pass: a wrapped library network names it (its stem
+        # container is not what its own forward calls), a StagedNet's is its stem.
+        entry = getattr(backbone, "entry_module", None) or getattr(backbone, "stem", None)
         self._entry = entry if isinstance(entry, nn.Module) else backbone
         self._norms = [
             m for m in backbone.modules() if isinstance(m, _BatchNorm) and m.track_running_stats

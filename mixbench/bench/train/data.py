@@ -87,6 +87,13 @@ def check_model_fits_size(
             f"model {model!r} needs images of at least {need}x{need} pixels but data set "
             f"{data_name!r} has {height}x{width}; choose another model (e.g. preactresnet18)"
         )
+    exact = getattr(net, "input_size", None)
+    if exact and (height, width) != (exact, exact):
+        raise UsageError(
+            f"model {model!r} takes images of exactly {exact}x{exact} pixels but data set "
+            f"{data_name!r} has {height}x{width}; set the model's img_size (--set "
+            f"model_options.{model}.img_size={height})"
+        )
 
 
 def declared_image_size(dataset: str, options: dict[str, Any]) -> tuple[int, int] | None:

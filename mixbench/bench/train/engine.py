@@ -35,7 +35,7 @@ from mixbench.bench.evaluators import reliability_diagram_data
 from mixbench.bench.train.compute import ComputeCounter
 from mixbench.config import CellConfig, ScheduleConfig
 from mixbench.errors import UsageError
-from mixbench.methods import MixMethod, get_method
+from mixbench.methods import MixMethod, check_supports, get_method
 from mixbench.models import create_model
 from mixbench.seeding import epoch_seed, global_seed
 
@@ -383,6 +383,7 @@ def build_training(cell: CellConfig, bundle_cache: dict[Any, Any] | None = None)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     backbone = backbone.to(device, memory_format=memory_format)
     method = get_method(cell.method, **cell.params)
+    check_supports(method, backbone, cell.model)  # TransMix on a CNN: one line, nothing trained
     # The data set's per-channel statistics, for methods that work in pixel units.
     method.bind_data(tuple(bundle.mean), tuple(bundle.std))
     module: nn.Module = TrainingModule(backbone, method)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixbench.methods.base import MixMethod, Param, check_supports
+from mixbench.methods.base import (
+    MixMethod,
+    Param,
+    check_supports,
+    concentration_param,
+    probability_param,
+)
 from mixbench.methods.functional import (
     box_patch_mask,
     cross_entropy,
@@ -50,20 +56,11 @@ class TransMix(MixMethod):
     description = "TransMix: CutMix with labels from the ViT's class-token attention (Chen et al.)"
     paper = "Chen et al., CVPR 2022, arXiv:2111.09833"
     params = {
-        "alpha": Param(
-            1.0,
-            float,
-            "Beta(alpha, alpha) concentration of the box's area ratio",
-            minimum=0.0,
-            exclusive_minimum=True,
-            search=("float", 0.1, 4.0, True),
+        "alpha": concentration_param(
+            1.0, "Beta(alpha, alpha) concentration of the box's area ratio"
         ),
-        "prob": Param(
-            1.0,
-            float,
-            "probability that a mini-batch is mixed (otherwise plain ERM)",
-            minimum=0.0,
-            maximum=1.0,
+        "prob": probability_param(
+            1.0, "probability that a mini-batch is mixed (otherwise plain ERM)", searched=False
         ),
         "area_weight": Param(
             0.5,

@@ -12,6 +12,7 @@ from mixbench.errors import UsageError
 
 __all__ = [
     "all_cells",
+    "cells_and_notes",
     "apply_overrides",
     "build_matrices",
     "drop_unsupported",
@@ -53,22 +54,29 @@ def matrix_cells(matrix: Any, args: argparse.Namespace) -> list[Any]:
 
 def all_cells(args: argparse.Namespace) -> list[Any]:
     """The cells of every matrix of ``args``, less those whose method cannot train the cell's
-    model (TransMix on a CNN): each such pair is skipped with its reason on stderr."""
+    model (TransMix on a CNN); :func:`cells_and_notes` also says why each pair was left out."""
+    return cells_and_notes(args)[0]
+
+
+def cells_and_notes(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
+    """:func:`all_cells` and one note line per method, model and reason left out. The caller
+    prints the notes once the matrix has passed its checks, so that bad input still gets one
+    line on standard error."""
     cells = [cell for matrix in build_matrices(args) for cell in matrix_cells(matrix, args)]
     return drop_unsupported(cells)
 
 
-def drop_unsupported(cells: list[Any]) -> list[Any]:
+def drop_unsupported(cells: list[Any]) -> tuple[list[Any], list[str]]:
     """``cells`` without those whose method's :meth:`~mixbench.methods.MixMethod.supports`
     refuses the model (built once per model and options, on the meta device: no memory, no
-    weights), with one note per method, model and reason."""
+    weights), and one note per method, model and reason."""
     import torch
 
     from mixbench.methods import get_method
     from mixbench.models import create_model
 
     models: dict[str, Any] = {}
-    kept, noted = [], set()
+    kept, noted, notes = [], set(), []
     for cell in cells:
         options = json.dumps(cell.model_options, sort_keys=True, default=str)
         key = f"{cell.model} {options}"
@@ -81,12 +89,10 @@ def drop_unsupported(cells: list[Any]) -> list[Any]:
             continue
         if (cell.method, key, reason) not in noted:
             noted.add((cell.method, key, reason))
-            print(
-                f"mixbench: note: skipping method {cell.method!r} on model {cell.model!r}: "
-                f"{reason}",
-                file=sys.stderr,
+            notes.append(
+                f"mixbench: note: skipping method {cell.method!r} on model {cell.model!r}: {reason}"
             )
-    return kept
+    return kept, notes
 
 
 def note_unused_params(matrices: list[Any], params: list[str]) -> None:

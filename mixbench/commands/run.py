@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from mixbench.commands.matrices import all_cells
+from mixbench.commands.matrices import cells_and_notes
 from mixbench.commands.options import add_matrix_arguments, out_dir
 
 
@@ -45,20 +45,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every cell not done yet, then write the leaderboard."""
-    cells = all_cells(args)
+    cells, notes = cells_and_notes(args)
     if args.dry_run:
-        return print_dry_run(cells)
+        code = print_dry_run(cells)
+        print_lines(notes)
+        return code
     from mixbench.bench.run.matrix import default_db_url, run_matrix
     from mixbench.bench.run.store import redact_url
     from mixbench.commands.leaderboard import leaderboard_from_store
 
     folder = out_dir(args)
     if args.launcher:
-        return _run_with_launcher(args, cells, folder)
+        return _run_with_launcher(args, cells, folder, notes)
     summary = run_matrix(
         cells,
         folder,
         args.db,
+        notes=notes,
         retry_failed=args.retry_failed,
         worker=args.worker_name,
         nproc_per_node=args.nproc_per_node,
@@ -76,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _run_with_launcher(args: argparse.Namespace, cells: list[Any], folder: Any) -> int:
+def _run_with_launcher(
+    args: argparse.Namespace, cells: list[Any], folder: Any, notes: list[str]
+) -> int:
     """Validate and register the matrix, launch workers, wait, write the leaderboard."""
     from mixbench.bench.run.launch import SlurmOptions, launch_matrix, wait_for
     from mixbench.bench.run.matrix import check_out_dir, default_db_url, validate_matrix
@@ -91,6 +96,7 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], folder: Any) 
         store.add_cells(cells)
     finally:
         store.close()
+    print_lines(notes)
     slurm = SlurmOptions(
         partition=args.slurm_partition,
         time_minutes=args.slurm_time,
@@ -129,6 +135,12 @@ def _run_with_launcher(args: argparse.Namespace, cells: list[Any], folder: Any) 
         file=sys.stderr,
     )
     return 1 if not_done or any(statuses) else 0
+
+
+def print_lines(lines: list[str]) -> None:
+    """Each of ``lines`` on standard error."""
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def print_dry_run(cells: list[Any]) -> int:

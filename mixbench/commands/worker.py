@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mixbench.commands.matrices import all_cells
+from mixbench.commands.matrices import cells_and_notes
 from mixbench.commands.options import add_matrix_arguments, out_dir
 
 
@@ -21,10 +21,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the matrix's cells that no other worker has claimed."""
     from mixbench.bench.run.matrix import run_matrix
 
+    cells, notes = cells_and_notes(args)
     summary = run_matrix(
-        all_cells(args),
+        cells,
         out_dir(args),
         args.db,
+        notes=notes,
         retry_failed=args.retry_failed,
         worker=args.worker_name,
         nproc_per_node=args.nproc_per_node,

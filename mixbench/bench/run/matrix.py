@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,13 @@ def run_matrix(
     worker: str | None = None,
     nproc_per_node: int = 1,
     log: Any = None,
+    notes: Sequence[str] = (),
 ) -> MatrixSummary:
     """Run every cell of ``cells`` (a matrix) not done yet; returns a summary from the store.
 
     The data sets are loaded and the output folder checked before anything is written, so that
-    bad input leaves the results database untouched.
+    bad input leaves the results database untouched. ``notes`` (lines such as the cells left
+    out of the matrix, and why) are printed to ``log`` once those checks have passed.
     """
     log = log or sys.stderr
     cells = with_process_count(cells, nproc_per_node)
@@ -134,6 +137,8 @@ def run_matrix(
         done_before = {r.key for r in store.records(status=DONE, keys=keys)}
     finally:
         store.close()
+    for line in notes:
+        print(line, file=log)
     if done_before:
         print(f"{len(done_before)} of {len(cells)} cells already done: skipped", file=log)
 

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from mixbench.commands.options import add_db_argument
-from mixbench.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,17 +20,10 @@ def run(args: argparse.Namespace) -> int:
     """Import every record of the files; cells already present are skipped."""
     from mixbench.bench.run.matrix import check_out_dir, default_db_url
     from mixbench.bench.run.store import ResultStore
-    from mixbench.bench.run.transfer import import_records, read_results_path
+    from mixbench.bench.run.transfer import import_records, read_results_paths
 
     # Every file is checked before anything is written: a bad line anywhere commits nothing.
-    records, bad = [], []
-    for path in args.files:
-        try:
-            records += read_results_path(path, storable=True)
-        except UsageError as exc:
-            bad.append(str(exc))
-    if bad:
-        raise UsageError("\n".join(bad))
+    records = read_results_paths(args.files, storable=True)
     if not args.db:
         check_out_dir(args.out)
     store = ResultStore(args.db or default_db_url(args.out))

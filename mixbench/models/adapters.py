@@ -300,32 +300,12 @@ def _split(n: int, parts: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _adapt_tv_resnet(net: nn.Module, name: str) -> AdaptedNet:
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+def _adapt_resnet(net: nn.Module, name: str, act: nn.Module, head: Any, pool: Any) -> AdaptedNet:
+    """A torchvision or timm ResNet (the two name only their activation, pooling and head
+    differently): stem, ``layer1..4``."""
+    stem = nn.Sequential(net.conv1, net.bn1, act, net.maxpool)
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
-    return AdaptedNet(
-        net,
-        name,
-        stem,
-        stages,
-        _fc,
-        _tv_pool,
-        strides=(2, 2, 2, 2, 2),
-    )
-
-
-def _adapt_timm_resnet(net: nn.Module, name: str) -> AdaptedNet:
-    stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
-    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
-    return AdaptedNet(
-        net,
-        name,
-        stem,
-        stages,
-        _classifier,
-        _timm_pool,
-        strides=(2, 2, 2, 2, 2),
-    )
+    return AdaptedNet(net, name, stem, stages, head, pool, strides=(2, 2, 2, 2, 2))
 
 
 def _adapt_timm_convnext(net: nn.Module, name: str) -> AdaptedNet:
@@ -374,7 +354,7 @@ def _build_tv(name: str, arch: str, num_classes: int, options: dict[str, Any]) -
         raise UsageError(f"model {name!r}: {err}") from None
     if not isinstance(net, tvm.ResNet):
         raise _family_error(name, type(net).__name__)
-    return _adapt_tv_resnet(net, name)
+    return _adapt_resnet(net, name, net.relu, _fc, _tv_pool)
 
 
 def _build_timm(name: str, arch: str, num_classes: int, options: dict[str, Any]) -> AdaptedNet:
@@ -399,7 +379,7 @@ def _build_timm(name: str, arch: str, num_classes: int, options: dict[str, Any])
             raise _family_error(name, f"{type(net).__name__} with this head")
         return ViTNet(net, name)
     if isinstance(net, ResNet):
-        return _adapt_timm_resnet(net, name)
+        return _adapt_resnet(net, name, net.act1, _classifier, _timm_pool)
     if isinstance(net, ConvNeXt):
         return _adapt_timm_convnext(net, name)
     raise _family_error(name, type(net).__name__)

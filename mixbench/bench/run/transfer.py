@@ -112,24 +112,41 @@ def _decode_json_text(record: dict[str, Any]) -> dict[str, Any]:
 def read_results_path(path: Path, *, storable: bool = False) -> list[dict[str, Any]]:
     """Cells from one ``.jsonl`` file or every ``*.jsonl`` file of a folder (sorted by name),
     checked as :func:`read_jsonl` does; every bad line of every file is reported."""
-    path = Path(path)
+    return read_results_paths([path], storable=storable)
+
+
+def read_results_paths(
+    paths: Iterable[Path | str], *, storable: bool = False
+) -> list[dict[str, Any]]:
+    """:func:`read_results_path` over several paths: every path and every line is checked
+    before the one :class:`UsageError` that lists all the problems, one a line."""
+    records, bad = [], []
+    for path in map(Path, paths):
+        try:
+            files = _results_files(path)
+        except UsageError as exc:
+            bad.append(str(exc))
+            continue
+        for file in files:
+            try:
+                records += read_jsonl(file, storable=storable)
+            except UsageError as exc:
+                bad.append(str(exc))
+    if bad:
+        raise UsageError("\n".join(bad))
+    return records
+
+
+def _results_files(path: Path) -> list[Path]:
+    """``path`` itself, or the ``*.jsonl`` files of the folder ``path`` (sorted by name)."""
     if path.is_dir():
         files = sorted(path.glob("*.jsonl"))
         if not files:
             raise UsageError(f"no *.jsonl files in {path}: export results with `mixbench export`")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise UsageError(f"{path} does not exist: expected a .jsonl file or a folder of them")
-    records, bad = [], []
-    for file in files:
-        try:
-            records += read_jsonl(file, storable=storable)
-        except UsageError as exc:
-            bad.append(str(exc))
-    if bad:
-        raise UsageError("\n".join(bad))
-    return records
+        return files
+    if path.is_file():
+        return [path]
+    raise UsageError(f"{path} does not exist: expected a .jsonl file or a folder of them")
 
 
 def import_records(store: ResultStore, records: Iterable[dict[str, Any]]) -> tuple[int, int]:

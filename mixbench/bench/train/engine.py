@@ -598,7 +598,11 @@ def train_cell(
     if cell.runtime.progress and parts.rank == 0:
         attach_progress(trainer, parts, last_metrics)
 
-    write_cell_file(workdir, cell)
+    # Rank 0 alone writes in the cell's folder: another rank's temporary file could be taken
+    # for a crash's leftover by the clean-up below, and that rank would then fail alone (and
+    # the others wait for it forever in the next collective).
+    if parts.rank == 0:
+        write_cell_file(workdir, cell)
     resumed_from = load_checkpoint(workdir, to_save)
     if parts.rank == 0:
         clean_cell_folder(workdir, resumed_from)

@@ -241,19 +241,32 @@ class CellConfig:
     #: whose value equals its entry is left out of :meth:`identity` (see :func:`keyed_params`),
     #: while ``params`` keeps every resolved value.
     key_defaults: dict[str, Any] = field(default_factory=dict)
+    #: Train for ``epochs_scale`` times the schedule's epochs (the learning-rate schedule
+    #: stretched to match) while staying a row of the schedule's table: the equal-compute
+    #: reference, ERM given as many network passes as a method that runs the network twice
+    #: per step. Counts in the key from 2 on, as ``processes``.
+    epochs_scale: int = 1
+
+    def training_schedule(self) -> ScheduleConfig:
+        """The schedule the cell trains by: ``schedule`` with ``epochs_scale`` times its
+        epochs (``schedule`` itself, unscaled, is what the cells of its table share)."""
+        if self.epochs_scale == 1:
+            return self.schedule
+        return dataclasses.replace(self.schedule, epochs=self.schedule.epochs * self.epochs_scale)
 
     def identity(self) -> dict[str, Any]:
         """Everything that defines the experiment (the runtime section left out).
 
-        ``processes`` and ``method_version`` count only from 2 on, ``eval.options`` only
-        when it holds a table, and a parameter listed in ``key_defaults`` only when it differs
-        from its default, so the cells made before these fields and parameters existed (one
-        process, version 1, no evaluator options, no such option set) keep their keys.
+        ``processes``, ``method_version`` and ``epochs_scale`` count only from 2 on,
+        ``eval.options`` only when it holds a table, and a parameter listed in
+        ``key_defaults`` only when it differs from its default, so the cells made before these
+        fields and parameters existed (one scale, one process, version 1, no evaluator options,
+        no such option set) keep their keys.
         """
         data = to_dict(self)
         data.pop("runtime")
         data["params"] = keyed_params(data["params"], data.pop("key_defaults"))
-        for name in ("processes", "method_version"):
+        for name in ("processes", "method_version", "epochs_scale"):
             if data[name] == 1:
                 data.pop(name)
         if not data["eval"].get("options"):

@@ -174,3 +174,29 @@ def test_perf_reports_passes_per_step_beside_the_step_ratio(tmp_path):
         assert entry["ratio_vs_erm"] > 0
     assert result["dense_multimix [ce]"]["target"] == 1.15
     assert isinstance(result["multimix"]["meets_target"], bool)
+
+
+def test_equal_compute_erm_runs_the_network_as_often_as_a_two_pass_method(tmp_path):
+    """ERM with ``epochs_scale = 2`` (the equal-compute reference) trains twice the epochs,
+    its learning-rate schedule stretched over them, and runs the network as many times in all
+    as RegMixup (2 passes per step) in the table's epochs."""
+    import dataclasses
+
+    from mixbench.bench.perf.data import bench_cell
+    from mixbench.bench.train.engine import train_cell
+
+    def cell(method: str, scale: int):
+        base = bench_cell(device="cpu", method=method, batch_size=8, steps_per_epoch=2,
+                          width=4, image_size=32, num_classes=4)  # fmt: skip
+        return dataclasses.replace(base, epochs_scale=scale)
+
+    erm = train_cell(cell("erm", 2), tmp_path / "erm")
+    regmixup = train_cell(cell("regmixup", 1), tmp_path / "regmixup")
+    assert erm.timings["epochs"] == 2 and regmixup.timings["epochs"] == 1
+    assert [h["epoch"] for h in erm.history] == [1, 2]
+
+    def passes(result) -> float:
+        steps = result.timings["train_images"] / 8
+        return result.timings["passes_per_step"] * steps
+
+    assert passes(erm) == passes(regmixup) == 4.0

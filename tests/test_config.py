@@ -77,7 +77,7 @@ def test_process_count_is_part_of_the_key_from_two_on():
     cell = build_cells(load_preset("smoke"))[0]
     assert "processes" not in cell.identity() and cell.processes == 1
     legacy = to_dict(cell)
-    del legacy["processes"], legacy["runtime"], legacy["key_defaults"]
+    del legacy["processes"], legacy["runtime"], legacy["key_defaults"], legacy["epochs_scale"]
     # nor the parameters added since as options (the decoupled loss), at their defaults
     legacy["params"] = {k: v for k, v in legacy["params"].items() if k not in cell.key_defaults}
     assert cell.key == config_hash(legacy)  # exactly the pre-existing key
@@ -194,6 +194,7 @@ def test_method_version_is_part_of_the_key_from_two_on():
     assert legacy.key != cells["cutmix"].key
     old_form = to_dict(legacy)
     del old_form["method_version"], old_form["processes"], old_form["runtime"]
+    del old_form["epochs_scale"]
     added = old_form.pop("key_defaults")  # options added since, at their defaults
     old_form["params"] = {k: v for k, v in old_form["params"].items() if k not in added}
     assert legacy.key == config_hash(old_form)
@@ -322,3 +323,54 @@ def test_every_shipped_preset_and_stored_result_passes_the_new_checks():
         for field in ("preset", "method", "dataset", "model", "param_set"):
             check_name(config.get(field, "default"), field)
         check_dataset_options(config["dataset"], config["dataset_options"])
+
+
+def test_epochs_scale_trains_longer_in_the_same_table_and_counts_in_the_key_from_two_on():
+    """A variant's ``epochs_scale`` (the equal-compute reference) trains for a multiple of
+    the schedule's epochs, keeps the schedule of its table, and changes the key only from 2
+    on, so that every cell made before the field existed keeps its key."""
+    matrix = load_preset("smoke")
+    matrix.variants = [{"method": "erm"}, {"method": "erm", "epochs_scale": 2}]
+    plain, scaled = build_cells(matrix)
+    assert "epochs_scale" not in plain.identity() and plain.training_schedule() is plain.schedule
+    assert scaled.identity()["epochs_scale"] == 2 and scaled.key != plain.key
+    assert scaled.schedule == plain.schedule  # the table's schedule, unscaled
+    assert scaled.training_schedule().epochs == 2 * plain.schedule.epochs
+    assert scaled.schedule_key() == plain.schedule_key()  # one table
+
+
+@pytest.mark.parametrize("scale", [0, -1, 1.5, True, "2", 101])
+def test_a_bad_epochs_scale_is_refused_with_its_range(scale):
+    matrix = load_preset("smoke")
+    matrix.variants = [{"method": "erm", "epochs_scale": scale}]
+    with pytest.raises(UsageError, match="epochs_scale must be an integer from 1 to 100"):
+        build_cells(matrix)
+
+
+def test_the_long_preset_runs_every_method_the_ce_sets_and_the_equal_compute_erm():
+    """Every registered method with its defaults (TransMix skipped: it needs a ViT), the `ce`
+    sets of MultiMix and Dense MultiMix, and ERM for twice the epochs, 3 seeds each, in one
+    table; its pilot is the same settings at other lengths."""
+    from mixbench.commands.matrices import drop_unsupported
+
+    matrix = load_preset("long")
+    cells, notes = drop_unsupported(build_cells(matrix))
+    rows = {(c.method, c.param_set, c.epochs_scale) for c in cells}
+    expected = {(m, "default", 1) for m in list_methods() if m != "transmix"}
+    expected |= {("multimix", "ce", 1), ("dense_multimix", "ce", 1), ("erm", "default", 2)}
+    assert rows == expected
+    assert len(cells) == 3 * len(expected) and {c.seed for c in cells} == {0, 1, 2}
+    assert len({c.schedule_key() for c in cells}) == 1
+    assert any("transmix" in note for note in notes)
+    pilot = [c for m in load_matrices("long-pilot") for c in build_cells(m)]
+    lengths = {c.schedule.epochs for c in pilot}
+    assert {matrix.schedule.epochs, 2 * matrix.schedule.epochs} <= lengths
+    assert {c.method for c in pilot} == {"erm", "mixup"}
+    long_erm = next(c for c in cells if c.method == "erm" and c.epochs_scale == 1)
+    for c in pilot:
+        same = {"eval", "dataset_options", "model_options", "model", "dataset"}
+        assert {k: c.identity()[k] for k in same} == {k: long_erm.identity()[k] for k in same}
+        fixed = {k: v for k, v in to_dict(c.schedule).items() if k not in ("epochs", "eval_every")}
+        assert fixed == {
+            k: v for k, v in to_dict(long_erm.schedule).items() if k not in ("epochs", "eval_every")
+        }

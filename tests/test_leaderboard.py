@@ -484,3 +484,124 @@ def test_stored_names_cannot_leave_the_folder_or_break_the_markdown(tmp_path):
         if line.startswith("| 1 "):
             header = next(h for h in text.splitlines() if h.startswith("| #"))
             assert line.replace("\\|", "").count("|") == header.count("|")
+
+
+# ------------------------------------------------------- equal compute and convergence checks
+
+
+def _scaled(method, seed, top1, *, epochs, scale=1, preset="long", passes=1.0):
+    """A finished cell of the smoke preset trained for ``epochs`` (times ``scale``)."""
+    matrix = load_preset("smoke")
+    matrix.name = preset
+    matrix.seeds = [seed]
+    matrix.schedule.epochs = epochs
+    matrix.variants = [{"method": method, "epochs_scale": scale}]
+    cell = build_cells(matrix)[0]
+    rec = _record(method, seed, top1, preset=preset)
+    rec.update(key=cell.key, config=to_dict(cell), dataset="imagefolder")
+    rec["config"]["dataset"] = "imagefolder"
+    rec["metrics"]["data"] = {
+        "name": "CIFAR-10", "num_classes": 10, "train_images": 5000, "test_images": 10000,
+        "image_size": [32, 32],
+    }  # fmt: skip
+    rec["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2}
+    rec["timings"] = {"train_images_per_s": 1000.0, "passes_per_step": passes}
+    return rec
+
+
+def test_equal_compute_erm_is_its_own_labelled_row_and_not_the_reference(tmp_path):
+    records = [
+        _scaled("erm", 0, 0.80, epochs=4),
+        _scaled("erm", 1, 0.82, epochs=4),
+        _scaled("erm", 0, 0.84, epochs=4, scale=2),
+        _scaled("erm", 1, 0.86, epochs=4, scale=2),
+        _scaled("mixup", 0, 0.83, epochs=4, passes=2.0),
+        _scaled("mixup", 1, 0.85, epochs=4, passes=2.0),
+    ]
+    (table,) = build_tables(records)  # one table: the scaled row shares the schedule's key
+    assert table.reference().epochs_scale == 1
+    text = render_table(table)
+    lines = [line for line in text.splitlines() if "`erm` [2× epochs]" in line]
+    assert len(lines) == 1 and "| **+4.00** " in lines[0]  # 85 against the 4-epoch ERM's 81
+    assert _cells(text, "mixup")["Δ ERM (pp)"] == "+3.00"
+    assert _cells(text, "erm")["Δ ERM (pp)"] == "+0.00"
+    write_leaderboard(records, tmp_path)
+    page = (tmp_path / "LEADERBOARD.md").read_text()
+    assert (
+        "- `erm` [2× epochs]: trained for 2× the table's 4 epochs (8), as its own row: the "
+        "equal-compute reference, as many network passes as the row with the most passes per "
+        "step (`mixup`: 2.00)"
+    ) in page
+
+
+def test_equal_compute_note_says_when_the_passes_do_not_match(tmp_path):
+    records = [
+        _scaled("erm", 0, 0.80, epochs=4),
+        _scaled("erm", 0, 0.84, epochs=4, scale=3),
+        _scaled("mixup", 0, 0.83, epochs=4, passes=2.0),
+    ]
+    write_leaderboard(records, tmp_path)
+    page = (tmp_path / "LEADERBOARD.md").read_text()
+    assert (
+        "trained for 3× the table's 4 epochs (12), as its own row: the equal-compute "
+        "reference, not as many network passes" in page
+    )
+
+
+def _pilot(top1_by_epochs: dict[int, tuple[float, float]]) -> list[dict]:
+    """ERM and mixup, seed 0, of a pilot preset at each length: (ERM top-1, mixup top-1)."""
+    out = []
+    for epochs, (erm, mixup) in top1_by_epochs.items():
+        preset = f"pilot-e{epochs}"
+        out += [
+            _scaled("erm", 0, erm, epochs=epochs, preset=preset),
+            _scaled("mixup", 0, mixup, epochs=epochs, preset=preset),
+        ]
+    return out
+
+
+def _protocol_block(page: str, preset: str) -> str:
+    start = page.index(f"## `{preset}`")
+    return page[start : page.index("| #", start)]
+
+
+def test_convergence_check_states_the_pilots_figures_and_its_verdict(tmp_path):
+    campaign = [_scaled("erm", s, 0.80 + s / 100, epochs=4) for s in (0, 1)] + [
+        _scaled("mixup", s, 0.81, epochs=4) for s in (0, 1)
+    ]
+    pilot = _pilot({2: (0.70, 0.68), 4: (0.8010, 0.8100), 8: (0.8040, 0.8140)})
+    write_leaderboard([*campaign, *pilot], tmp_path)
+    page = (tmp_path / "LEADERBOARD.md").read_text()
+    block = _protocol_block(page, "long")
+    # The values at the table's own length come from the pilot (80.10), not from the table.
+    assert (
+        "- convergence check: last-epoch top-1 (%) of the same settings trained for other "
+        "numbers of epochs, and the change from 4 to 8 epochs: `erm` seed 0 (2: 70.00, "
+        "4: 80.10, 8: 80.40; +0.30); `mixup` seed 0 (2: 68.00, 4: 81.00, 8: 81.40; +0.40); "
+        "every change within 0.5 points: trained to convergence at this size"
+    ) in block
+    assert (
+        "**Small CPU runs, not the papers' protocol.** 4 epochs on 5,000 training images on a "
+        "CPU; the papers' protocol for CIFAR-10 is 2,000 epochs on GPUs. Doubling the epochs "
+        "moved no checked top-1 by more than 0.5 points"
+    ) in block
+    contents = page[: page.index("## ")]
+    assert "`long` · CIFAR-10 · preactresnet18" in contents
+    assert "epochs (small runs, converged)" in contents
+    assert "**Short CPU runs, not the papers' protocol.**" in _protocol_block(page, "pilot-e2")
+    # The pilot's 2-epoch table is checked against the 4-epoch cells, and fails; a length
+    # that two tables have comes from the first other table in leaderboard order (`long`).
+    block = _protocol_block(page, "pilot-e2")
+    assert "`erm` seed 0 (2: 70.00, 4: 80.00, 8: 80.40; +10.00)" in block
+    assert "a change of up to 13.00 points, more than 0.5: not fully converged" in block
+    # Nothing to double the longest run with: no check.
+    assert "convergence check" not in _protocol_block(page, "pilot-e8")
+
+
+def test_convergence_check_needs_the_same_settings_but_length(tmp_path):
+    campaign = [_scaled("erm", 0, 0.80, epochs=4), _scaled("mixup", 0, 0.81, epochs=4)]
+    other_lr = _pilot({8: (0.8040, 0.8140)})
+    for rec in other_lr:
+        rec["config"]["schedule"]["lr"] = 0.05
+    write_leaderboard([*campaign, *other_lr], tmp_path)
+    assert "convergence check" not in (tmp_path / "LEADERBOARD.md").read_text()

@@ -161,11 +161,13 @@ def print_dry_run(cells: list[Any]) -> int:
         size = c.dataset_options.get("train_subset") or c.dataset_options.get(
             "n_train", dataset_info(c.dataset).train_size
         )
-        images = size * c.schedule.epochs if size else None
+        images = size * c.training_schedule().epochs if size else None
         total += images or 0
         unknown |= images is None
         changed = {k: v for k, v in c.params.items() if defaults(c.method).get(k) != v}
         named = "" if c.param_set == "default" else f"[{c.param_set}] "
+        if c.epochs_scale != 1:
+            named += f"[{c.epochs_scale}× epochs] "
         rows.append(
             [
                 c.method,
@@ -173,7 +175,7 @@ def print_dry_run(cells: list[Any]) -> int:
                 c.dataset,
                 c.model,
                 c.seed,
-                c.schedule.epochs,
+                c.training_schedule().epochs,
                 f"{images:,}" if images else "?",
             ]  # fmt: skip
         )

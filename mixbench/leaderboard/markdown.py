@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.protocol import (
+    convergence_check,
     describe_table,
     path_check_notice,
     seeds_of,
@@ -118,8 +119,42 @@ def method_label(row: Row) -> str:
     cls = _registered(row.method)
     if cls is not None and row.version != cls.version:
         label += f" v{row.version}"
-    tag = parameter_tag(row)
-    return f"{label} [{tag}]" if tag else label
+    tags = [tag] if (tag := parameter_tag(row)) else []
+    if row.epochs_scale != 1:
+        tags.append(f"{row.epochs_scale}× epochs")
+    return f"{label} [{', '.join(tags)}]" if tags else label
+
+
+def equal_compute_notes(table: Table) -> list[str]:
+    """One line per row trained for a multiple of the table's epochs: how long, and the
+    measured passes per step it matches (the most of the table's other rows)."""
+    rows = [r for r in table.rows if r.epochs_scale != 1]
+    if not rows:
+        return []
+    epochs = int(table.schedule["epochs"])
+    passes = [
+        (r, p) for r in table.rows if r.epochs_scale == 1 and (p := r.timing("passes_per_step"))
+    ]
+    most = max((p for _, p in passes), default=None)
+    notes = []
+    for row in rows:
+        text = (
+            f"{method_label(row)}: trained for {row.epochs_scale}× the table's "
+            f"{epochs:,} epochs ({row.epochs_scale * epochs:,}), as its own row"
+        )
+        if most is None:
+            text += "; no row of the table has measured passes per step to compare with."
+        else:
+            top = sorted(method_label(r) for r, p in passes if p == most)
+            relation = "as many" if abs(most - row.epochs_scale) < 0.05 else "not as many"
+            text += (
+                f": the equal-compute reference, {relation} network passes as the row"
+                f"{'s' if len(top) > 1 else ''} with the most passes per step "
+                f"({', '.join(top)}: {most:.2f}), so a method's gain over it is not "
+                "bought with extra compute."
+            )
+        notes.append(text)
+    return notes
 
 
 def version_notes(table: Table) -> list[str]:
@@ -304,8 +339,11 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
     else:
         for table in tables:
             warning = ""
+            check = convergence_check(table, tables)
             if path_check_notice(table):
                 warning = " (checks the path only)"
+            elif check is not None and check.converged:
+                warning = " (small runs, converged)"
             elif short_run_warning(table):
                 warning = " (short runs)"
             seeds = len(seeds_of(table))
@@ -318,16 +356,16 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         out += [
             f"## {table_title(table)}",
             "",
-            describe_table(table),
+            describe_table(table, tables),
             "",
             render_table(table),
             "",
             legend(table, [c.header for c in table_columns(table)]),
             "",
         ]
-        versions = version_notes(table)
-        if versions:
-            out += [*(f"- {note}" for note in versions), ""]
+        notes = equal_compute_notes(table) + version_notes(table)
+        if notes:
+            out += [*(f"- {note}" for note in notes), ""]
         for rel in plots.get(table.slug, []):
             kind = rel.rsplit("-", 1)[-1].removesuffix(".png")
             out += [f"![{table.slug} {kind}]({rel})", ""]

@@ -11,10 +11,19 @@ leaderboard gives the same bytes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from mixbench.leaderboard.tables import Table
+from mixbench.leaderboard.tables import Row, Table
+
+#: A table counts as trained to convergence when doubling its epochs moves the last-epoch
+#: top-1 of every row checked by at most this much (a fraction: 0.005 is half a point).
+CONVERGENCE_TOLERANCE = 0.005
+
+#: Schedule fields that may differ between a table and the runs of its convergence check.
+_LENGTH_FIELDS = ("epochs", "eval_every")
 
 
 def dataset_facts(table: Table) -> Any:
@@ -152,9 +161,112 @@ def path_check_notice(table: Table) -> str | None:
     )
 
 
-def short_run_warning(table: Table) -> str | None:
+@dataclass
+class ConvergenceRun:
+    """The last-epoch top-1 of one method, parameters and seed at several numbers of epochs."""
+
+    label: str
+    seed: int
+    top1: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class ConvergenceCheck:
+    """What doubling a table's epochs did: the runs with values at the table's epochs and at
+    twice as many, and every other length found."""
+
+    epochs: int
+    runs: list[ConvergenceRun]
+
+    def change(self, run: ConvergenceRun) -> float:
+        """Top-1 at twice the table's epochs minus top-1 at its epochs (a fraction)."""
+        return run.top1[2 * self.epochs] - run.top1[self.epochs]
+
+    @property
+    def largest_change(self) -> float:
+        return max(abs(self.change(run)) for run in self.runs)
+
+    @property
+    def converged(self) -> bool:
+        return self.largest_change <= CONVERGENCE_TOLERANCE + 1e-12
+
+
+def _same_but_length(a: Table, b: Table) -> bool:
+    """Whether two tables hold the same experiment but for its number of epochs (and how
+    often the learning curve was evaluated)."""
+
+    def shape(t: Table) -> str:
+        schedule = {k: v for k, v in t.schedule.items() if k not in _LENGTH_FIELDS}
+        return json.dumps(
+            [t.dataset, t.data_name, t.model, t.model_options, t.dataset_options, t.eval,
+             schedule],
+            sort_keys=True,
+        )  # fmt: skip
+
+    return shape(a) == shape(b)
+
+
+def _run_label(row: Row) -> str:
+    named = f" [{row.param_set}]" if row.param_set != "default" else ""
+    return f"`{row.method}`{named}"
+
+
+def convergence_check(table: Table, tables: Sequence[Table]) -> ConvergenceCheck | None:
+    """The convergence check of ``table`` from the cells of ``tables``: cells of the same
+    method, parameters, version and seed, trained with the same settings for other numbers
+    of epochs (a pilot, as the ``long-pilot`` preset runs). Where several tables have a
+    value for one length, it comes from the first other table in ``tables``' order, the
+    table's own cells last: the value at the table's own length is the pilot's that chose
+    it. None unless some run has values at the table's epochs and at twice as many."""
+    epochs = int(table.schedule["epochs"])
+    runs: dict[tuple[str, str, int, int], ConvergenceRun] = {}
+    ordered = [t for t in tables if t is not table] + [table]
+    for other in ordered:
+        if not _same_but_length(table, other):
+            continue
+        length = int(other.schedule["epochs"])
+        for row in other.rows:
+            if row.epochs_scale != 1:
+                continue
+            params = json.dumps(row.params, sort_keys=True)
+            for seed, top1 in row.top1_by_seed.items():
+                run = runs.setdefault(
+                    (row.method, params, row.version, seed), ConvergenceRun(_run_label(row), seed)
+                )
+                run.top1.setdefault(length, top1)
+    checked = [r for r in runs.values() if epochs in r.top1 and 2 * epochs in r.top1]
+    if not checked:
+        return None
+    checked.sort(key=lambda r: (r.label, r.seed))
+    return ConvergenceCheck(epochs, checked)
+
+
+def describe_convergence(check: ConvergenceCheck) -> str:
+    """The protocol block's line on the convergence check, every figure in it."""
+    runs = []
+    for run in check.runs:
+        values = ", ".join(f"{e:,}: {100 * v:.2f}" for e, v in sorted(run.top1.items()))
+        runs.append(f"{run.label} seed {run.seed} ({values}; {100 * check.change(run):+.2f})")
+    limit = 100 * CONVERGENCE_TOLERANCE
+    if check.converged:
+        verdict = f"every change within {limit:.1f} points: trained to convergence at this size"
+    else:
+        verdict = (
+            f"a change of up to {100 * check.largest_change:.2f} points, more than {limit:.1f}: "
+            "not fully converged at this length"
+        )
+    return (
+        f"- convergence check: last-epoch top-1 (%) of the same settings trained for other "
+        f"numbers of epochs, and the change from {check.epochs:,} to {2 * check.epochs:,} "
+        f"epochs: {'; '.join(runs)}; {verdict}"
+    )
+
+
+def short_run_warning(table: Table, check: ConvergenceCheck | None = None) -> str | None:
     """A plain sentence when the table's runs are far shorter than the papers' protocol (or,
-    on generated data, that its numbers only check the path)."""
+    on generated data, that its numbers only check the path). With a passed convergence
+    ``check`` the runs are called small rather than short: trained to convergence on a
+    subset, still not the papers' protocol."""
     notice = path_check_notice(table)
     if notice is not None:
         return notice
@@ -168,13 +280,22 @@ def short_run_warning(table: Table) -> str | None:
         return None
     machines = hardware_of(table)
     on_cpu = bool(machines) and all(not hw.get("gpu") for hw in machines)
-    kind = "Short CPU runs" if on_cpu else "Short runs"
+    converged = check is not None and check.converged
+    kind = ("Small" if converged else "Short") + (" CPU runs" if on_cpu else " runs")
     train = f" on {int(table.data[0]['train_images']):,} training images" if table.data else ""
     if paper is not None:
         papers = f"the papers' protocol for {table.display_dataset} is {paper:,} epochs on GPUs"
     else:
         papers = f"the papers' protocols train for {reference:,} to {known[-1]:,} epochs on GPUs"
     where = " on a CPU" if on_cpu else ""
+    if converged:
+        return (
+            f"**{kind}, not the papers' protocol.** {_plural(epochs, 'epoch')}{train}{where}; "
+            f"{papers}. Doubling the epochs moved no checked top-1 by more than "
+            f"{100 * CONVERGENCE_TOLERANCE:.1f} points (the convergence check below), so "
+            "these numbers compare methods trained to convergence at this size; they are "
+            "not comparable with published results."
+        )
     return (
         f"**{kind}, not the papers' protocol.** {_plural(epochs, 'epoch')}{train}{where}; "
         f"{papers}. These numbers compare the methods with each other under one short "
@@ -182,8 +303,9 @@ def short_run_warning(table: Table) -> str | None:
     )
 
 
-def describe_table(table: Table) -> str:
-    """The protocol block under a table's heading: all from the stored results."""
+def describe_table(table: Table, tables: Sequence[Table] = ()) -> str:
+    """The protocol block under a table's heading: all from the stored results (``tables``:
+    every table of the leaderboard, where its convergence check is looked for)."""
     s = table.schedule
     opts = ", ".join(f"{k}={v}" for k, v in sorted(table.model_options.items()))
     model = f"{table.model} ({opts})" if opts else table.model
@@ -194,7 +316,8 @@ def describe_table(table: Table) -> str:
         f"weight decay {s['weight_decay']}), {s['schedule']} schedule"
     )
     lines = []
-    warning = short_run_warning(table)
+    check = convergence_check(table, tables)
+    warning = short_run_warning(table, check)
     if warning:
         lines += [warning, ""]
     lines += [
@@ -213,4 +336,6 @@ def describe_table(table: Table) -> str:
     if table.finished:
         first, last = date_text(min(table.finished)), date_text(max(table.finished))
         lines.append(f"- finished: {first}" + (f" to {last}" if last != first else ""))
+    if check is not None:
+        lines.append(describe_convergence(check))
     return "\n".join(lines)

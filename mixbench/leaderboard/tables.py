@@ -40,6 +40,10 @@ class Row:
     version: int = 1
     #: The machines the cells ran on (CPU and GPU model names), sorted.
     machines: list[str] = field(default_factory=list)
+    #: How many times the table's epochs the cells trained (2: the equal-compute reference).
+    epochs_scale: int = 1
+    #: The last-epoch top-1 of each seed's cell.
+    top1_by_seed: dict[int, float] = field(default_factory=dict)
 
     def mean(self, name: str) -> float | None:
         values = [v for v in self.metrics.get(name, []) if v is not None and math.isfinite(v)]
@@ -148,9 +152,10 @@ class Table:
         return self.data_name or self.dataset
 
     def reference(self) -> Row | None:
-        """The ERM row with default parameters, if any (the baseline of the ERM column)."""
+        """The ERM row trained for the table's epochs, if any (the baseline of the ERM
+        column; an equal-compute ERM row, trained longer, is not)."""
         for row in self.rows:
-            if row.method == "erm":
+            if row.method == "erm" and row.epochs_scale == 1:
                 return row
         return None
 
@@ -224,7 +229,8 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         params = keyed_params(rec["params"], config.get("key_defaults"))
         params_text = json.dumps(params, sort_keys=True)
         version = int(config.get("method_version") or 1)
-        rkey = (*tkey, rec["method"], params_text, version)
+        scale = int(config.get("epochs_scale") or 1)
+        rkey = (*tkey, rec["method"], params_text, version, scale)
         row = rows.get(rkey)
         if row is None:
             row = rows[rkey] = Row(
@@ -235,9 +241,13 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 metrics={},
                 timings={},
                 version=version,
+                epochs_scale=scale,
             )
             table.rows.append(row)
         row.seeds.append(int(rec["seed"]))
+        top1 = rec["metrics"].get("top1")
+        if isinstance(top1, (int, float)) and not isinstance(top1, bool):
+            row.top1_by_seed[int(rec["seed"])] = float(top1)
         machine = machine_name(rec)
         if machine is not None and machine not in row.machines:
             row.machines.append(machine)
@@ -273,7 +283,14 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         key=lambda t: (t.preset, t.dataset, t.data_name, t.model, t.schedule_key),
     )
     for table in out:
-        table.rows.sort(key=lambda r: (r.method, json.dumps(r.params, sort_keys=True), r.version))
+        table.rows.sort(
+            key=lambda r: (
+                r.method,
+                json.dumps(r.params, sort_keys=True),
+                r.version,
+                r.epochs_scale,
+            )  # fmt: skip
+        )
         table.hosts.sort()
         table.notes.sort()
         table.eval_settings.sort(key=lambda s: json.dumps(s, sort_keys=True))

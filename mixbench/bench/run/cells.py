@@ -127,24 +127,29 @@ def resolved_methods(matrix: MatrixConfig) -> list[str]:
 
 def matrix_entries(
     matrix: MatrixConfig,
-) -> list[tuple[str, dict[str, Any], list[int], str | None]]:
-    """(method, variant parameters, seeds, variant parameter set) of every matrix row.
+) -> list[tuple[str, dict[str, Any], list[int], str | None, int]]:
+    """(method, variant parameters, seeds, variant parameter set, epochs scale) of every
+    matrix row.
 
     Without ``variants`` every selected method is one row with the matrix's seeds. With
     ``variants`` (a list of tables: ``method``, optional ``param_set`` (a named parameter set
-    of the method, e.g. ``"ce"``), ``params`` (applied on top) and ``seeds``) each variant is
-    a row; ``methods`` then filters them (``["*"]`` keeps all).
+    of the method, e.g. ``"ce"``), ``params`` (applied on top), ``seeds`` and
+    ``epochs_scale`` (an integer >= 1: train for that many times the schedule's epochs, as a
+    row of the same table, e.g. ERM given the network passes of a method that runs the
+    network twice per step)) each variant is a row; ``methods`` then filters them (``["*"]``
+    keeps all).
     """
     if not matrix.variants:
-        return [(m, {}, list(matrix.seeds), None) for m in resolved_methods(matrix)]
+        return [(m, {}, list(matrix.seeds), None, 1) for m in resolved_methods(matrix)]
     keep = None if matrix.methods == ["*"] else set(resolved_methods(matrix))
     rows = []
     for i, variant in enumerate(matrix.variants):
-        unknown = sorted(set(variant) - {"method", "param_set", "params", "seeds"})
+        allowed = {"method", "param_set", "params", "seeds", "epochs_scale"}
+        unknown = sorted(set(variant) - allowed)
         if unknown or "method" not in variant:
             raise UsageError(
                 f"variant {i + 1} of preset {matrix.name!r} needs a 'method' and may have "
-                f"'param_set', 'params' and 'seeds'; got keys {sorted(variant)}"
+                f"'param_set', 'params', 'seeds' and 'epochs_scale'; got keys {sorted(variant)}"
             )
         if keep is not None and variant["method"] not in keep:
             continue
@@ -154,7 +159,13 @@ def matrix_entries(
         named = variant.get("param_set")
         if named is not None and not isinstance(named, str):
             raise UsageError(f"variant {i + 1} of preset {matrix.name!r}: param_set must be a name")
-        rows.append((variant["method"], dict(variant.get("params", {})), seeds, named))
+        scale = variant.get("epochs_scale", 1)
+        if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 100:
+            raise UsageError(
+                f"variant {i + 1} of preset {matrix.name!r}: epochs_scale must be an integer "
+                f"from 1 to 100 (times the schedule's epochs), got {scale!r}"
+            )
+        rows.append((variant["method"], dict(variant.get("params", {})), seeds, named, scale))
     return rows
 
 
@@ -258,7 +269,7 @@ def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list
     out: list[CellConfig] = []
     for dataset in matrix.datasets:
         for model in matrix.models:
-            for method, variant_params, seeds, variant_set in matrix_entries(matrix):
+            for method, variant_params, seeds, variant_set, scale in matrix_entries(matrix):
                 cls = get_method_class(method)
                 if variant_set is not None:
                     preset_params, param_set = _named_param_set(cls, variant_set)
@@ -286,6 +297,7 @@ def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list
                             param_set=param_set,
                             method_version=int(getattr(cls, "version", 1)),
                             key_defaults=dict(neutral),
+                            epochs_scale=scale,
                         )
                     )
     if not out:

@@ -370,7 +370,7 @@ def build_training(cell: CellConfig, bundle_cache: dict[Any, Any] | None = None)
     device = resolve_device(cell.runtime.device)
     if world_size > 1 and device.type == "cuda":
         device = idist.device()
-    schedule = cell.schedule
+    schedule = cell.training_schedule()
 
     # Data: the training split lives on the device; batches are augmented there.
     bundle = load_bundle(cell, cache=bundle_cache)
@@ -546,7 +546,8 @@ def attach_progress(trainer: Engine, parts: TrainingParts, metrics: dict[str, An
             event_name=Events.ITERATION_COMPLETED(every=_loss_every(parts.device)),
         )
     # After the bar's own handlers, which close it at the end of an epoch.
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, _epoch_line, cell.schedule, metrics)
+    schedule = cell.training_schedule()
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, _epoch_line, schedule, metrics)
 
 
 def train_cell(
@@ -563,7 +564,7 @@ def train_cell(
     ``setup(trainer, evaluator)``, if given, is called once both engines exist, before the
     checkpoint handler is attached: the place to add handlers such as optuna's pruning handler.
     """
-    schedule = cell.schedule
+    schedule = cell.training_schedule()
     from mixbench.fileio import PRIVATE_DIR_MODE
 
     workdir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)

@@ -235,6 +235,32 @@ def test_export_import_round_trip(tmp_path, capsys):
     assert from_file == (other / "LEADERBOARD.md").read_text()
 
 
+def test_export_of_a_preset_that_includes_others_takes_their_cells(tmp_path, capsys):
+    """``export --preset`` of a preset made of others (as ``long-pilot`` is of its three
+    lengths) exports the cells stored under the included presets' names; a stored name that
+    is no preset file exports its own cells."""
+    from mixbench.cli import main
+
+    base = 'datasets = ["synthetic"]\nmodels = ["preactresnet18"]\nseeds = [0]\n'
+    parts = []
+    for name, method in (("part-a", "erm"), ("part-b", "mixup")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'{base}methods = ["{method}"]\n')
+        parts.append(str(path))
+    whole = tmp_path / "whole.toml"
+    whole.write_text(f"include = {json.dumps(parts)}\n")
+    out = tmp_path / "out"
+    assert main(["run", "--preset", str(whole), *TINY, "--out", str(out), "--no-leaderboard"]) == 0
+    exported = tmp_path / "cells.jsonl"
+    assert main(["export", "--from", str(out), "--preset", str(whole), "--out", str(exported)]) == 0
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert sorted((r["preset"], r["method"]) for r in lines) == [
+        ("part-a", "erm"), ("part-b", "mixup"),
+    ]  # fmt: skip
+    assert main(["export", "--from", str(out), "--preset", "part-b", "--out", str(exported)]) == 0
+    assert [json.loads(line)["method"] for line in exported.read_text().splitlines()] == ["mixup"]
+
+
 def test_bad_import_file_names_the_line(tmp_path, capsys):
     from mixbench.cli import main
 

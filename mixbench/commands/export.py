@@ -20,7 +20,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the run's folder (its results.db)",
     )
     add_db_argument(p)
-    p.add_argument("--preset", help="only the cells of this preset")
+    p.add_argument(
+        "--preset",
+        help="only the cells of this preset (of the presets it includes, for one such as "
+        "long-pilot)",
+    )
+
+
+def stored_preset_names(name: str) -> set[str]:
+    """The preset names that cells of preset ``name`` are stored under: its own, or, for a
+    shipped preset or preset file that includes others, theirs. A name that is neither (the
+    preset of cells made elsewhere) is itself."""
+    from mixbench.config import list_presets, load_matrices
+
+    if name in list_presets() or (name.endswith(".toml") and Path(name).is_file()):
+        return {matrix.name for matrix in load_matrices(name)}
+    return {name}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = ResultStore(store_url(args))
     try:
-        records = export_records(store, preset=args.preset)
+        presets = None if args.preset is None else stored_preset_names(args.preset)
+        records = export_records(store, presets=presets)
     finally:
         store.close()
     count = write_jsonl(records, args.file)

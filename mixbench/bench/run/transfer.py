@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,14 @@ EXPORTED_FIELDS = (
 )
 
 
-def export_records(store: ResultStore, *, preset: str | None = None) -> list[dict[str, Any]]:
-    """The finished cells of ``store`` (optionally of one preset) as exportable dicts."""
+def export_records(
+    store: ResultStore, *, presets: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """The finished cells of ``store`` (optionally only those of the named ``presets``) as
+    exportable dicts."""
     out = []
     for record in store.records(status=DONE):
-        if preset is not None and record.preset != preset:
+        if presets is not None and record.preset not in presets:
             continue
         data = asdict(record)
         out.append({name: data[name] for name in EXPORTED_FIELDS})

@@ -578,7 +578,8 @@ def test_convergence_check_states_the_pilots_figures_and_its_verdict(tmp_path):
         "- convergence check: last-epoch top-1 (%) of the same settings trained for other "
         "numbers of epochs, and the change from 4 to 8 epochs: `erm` seed 0 (2: 70.00, "
         "4: 80.10, 8: 80.40; +0.30); `mixup` seed 0 (2: 68.00, 4: 81.00, 8: 81.40; +0.40); "
-        "every change within 0.5 points: trained to convergence at this size"
+        "every change within 0.5 points: trained to convergence at this size; the "
+        "difference to `erm` of the same seed at 4 and 8 epochs: `mixup` seed 0 +0.90 → +1.00"
     ) in block
     assert (
         "**Small CPU runs, not the papers' protocol.** 4 epochs on 5,000 training images on a "
@@ -594,6 +595,7 @@ def test_convergence_check_states_the_pilots_figures_and_its_verdict(tmp_path):
     block = _protocol_block(page, "pilot-e2")
     assert "`erm` seed 0 (2: 70.00, 4: 80.00, 8: 80.40; +10.00)" in block
     assert "a change of up to 13.00 points, more than 0.5: not fully converged" in block
+    assert "`mixup` seed 0 -2.00 → +1.00" in block  # at 2 and 4 epochs
     # Nothing to double the longest run with: no check.
     assert "convergence check" not in _protocol_block(page, "pilot-e8")
 

@@ -255,10 +255,24 @@ def describe_convergence(check: ConvergenceCheck) -> str:
             f"a change of up to {100 * check.largest_change:.2f} points, more than {limit:.1f}: "
             "not fully converged at this length"
         )
+    gaps = []
+    e, e2 = check.epochs, 2 * check.epochs
+    references = {run.seed: run for run in check.runs if run.label == "`erm`"}
+    for run in check.runs:
+        ref = references.get(run.seed)
+        if ref is None or run is ref:
+            continue
+        before, after = run.top1[e] - ref.top1[e], run.top1[e2] - ref.top1[e2]
+        gaps.append(f"{run.label} seed {run.seed} {100 * before:+.2f} → {100 * after:+.2f}")
+    gap_text = (
+        f"; the difference to `erm` of the same seed at {e:,} and {e2:,} epochs: " + ", ".join(gaps)
+        if gaps
+        else ""
+    )
     return (
         f"- convergence check: last-epoch top-1 (%) of the same settings trained for other "
-        f"numbers of epochs, and the change from {check.epochs:,} to {2 * check.epochs:,} "
-        f"epochs: {'; '.join(runs)}; {verdict}"
+        f"numbers of epochs, and the change from {e:,} to {e2:,} "
+        f"epochs: {'; '.join(runs)}; {verdict}{gap_text}"
     )
 
 

@@ -607,3 +607,23 @@ def test_convergence_check_needs_the_same_settings_but_length(tmp_path):
         rec["config"]["schedule"]["lr"] = 0.05
     write_leaderboard([*campaign, *other_lr], tmp_path)
     assert "convergence check" not in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def test_a_table_that_mixes_cpu_and_gpu_cells_says_so_per_row():
+    def on(rec, gpu):
+        hardware = {"cpu": "CPU A", "cpus": 2, **({"gpu": gpu, "gpus": 1} if gpu else {})}
+        rec["versions"] = {**rec["versions"], "hardware": hardware}
+        return rec
+
+    cpu_only = [on(_record("erm", s, 0.8), None) for s in (0, 1)]
+    text = render_table(build_tables(cpu_only)[0])
+    assert "(CPU)" not in text and "| `erm` " in text  # one kind of device: nothing to say
+    mixed = [
+        *cpu_only,
+        on(_record("mixup", 0, 0.81), "NVIDIA H100"),
+        on(_record("cutmix", 0, 0.82), "NVIDIA H100"),
+        on(_record("cutmix", 1, 0.83), None),
+    ]
+    text = render_table(build_tables(mixed)[0])
+    assert "| `erm` (CPU) " in text and "| `mixup` (GPU) " in text
+    assert "| `cutmix` (CPU + GPU) " in text

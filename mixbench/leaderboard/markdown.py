@@ -125,6 +125,21 @@ def method_label(row: Row) -> str:
     return f"{label} [{', '.join(tags)}]" if tags else label
 
 
+def mixes_devices(table: Table) -> bool:
+    """Whether the table's cells trained on both CPUs and GPUs (whose rounding, AMP and
+    speed differ): each row then says which it ran on."""
+    return len({d for r in table.rows for d in r.devices}) > 1
+
+
+def device_label(row: Row, table: Table) -> str:
+    """The row's name, with ``(GPU)``, ``(CPU)`` or ``(CPU + GPU)`` in a table that mixes
+    devices (never silently pooled: a row of both says so)."""
+    label = method_label(row)
+    if mixes_devices(table):
+        label += f" ({' + '.join(row.devices) or 'device unknown'})"
+    return label
+
+
 def equal_compute_notes(table: Table) -> list[str]:
     """One line per row trained for a multiple of the table's epochs: how long, and the
     measured passes per step it matches (the most of the table's other rows)."""
@@ -295,7 +310,7 @@ def render_table(table: Table) -> str:
     for rank, row in enumerate(ranked_rows(table), 1):
         line = [
             str(rank),
-            _cell(method_label(row)),
+            _cell(device_label(row, table)),
             _cell(describe_params(row)),
             str(len(row.seeds)),
         ]

@@ -40,6 +40,8 @@ class Row:
     version: int = 1
     #: The machines the cells ran on (CPU and GPU model names), sorted.
     machines: list[str] = field(default_factory=list)
+    #: The kinds of device the cells trained on, ``"CPU"`` and/or ``"GPU"``, sorted.
+    devices: list[str] = field(default_factory=list)
     #: How many times the table's epochs the cells trained (2: the equal-compute reference).
     epochs_scale: int = 1
     #: The last-epoch top-1 of each seed's cell.
@@ -169,6 +171,15 @@ def machine_name(record: dict[str, Any]) -> str | None:
     return f"{hardware.get('cpu')}" + (f" + {gpu}" if gpu else "")
 
 
+def device_kind(record: dict[str, Any]) -> str | None:
+    """``"GPU"`` or ``"CPU"``: what a cell trained on, from its stored hardware (a GPU
+    recorded means the GPU); None if no hardware was stored."""
+    hardware = (record.get("versions") or {}).get("hardware")
+    if not isinstance(hardware, dict):
+        return None
+    return "GPU" if hardware.get("gpu") else "CPU"
+
+
 def data_name(record: dict[str, Any]) -> str:
     """How a cell names its data: stored by the engine (``metrics["data"]["name"]``); for
     older image-folder cells, the folder's name; else empty (the registry name is shown)."""
@@ -248,6 +259,10 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         top1 = rec["metrics"].get("top1")
         if isinstance(top1, (int, float)) and not isinstance(top1, bool):
             row.top1_by_seed[int(rec["seed"])] = float(top1)
+        device = device_kind(rec)
+        if device is not None and device not in row.devices:
+            row.devices.append(device)
+            row.devices.sort()
         machine = machine_name(rec)
         if machine is not None and machine not in row.machines:
             row.machines.append(machine)

@@ -12,8 +12,8 @@ from tabulate import tabulate
 from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.protocol import (
     convergence_check,
-    describe_table,
     path_check_notice,
+    protocol_block,
     seeds_of,
     short_run_warning,
 )
@@ -349,12 +349,12 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         "version of the method (what changed since is said under the table).",
         "",
     ]
+    checks = [convergence_check(table, tables) for table in tables]
     if not tables:
         out += ["No finished cells yet.", ""]
     else:
-        for table in tables:
+        for table, check in zip(tables, checks):
             warning = ""
-            check = convergence_check(table, tables)
             if path_check_notice(table):
                 warning = " (checks the path only)"
             elif check is not None and check.converged:
@@ -367,11 +367,11 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
                 f"seed{'s' if seeds != 1 else ''}, {table.schedule['epochs']} epochs{warning}"
             )
         out.append("")
-    for table in tables:
+    for table, check in zip(tables, checks):
         out += [
             f"## {table_title(table)}",
             "",
-            describe_table(table, tables),
+            protocol_block(table, check),
             "",
             render_table(table),
             "",

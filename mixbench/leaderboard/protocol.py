@@ -320,6 +320,12 @@ def short_run_warning(table: Table, check: ConvergenceCheck | None = None) -> st
 def describe_table(table: Table, tables: Sequence[Table] = ()) -> str:
     """The protocol block under a table's heading: all from the stored results (``tables``:
     every table of the leaderboard, where its convergence check is looked for)."""
+    return protocol_block(table, convergence_check(table, tables))
+
+
+def protocol_block(table: Table, check: ConvergenceCheck | None) -> str:
+    """The protocol block of ``table`` with its convergence ``check`` already found (see
+    :func:`describe_table`)."""
     s = table.schedule
     opts = ", ".join(f"{k}={v}" for k, v in sorted(table.model_options.items()))
     model = f"{table.model} ({opts})" if opts else table.model
@@ -330,7 +336,6 @@ def describe_table(table: Table, tables: Sequence[Table] = ()) -> str:
         f"weight decay {s['weight_decay']}), {s['schedule']} schedule"
     )
     lines = []
-    check = convergence_check(table, tables)
     warning = short_run_warning(table, check)
     if warning:
         lines += [warning, ""]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 import statistics
 
@@ -293,25 +294,48 @@ def test_rows_say_whether_parameters_were_tuned():
     assert "(tuned: study" in render_table(table)
 
 
-def test_plot_labels_name_only_what_a_sweep_row_changes():
+def test_plot_labels_are_the_rows_names_in_the_table_and_never_collide():
+    from mixbench.leaderboard.markdown import method_label
+
     base = {"alpha": 1.0, "m": 0, "clean_weight": 0.0}
+    ce = _record("multimix", 0, 0.78, params={**base, "clean_weight": 1.0})
+    ce["config"]["param_set"] = "ce"
+    old = _record("cutmix", 0, 0.77)
+    old["config"]["method_version"] = 1  # an exported cell of version 1
+    old["key"] = "old-version-cell"
+    doubled = _record("erm", 0, 0.81)
+    doubled["config"]["epochs_scale"] = 2  # the equal-compute reference
+    doubled["key"] = "doubled"
     records = [
         _record("erm", 0, 0.80),
+        doubled,
+        _record("cutmix", 0, 0.79),
+        old,
         _record("multimix", 0, 0.70, params=base),
         _record("multimix", 0, 0.75, params={**base, "alpha": 0.05}),
-        _record("multimix", 0, 0.78, params={**base, "clean_weight": 1.0}),
-        _record("multimix", 1, 0.79, params={**base, "clean_weight": 1.0}),
+        _record("multimix", 0, 0.78, params={**base, "clean_weight": 0.5}),
+        _record("multimix", 1, 0.79, params={**base, "clean_weight": 0.5}),
+        ce,
     ]
     (table,) = build_tables(records)
-    labels = dict(zip(row_labels(table), (r.mean("top1") for r in table.rows)))
-    assert set(labels) == {
+    labels = row_labels(table)
+    assert labels == [method_label(r, code=False) for r in table.rows]
+    means = dict(zip(labels, (r.mean("top1") for r in table.rows)))
+    assert len(means) == len(table.rows)  # no two rows share a label
+    assert set(means) == {
         "erm",
-        "multimix (base)",
-        "multimix alpha=0.05",
-        "multimix clean_weight=1.0",
+        "erm [2× epochs]",
+        "cutmix",
+        "cutmix v1",
+        "multimix",
+        "multimix [alpha=0.05]",
+        "multimix [clean_weight=0.5]",
+        "multimix [ce]",
     }
-    assert abs(labels["multimix clean_weight=1.0"] - 0.785) < 1e-12
-    assert abs(labels["multimix (base)"] - 0.70) < 1e-12
+    assert abs(means["multimix [clean_weight=0.5]"] - 0.785) < 1e-12
+    assert abs(means["multimix [ce]"] - 0.78) < 1e-12
+    assert abs(means["multimix"] - 0.70) < 1e-12
+    assert abs(means["erm [2× epochs]"] - 0.81) < 1e-12
 
 
 # ----------------------------------------------------------------------------- reading the page
@@ -439,6 +463,18 @@ def test_rows_name_their_parameter_set_and_an_old_version():
     assert _body_methods(render_table(table)) == [
         "`multimix` v1 [clean_weight=1.0]", "`multimix` [ce]", "`multimix`",
     ]  # fmt: skip
+
+
+def test_a_stored_cell_with_its_defaults_is_named_bare_though_json_made_its_tuples_lists():
+    from mixbench.leaderboard.markdown import method_label
+
+    stored = json.loads(json.dumps(_record("manifold_mixup", 0, 0.75)))  # an exported cell
+    assert stored["params"]["layers"] == [0, 1, 2]  # the default, (0, 1, 2), as JSON has it
+    changed = json.loads(json.dumps(_record("manifold_mixup", 1, 0.75, params={"layers": [1]})))
+    rows = {r.seeds[0]: r for r in build_tables([stored, changed])[0].rows}
+    assert method_label(rows[0]) == "`manifold_mixup`"
+    assert method_label(rows[1]) == "`manifold_mixup` [layers=(1)]"
+    assert method_label(rows[0], code=False) == "manifold_mixup"
 
 
 def test_cost_is_relative_to_erm_only_on_the_same_kind_of_machine():

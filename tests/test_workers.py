@@ -202,6 +202,48 @@ def test_status_json_lists_cells(tmp_path, capsys):
     assert 0 <= cell["metrics"]["top1"] <= 1
 
 
+def test_status_names_each_cell_by_its_row_and_shows_the_epoch_it_has_reached(tmp_path, capsys):
+    from mixbench.bench.run.cells import build_cells
+    from mixbench.cli import main
+    from mixbench.config import load_preset
+
+    matrix = load_preset("smoke")
+    matrix.seeds = [0]
+    matrix.variants = [
+        {"method": "erm"},
+        {"method": "erm", "epochs_scale": 2},
+        {"method": "multimix", "param_set": "ce"},
+        {"method": "multimix", "params": {"alpha": 0.2}},
+    ]
+    cells = build_cells(matrix)
+    out = tmp_path / "out"
+    store = ResultStore(sqlite_url(out / "results.db"))
+    try:
+        store.add_cells(cells)
+    finally:
+        store.close()
+    doubled = next(c for c in cells if c.epochs_scale == 2)
+    folder = out / "cells" / doubled.key
+    folder.mkdir(parents=True)
+    (folder / "checkpoint_1.pt").write_bytes(b"")  # an interrupted cell's newest checkpoint
+    (folder / "checkpoint_3.pt").write_bytes(b"")
+    assert main(["status", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for label in ("erm ", "erm [2× epochs]", "multimix [ce]", "multimix [alpha=0.2]"):
+        assert f"  {label}" in table
+    epochs = 2 * matrix.schedule.epochs
+    (line,) = [x for x in table.splitlines() if "2× epochs" in x]
+    assert line.rstrip().endswith(f"epoch 3/{epochs}")
+    assert main(["status", "--out", str(out), "--json"]) == 0
+    by_label = {c["label"]: c for c in json.loads(capsys.readouterr().out)}
+    assert set(by_label) == {"erm", "erm [2× epochs]", "multimix [ce]", "multimix [alpha=0.2]"}
+    assert (by_label["erm [2× epochs]"]["epoch"], by_label["erm [2× epochs]"]["epochs"]) == (
+        3,
+        epochs,
+    )
+    assert by_label["erm"]["epoch"] is None and by_label["erm"]["epochs"] == epochs // 2
+
+
 def test_export_import_round_trip(tmp_path, capsys):
     from mixbench.cli import main
 

@@ -149,6 +149,7 @@ def print_dry_run(cells: list[Any]) -> int:
 
     from tabulate import tabulate
 
+    from mixbench.config import to_dict
     from mixbench.datasets import dataset_info
     from mixbench.leaderboard.markdown import format_params
     from mixbench.methods import default_params
@@ -164,7 +165,9 @@ def print_dry_run(cells: list[Any]) -> int:
         images = size * c.training_schedule().epochs if size else None
         total += images or 0
         unknown |= images is None
-        changed = {k: v for k, v in c.params.items() if defaults(c.method).get(k) != v}
+        changed = {
+            k: v for k, v in c.params.items() if to_dict(defaults(c.method).get(k)) != to_dict(v)
+        }
         named = "" if c.param_set == "default" else f"[{c.param_set}] "
         if c.epochs_scale != 1:
             named += f"[{c.epochs_scale}× epochs] "

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mixbench.commands.options import add_db_argument, store_url
+
+if TYPE_CHECKING:
+    from mixbench.bench.run.store import CellRecord
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,8 +22,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 #: The cell fields of the table (a last column, ``detail``, says how each cell stands).
 TABLE_FIELDS = ("key", "preset", "method", "dataset", "model", "seed", "status", "attempts")
-#: What `mixbench status --json` shows of each cell (plus the metrics of finished ones).
+#: What `mixbench status --json` shows of each cell (plus its row's ``label``, the ``epoch``
+#: of its newest checkpoint and ``epochs`` to train, and the metrics of finished ones).
 STATUS_FIELDS = (*TABLE_FIELDS, "worker", "started_at", "heartbeat", "error")
+
+
+def row_label(record: CellRecord) -> str:
+    """The cell's row as the leaderboard names it: ``multimix [ce]``, ``erm [2× epochs]``,
+    ``multimix [alpha=0.2, prob=1.0]``, so that two cells of one method tell apart."""
+    from mixbench.leaderboard.markdown import method_label
+    from mixbench.leaderboard.tables import Row
+
+    return method_label(Row.blank(record.method, record.params, record.config), code=False)
+
+
+def training_epochs(record: CellRecord) -> int | None:
+    """How many epochs the cell trains (its schedule's, times ``epochs_scale``)."""
+    epochs = (record.config.get("schedule") or {}).get("epochs")
+    if not isinstance(epochs, int):
+        return None
+    return epochs * int(record.config.get("epochs_scale") or 1)
+
+
+def checkpoint_epoch(out_dir: Path, key: str) -> int | None:
+    """The epoch of the cell's newest checkpoint in the run folder ``out_dir``, or None."""
+    from mixbench.bench.train.engine import latest_checkpoint
+
+    folder = out_dir / "cells" / key
+    found = latest_checkpoint(folder) if folder.is_dir() else None
+    return int(found.stem.rsplit("_", 1)[1]) if found is not None else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
         store.close()
     cells = [
         {name: getattr(r, name) for name in STATUS_FIELDS}
-        | {"metrics": r.metrics if r.status == "done" else None}
+        | {
+            "label": row_label(r),
+            "epoch": checkpoint_epoch(args.out, r.key) if r.status != "done" else None,
+            "epochs": training_epochs(r),
+            "metrics": r.metrics if r.status == "done" else None,
+        }
         for r in records
     ]
     if args.json:
@@ -56,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
             detail = f"on {c['worker']} since {when(c['started_at'])}"
         else:
             detail = (c["error"] or "").splitlines()[0][:80] if c["error"] else ""
-        rows.append([*(c[name] for name in TABLE_FIELDS), detail])
+        if c["epoch"] is not None and c["epochs"]:
+            detail = f"epoch {c['epoch']}/{c['epochs']}" + (f", {detail}" if detail else "")
+        rows.append([c["label"] if name == "method" else c[name] for name in TABLE_FIELDS])
+        rows[-1].append(detail)
     print(tabulate(rows, headers=[*TABLE_FIELDS, "detail"]))
     counts: dict[str, int] = {}
     for c in cells:

@@ -9,6 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from mixbench.config import to_dict
 from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.protocol import (
     convergence_check,
@@ -105,17 +106,19 @@ def parameter_tag(row: Row) -> str:
     from mixbench.methods.base import resolve_params
 
     defaults = resolve_params(cls, {})
-    changed = {k: v for k, v in row.params.items() if defaults.get(k, v) != v}
+    # Compared as JSON values: a stored cell's tuple parameters come back as lists.
+    changed = {k: v for k, v in row.params.items() if to_dict(defaults.get(k, v)) != to_dict(v)}
     return format_params(changed) if changed else ""
 
 
-def method_label(row: Row) -> str:
+def method_label(row: Row, code: bool = True) -> str:
     """How a row is named: ``multimix``, ``multimix [ce]``, ``multimix v1 [clean_weight=1.0]``.
 
     A bare name means the method's current version with its defaults; a version that is not
     the current one is shown (``v1``), and so is anything that differs from the defaults.
+    ``code``: the method's name in Markdown backticks (plain text otherwise).
     """
-    label = f"`{row.method}`"
+    label = f"`{row.method}`" if code else row.method
     cls = _registered(row.method)
     if cls is not None and row.version != cls.version:
         label += f" v{row.version}"
@@ -131,10 +134,10 @@ def mixes_devices(table: Table) -> bool:
     return len({d for r in table.rows for d in r.devices}) > 1
 
 
-def device_label(row: Row, table: Table) -> str:
+def device_label(row: Row, table: Table, code: bool = True) -> str:
     """The row's name, with ``(GPU)``, ``(CPU)`` or ``(CPU + GPU)`` in a table that mixes
-    devices (never silently pooled: a row of both says so)."""
-    label = method_label(row)
+    devices (never silently pooled: a row of both says so); ``code`` as :func:`method_label`."""
+    label = method_label(row, code)
     if mixes_devices(table):
         label += f" ({' + '.join(row.devices) or 'device unknown'})"
     return label

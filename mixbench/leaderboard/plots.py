@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,9 @@ import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mixbench.fileio import atomic_write  # noqa: E402
-from mixbench.leaderboard.markdown import cost_vs_erm, format_params  # noqa: E402
+from mixbench.leaderboard.markdown import cost_vs_erm, device_label  # noqa: E402
 from mixbench.leaderboard.protocol import describe_hardware, hardware_of  # noqa: E402
-from mixbench.leaderboard.sweep import base_setting, param_text  # noqa: E402
-from mixbench.leaderboard.tables import Row, Table  # noqa: E402
+from mixbench.leaderboard.tables import Table  # noqa: E402
 from mixbench.names import file_part  # noqa: E402
 
 # Fixed metadata so that regenerating a plot from the same results gives the same bytes.
@@ -39,29 +37,10 @@ def _key_width(n: int) -> float:
 
 
 def row_labels(table: Table) -> list[str]:
-    """One short label per row: the method's name, and where a method has several rows (a
-    sweep) the parameters in which the row differs from the method's most common setting, or
-    ``(base)`` for that setting itself, e.g. ``multimix alpha=0.05``."""
-    by_method: dict[str, list[Row]] = defaultdict(list)
-    for row in table.rows:
-        by_method[row.method].append(row)
-    bases = {}
-    for method, rows in by_method.items():
-        varied = sorted({k for r in rows for k in r.params if _varies(rows, k)})
-        bases[method] = base_setting(rows, varied)
-    labels = []
-    for row in table.rows:
-        if len(by_method[row.method]) == 1:
-            labels.append(row.method)
-            continue
-        base = bases[row.method]
-        changed = {k: row.params[k] for k in base if param_text(row.params.get(k)) != base[k]}
-        labels.append(f"{row.method} {format_params(changed) if changed else '(base)'}")
-    return labels
-
-
-def _varies(rows: list[Row], name: str) -> bool:
-    return len({param_text(r.params.get(name)) for r in rows}) > 1
+    """One label per row, the row's name in the table without Markdown: ``multimix``,
+    ``multimix [ce]``, ``multimix [alpha=0.05]``, ``cutmix v1``, ``erm [2× epochs]``, with
+    the device where the table mixes CPU and GPU cells (``mixup (GPU)``)."""
+    return [device_label(row, table, code=False) for row in table.rows]
 
 
 def top1_bar_chart(table: Table, path: Path) -> None:

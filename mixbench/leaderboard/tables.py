@@ -47,6 +47,23 @@ class Row:
     #: The last-epoch top-1 of each seed's cell.
     top1_by_seed: dict[int, float] = field(default_factory=dict)
 
+    @classmethod
+    def blank(cls, method: str, params: dict[str, Any], config: dict[str, Any]) -> Row:
+        """The row a cell of ``method`` with ``params`` and resolved ``config`` belongs to,
+        with no cells in it yet. Parameters at their key defaults (options added after cells
+        were stored) are left out, as from the key: a cell that does not use such an option
+        is the row it was before."""
+        return cls(
+            method=method,
+            params=keyed_params(params, config.get("key_defaults")),
+            param_set=config.get("param_set", "default"),
+            seeds=[],
+            metrics={},
+            timings={},
+            version=int(config.get("method_version") or 1),
+            epochs_scale=int(config.get("epochs_scale") or 1),
+        )
+
     def mean(self, name: str) -> float | None:
         values = [v for v in self.metrics.get(name, []) if v is not None and math.isfinite(v)]
         return statistics.fmean(values) if values else None
@@ -235,25 +252,12 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
                 schedule_key=skey,
                 data_name=name,
             )
-        # Parameters at their key defaults (options added later) are left out, as from the
-        # key: a cell that does not use such an option is the row it was before.
-        params = keyed_params(rec["params"], config.get("key_defaults"))
-        params_text = json.dumps(params, sort_keys=True)
-        version = int(config.get("method_version") or 1)
-        scale = int(config.get("epochs_scale") or 1)
-        rkey = (*tkey, rec["method"], params_text, version, scale)
+        blank = Row.blank(rec["method"], rec["params"], config)
+        params_text = json.dumps(blank.params, sort_keys=True)
+        rkey = (*tkey, rec["method"], params_text, blank.version, blank.epochs_scale)
         row = rows.get(rkey)
         if row is None:
-            row = rows[rkey] = Row(
-                method=rec["method"],
-                params=params,
-                param_set=config.get("param_set", "default"),
-                seeds=[],
-                metrics={},
-                timings={},
-                version=version,
-                epochs_scale=scale,
-            )
+            row = rows[rkey] = blank
             table.rows.append(row)
         row.seeds.append(int(rec["seed"]))
         top1 = rec["metrics"].get("top1")

@@ -14,6 +14,7 @@ from mixbench.bench.train.engine import train_cell
 from mixbench.cli import main
 from mixbench.datasets import create_dataset
 from mixbench.errors import UsageError
+from mixbench.models import create_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -78,6 +79,26 @@ def test_perf_methods_times_the_named_methods_against_erm(tmp_path, capsys):
     # A named method that cannot train the benchmark's CNN: one line, exit 2.
     assert main(["perf", "--quick", "--only", "methods", "--methods", "transmix"]) == 2
     assert "needs a Vision Transformer" in capsys.readouterr().err
+
+
+def test_perf_methods_trains_the_network_width_asked_for(tmp_path, capsys, monkeypatch):
+    import mixbench.bench.perf.methods as perf_methods
+
+    built = []
+
+    def recording(name, num_classes, **kw):
+        built.append(kw.get("width"))
+        return create_model(name, num_classes, **kw)
+
+    monkeypatch.setattr(perf_methods, "create_model", recording)
+    out = tmp_path / "perf.json"
+    args = ["perf", "--only", "methods", "--methods", "mixup", "--steps", "1", "--warmup", "0"]
+    assert main([*args, "--device", "cpu", "--width", "2", "--json", str(out)]) == 0
+    assert built == [2]
+    result = json.loads(out.read_text())
+    assert result["width"] == 2 and set(result["methods"]) == {"erm", "mixup"}
+    assert main([*args, "--width", "0"]) == 2
+    assert "--width must be >= 1" in capsys.readouterr().err
 
 
 def test_perf_restores_the_thread_count(tmp_path):

@@ -34,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "added as the reference; default: every registered method with its extras)",
     )
     p.add_argument(
+        "--width",
+        type=int,
+        default=64,
+        help="channels of the first stage of the methods benchmark's PreActResNet-18 (default: "
+        "64, the papers' network; the short and long presets train width 16)",
+    )
+    p.add_argument(
         "--data-root",
         metavar="DIR",
         help="image folder (train/<class>/ plus val/ or test/, e.g. the CIFAR-10 JPEGs) for the "
@@ -61,5 +68,6 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         quick=args.quick,
         json_path=args.json_path,
+        width=args.width,
     )
     return 0

@@ -42,6 +42,7 @@ class PerfOptions:
     data_root: Path | None = None
     quick: bool = False
     methods: list[str] | None = None
+    width: int = 64
     scratch: Path = field(default_factory=lambda: Path(tempfile.gettempdir()))
     shared: dict[str, Any] = field(default_factory=dict)
 
@@ -60,7 +61,11 @@ def _methods(opts: PerfOptions) -> dict[str, Any]:
             methods=opts.methods,
         )
     return perf_methods(
-        device=opts.device, steps=opts.steps, warmup=opts.warmup, methods=opts.methods
+        device=opts.device,
+        steps=opts.steps,
+        warmup=opts.warmup,
+        width=opts.width,
+        methods=opts.methods,
     )
 
 
@@ -151,13 +156,16 @@ def run_perf(
     data_root: str | Path | None = None,
     quick: bool = False,
     json_path: Path | None = None,
+    width: int = 64,
 ) -> dict[str, Any]:
     """Run the benchmarks ``only`` names (all by default), print each section and return them
     (also written to ``json_path`` if given).
 
     ``threads`` sets torch's intra-op threads for the run (restored afterwards); ``quick``
     shrinks every benchmark to seconds; ``methods`` restricts the methods benchmark to those
-    methods (ERM always added as the reference).
+    methods (ERM always added as the reference); ``width`` is the first-stage width of the
+    methods benchmark's PreActResNet-18 (64: the papers' network; 16: the ``short`` and
+    ``long`` presets').
     """
     import torch
 
@@ -172,11 +180,14 @@ def run_perf(
         raise UsageError("--steps must be >= 1 and --warmup >= 0")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
+    if width < 1:
+        raise UsageError(f"--width must be >= 1, got {width}")
     result: dict[str, Any] = {"device": device}
     saved_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     result["threads"] = torch.get_num_threads()
+    result["width"] = width
     try:
         with tempfile.TemporaryDirectory(prefix="mixbench-perf-") as scratch:
             opts = PerfOptions(
@@ -186,6 +197,7 @@ def run_perf(
                 data_root=Path(data_root).expanduser() if data_root else None,
                 quick=quick,
                 methods=list(methods) if methods else None,
+                width=width,
                 scratch=Path(scratch),
             )
             for name in names:

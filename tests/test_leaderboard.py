@@ -489,6 +489,30 @@ def test_cost_is_relative_to_erm_only_on_the_same_kind_of_machine():
     assert _cells(text, "cutmix")["cost ×ERM"] == "—"  # 11 s on CPU B says nothing against A
 
 
+def test_cost_on_a_cpu_is_the_ratio_of_cpu_times_where_the_cells_measured_them():
+    records = _evaluated_records()  # wall: ERM 10 and 12 s, mixup 22 s
+    for rec in records:
+        rec["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2, "gpu": None}
+    slowed = _evaluated("cutmix", 0, 0.8, fgsm=0.1, pgd=0.0, seconds=16.5)  # beside a job
+    slowed["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2, "gpu": None}
+    for rec, cpu in zip([*records, slowed], [9.0, 13.0, 21.0, 11.0]):
+        rec["timings"]["train_cpu_seconds"] = cpu
+    (table,) = build_tables([*records, slowed])
+    text = render_table(table)
+    assert _cells(text, "mixup")["cost ×ERM"] == "1.91"  # 21 / 11 (CPU), not 22 / 11 (wall)
+    assert _cells(text, "cutmix")["cost ×ERM"] == "1.00"  # its waiting does not count
+    # Without ERM's CPU time the ratio falls back to wall time; on a GPU wall time is the cost.
+    for rec in records[:2]:
+        del rec["timings"]["train_cpu_seconds"]
+    assert (
+        _cells(render_table(build_tables([*records, slowed])[0]), "cutmix")["cost ×ERM"] == "1.50"
+    )
+    for rec in [*records, slowed]:
+        rec["timings"]["train_cpu_seconds"] = 1.0
+        rec["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2, "gpu": "GPU B"}
+    assert _cells(render_table(build_tables([*records, slowed])[0]), "mixup")["cost ×ERM"] == "2.00"
+
+
 def test_stored_names_cannot_leave_the_folder_or_break_the_markdown(tmp_path):
     """Cells stored before names were checked (a preset ``../../../../elsewhere/evil``, a newline
     or a ``|`` in a name): the leaderboard's files stay in its folder and its Markdown keeps

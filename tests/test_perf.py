@@ -41,8 +41,9 @@ def test_quick_perf_writes_every_section(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["threads"] == 1
     assert set(result) == {
-        "device", "threads", "methods", "loader", "engine", "end_to_end", "adapters",
+        "device", "threads", "width", "methods", "loader", "engine", "end_to_end", "adapters",
     }  # fmt: skip
+    assert result["width"] == 4  # --quick's tiny network, whatever --width says
     loader = result["loader"]
     assert {"mixbench_img_s", "torchvision_img_s", "ratio"} <= set(loader)
     assert loader["ratio"] == pytest.approx(loader["mixbench_img_s"] / loader["torchvision_img_s"])

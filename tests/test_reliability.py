@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -454,6 +455,34 @@ def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, m
     result = train_cell(cell, folder)
     assert result.timings["resumed_from_epoch"] == 1
     assert [p.name for p in folder.glob("checkpoint_*.pt")] == ["checkpoint_3.pt"]
+
+
+def test_training_cpu_time_is_recorded_and_never_half_counted_after_a_resume(tmp_path):
+    """The training process's CPU time is a timing of every cell, carried through a resume;
+    a checkpoint written before it was measured leaves it unknown, never a part of it."""
+    from mixbench.bench.train.engine import RunProgress, train_cell
+
+    cell, folder = _small_cell(epochs=2), tmp_path / "cell"
+    result = train_cell(cell, folder)
+    cpu = result.timings["train_cpu_seconds"]
+    assert 0 < cpu < math.inf
+    saved = RunProgress()
+    saved.train_cpu_seconds = 12.5
+    resumed = RunProgress()
+    resumed.load_state_dict(saved.state_dict())
+    assert resumed.train_cpu_seconds == 12.5
+    old = {k: v for k, v in saved.state_dict().items() if k != "train_cpu_seconds"}
+    resumed.load_state_dict(old)
+    assert resumed.train_cpu_seconds is None
+    # A cell resumed from such a checkpoint reports no CPU time.
+    checkpoint = folder / "checkpoint_1.pt"
+    state = torch.load(folder / "checkpoint_2.pt", weights_only=False)
+    state["progress"].pop("train_cpu_seconds")
+    (folder / "checkpoint_2.pt").unlink()
+    torch.save(state, checkpoint)
+    again = train_cell(cell, folder)
+    assert again.timings["resumed_from_epoch"] >= 1
+    assert "train_cpu_seconds" not in again.timings
 
 
 def test_a_restart_deletes_temporaries_and_superseded_checkpoints(tmp_path):

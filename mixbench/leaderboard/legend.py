@@ -48,9 +48,11 @@ def legend(table: Table, shown: Iterable[str]) -> str:
             "for cells recorded before it was counted."
         )
     out.append(
-        "train img/s: training throughput. cost ×ERM: training wall time relative to ERM's in "
-        "the same table, shown only where the row's cells ran on the same kind of machine as "
-        "ERM's (shared machines still add noise to it). #: rank by mean top-1. Bold: the best "
+        "train img/s: training throughput. cost ×ERM: training time relative to ERM's in the "
+        "same table: the training process's CPU time where the row's and ERM's cells trained "
+        "on a CPU and recorded it (other processes sharing the cores barely change it), else "
+        "wall time (which they stretch), shown only where the row's cells ran on the same kind "
+        "of machine as ERM's. #: rank by mean top-1. Bold: the best "
         "value of each column among the rows with two or more seeds (a one-seed row is never "
         f"marked best: its lead may be seed noise). {DASH}: not measured."
     )

@@ -56,13 +56,20 @@ def _delta_erm(row: Row, table: Table) -> float | None:
 
 
 def cost_vs_erm(row: Row, table: Table) -> float | None:
-    """Training time relative to ERM's in the same table (mean seconds over seeds); None
-    where the row's cells and ERM's did not all run on the same kind of machine, whose speeds
-    differ by more than the methods do."""
+    """Training time relative to ERM's in the same table (mean seconds over the seeds that
+    measured it): the training process's CPU time where the row's cells and ERM's trained on
+    a CPU and recorded it (another process sharing the cores barely changes it, while it can
+    stretch the wall time by half), else wall time. None where the row's cells and ERM's did
+    not all run on the same kind of machine, whose speeds differ by more than the methods do."""
     ref = table.reference()
-    seconds = row.timing("train_seconds")
-    base = ref.timing("train_seconds") if ref is not None else None
-    if seconds is None or not base or row.machines != ref.machines:
+    if ref is None or row.machines != ref.machines:
+        return None
+    if row.devices == ["CPU"] and ref.devices == ["CPU"]:
+        cpu, base_cpu = row.timing("train_cpu_seconds"), ref.timing("train_cpu_seconds")
+        if cpu is not None and base_cpu:
+            return cpu / base_cpu
+    seconds, base = row.timing("train_seconds"), ref.timing("train_seconds")
+    if seconds is None or not base:
         return None
     return seconds / base
 

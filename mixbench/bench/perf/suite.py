@@ -47,6 +47,10 @@ class PerfOptions:
     shared: dict[str, Any] = field(default_factory=dict)
 
 
+#: The network width of ``--quick`` runs (seconds, not figures).
+QUICK_WIDTH = 4
+
+
 def _methods(opts: PerfOptions) -> dict[str, Any]:
     from mixbench.bench.perf.methods import perf_methods
 
@@ -55,7 +59,7 @@ def _methods(opts: PerfOptions) -> dict[str, Any]:
             device=opts.device,
             steps=1,
             warmup=0,
-            width=4,
+            width=QUICK_WIDTH,
             batch_size=8,
             progress=False,
             methods=opts.methods,
@@ -96,7 +100,8 @@ def _engine(opts: PerfOptions) -> dict[str, Any]:
     from mixbench.bench.perf.data import perf_engine
 
     if opts.quick:
-        sizes = {"rounds": 1, "warmup": 0, "steps_per_epoch": 2, "batch_size": 8, "width": 4}
+        sizes = {"rounds": 1, "warmup": 0, "steps_per_epoch": 2, "batch_size": 8}
+        sizes["width"] = QUICK_WIDTH
     else:
         sizes = {"rounds": opts.steps, "warmup": opts.warmup}
     return perf_engine(device=opts.device, workdir=opts.scratch, **sizes)
@@ -106,7 +111,7 @@ def _end_to_end(opts: PerfOptions) -> dict[str, Any]:
     from mixbench.bench.perf.data import perf_end_to_end
 
     if opts.quick:
-        sizes = {"rounds": 1, "warmup": 0, "steps": 2, "batch_size": 8, "width": 4}
+        sizes = {"rounds": 1, "warmup": 0, "steps": 2, "batch_size": 8, "width": QUICK_WIDTH}
     else:
         sizes = {"rounds": opts.steps, "warmup": opts.warmup}
     return perf_end_to_end(image_folder(opts), device=opts.device, **sizes)
@@ -187,7 +192,7 @@ def run_perf(
     if threads is not None:
         torch.set_num_threads(threads)
     result["threads"] = torch.get_num_threads()
-    result["width"] = width
+    result["width"] = QUICK_WIDTH if quick else width  # the methods benchmark's network
     try:
         with tempfile.TemporaryDirectory(prefix="mixbench-perf-") as scratch:
             opts = PerfOptions(

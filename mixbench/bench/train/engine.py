@@ -113,6 +113,9 @@ class RunProgress:
     def __init__(self, compute: ComputeCounter | None = None) -> None:
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+        #: CPU time of this process while training (None: unknown, e.g. resumed from a
+        #: checkpoint written before it was measured).
+        self.train_cpu_seconds: float | None = 0.0
         self.train_images = 0
         self.compute = compute
 
@@ -120,6 +123,7 @@ class RunProgress:
         state = {
             "history": self.history,
             "train_seconds": self.train_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
             "train_images": self.train_images,
         }
         if self.compute is not None:
@@ -129,6 +133,8 @@ class RunProgress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
+        cpu = state.get("train_cpu_seconds")
+        self.train_cpu_seconds = float(cpu) if cpu is not None else None
         self.train_images = int(state["train_images"])
         if self.compute is not None:
             # A checkpoint written before compute was counted: count from the resume on.
@@ -456,10 +462,20 @@ def create_trainer(parts: TrainingParts) -> Engine:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: torch.cuda.synchronize(device))
     timer = Timer(average=False)
     timer.attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED)
+    # The process's CPU time over the same span: on a CPU shared with other processes it
+    # measures a method's work where wall time also counts the waiting.
+    cpu_started = [0.0]
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _start_cpu_clock(engine: Engine) -> None:
+        cpu_started[0] = time.process_time()
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def _account(engine: Engine) -> None:
         loader = parts.train_loader
+        progress = parts.progress
+        if progress.train_cpu_seconds is not None:
+            progress.train_cpu_seconds += time.process_time() - cpu_started[0]
         parts.progress.train_seconds += timer.value()
         parts.progress.train_images += len(loader) * loader.batch_size * parts.world_size
 
@@ -686,6 +702,11 @@ def _collect_result(
         "train_seconds": seconds,
         "train_images": progress.train_images,
         "train_images_per_s": progress.train_images / seconds if seconds > 0 else math.nan,
+        **(
+            {"train_cpu_seconds": progress.train_cpu_seconds}
+            if progress.train_cpu_seconds is not None
+            else {}
+        ),
         "eval_seconds": float(metrics.get("eval_seconds", 0.0)),
         "resumed_from_epoch": resumed_from,
         "epochs": schedule.epochs,

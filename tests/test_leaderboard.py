@@ -490,6 +490,8 @@ def test_cost_is_relative_to_erm_only_on_the_same_kind_of_machine():
 
 
 def test_cost_on_a_cpu_is_the_ratio_of_cpu_times_where_the_cells_measured_them():
+    from mixbench.leaderboard.markdown import cost_basis_notes
+
     records = _evaluated_records()  # wall: ERM 10 and 12 s, mixup 22 s
     for rec in records:
         rec["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2, "gpu": None}
@@ -501,6 +503,14 @@ def test_cost_on_a_cpu_is_the_ratio_of_cpu_times_where_the_cells_measured_them()
     text = render_table(table)
     assert _cells(text, "mixup")["cost ×ERM"] == "1.91"  # 21 / 11 (CPU), not 22 / 11 (wall)
     assert _cells(text, "cutmix")["cost ×ERM"] == "1.00"  # its waiting does not count
+    assert cost_basis_notes(table) == []  # one measure throughout: no note
+    # A row whose cells predate CPU time: wall time, and a note under the table says so.
+    del slowed["timings"]["train_cpu_seconds"]
+    (table,) = build_tables([*records, slowed])
+    assert _cells(render_table(table), "cutmix")["cost ×ERM"] == "1.50"
+    (note,) = cost_basis_notes(table)
+    assert "except for `cutmix`: wall time there" in note
+    slowed["timings"]["train_cpu_seconds"] = 11.0
     # Without ERM's CPU time the ratio falls back to wall time; on a GPU wall time is the cost.
     for rec in records[:2]:
         del rec["timings"]["train_cpu_seconds"]

@@ -55,23 +55,46 @@ def _delta_erm(row: Row, table: Table) -> float | None:
     return mean - ref.mean("top1")
 
 
-def cost_vs_erm(row: Row, table: Table) -> float | None:
-    """Training time relative to ERM's in the same table (mean seconds over the seeds that
-    measured it): the training process's CPU time where the row's cells and ERM's trained on
-    a CPU and recorded it (another process sharing the cores barely changes it, while it can
-    stretch the wall time by half), else wall time. None where the row's cells and ERM's did
-    not all run on the same kind of machine, whose speeds differ by more than the methods do."""
+def cost_basis(row: Row, table: Table) -> str | None:
+    """What the row's ``cost ×ERM`` compares: ``"cpu"`` (the training process's CPU time,
+    where the row's cells and ERM's trained on a CPU and recorded it: another process sharing
+    the cores barely changes it, while it can stretch the wall time by half), ``"wall"``
+    (wall time) or None (no cost: no ERM, no timings, or not the same kind of machine as
+    ERM's, whose speeds differ by more than the methods do)."""
     ref = table.reference()
     if ref is None or row.machines != ref.machines:
         return None
-    if row.devices == ["CPU"] and ref.devices == ["CPU"]:
-        cpu, base_cpu = row.timing("train_cpu_seconds"), ref.timing("train_cpu_seconds")
-        if cpu is not None and base_cpu:
-            return cpu / base_cpu
-    seconds, base = row.timing("train_seconds"), ref.timing("train_seconds")
-    if seconds is None or not base:
+    on_cpu = row.devices == ["CPU"] and ref.devices == ["CPU"]
+    if on_cpu and row.timing("train_cpu_seconds") is not None and ref.timing("train_cpu_seconds"):
+        return "cpu"
+    if row.timing("train_seconds") is not None and ref.timing("train_seconds"):
+        return "wall"
+    return None
+
+
+def cost_vs_erm(row: Row, table: Table) -> float | None:
+    """Training time relative to ERM's in the same table, the mean seconds over the seeds
+    that measured it, by :func:`cost_basis`; None where it gives none."""
+    basis = cost_basis(row, table)
+    if basis is None:
         return None
-    return seconds / base
+    name = "train_cpu_seconds" if basis == "cpu" else "train_seconds"
+    ref = table.reference()
+    assert ref is not None  # a basis needs ERM's row
+    return row.timing(name) / ref.timing(name)
+
+
+def cost_basis_notes(table: Table) -> list[str]:
+    """A line under a table whose ``cost ×ERM`` column compares CPU time for some rows and
+    wall time for others: which rows are wall time, and why."""
+    bases = [(r, cost_basis(r, table)) for r in table.rows]
+    if not {"cpu", "wall"} <= {b for _, b in bases}:
+        return []
+    walls = sorted(method_label(r) for r, b in bases if b == "wall")
+    return [
+        f"cost ×ERM is a ratio of CPU times except for {', '.join(walls)}: wall time there, "
+        "since these rows' cells or ERM's were trained before CPU time was recorded."
+    ]
 
 
 def _number(x: float | None, fmt: str) -> str:
@@ -388,7 +411,7 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
             legend(table, [c.header for c in table_columns(table)]),
             "",
         ]
-        notes = equal_compute_notes(table) + version_notes(table)
+        notes = equal_compute_notes(table) + cost_basis_notes(table) + version_notes(table)
         if notes:
             out += [*(f"- {note}" for note in notes), ""]
         for rel in plots.get(table.slug, []):

@@ -212,8 +212,9 @@ def accuracy_vs_robustness(table: Table, path: Path) -> bool:
 
 
 def accuracy_vs_cost(table: Table, path: Path) -> bool:
-    """Top-1 against training wall time on the hardware the cells recorded (relative to ERM's
-    when the table has ERM, for the rows that ran on the same kind of machine; else seconds).
+    """Top-1 against training time on the hardware the cells recorded: relative to ERM's
+    (``cost ×ERM``, CPU time where recorded) when the table has ERM, for the rows that ran on
+    the same kind of machine; else wall seconds.
 
     Returns False (and writes nothing) when no row has both."""
     ref = table.reference()
@@ -241,7 +242,11 @@ def accuracy_vs_cost(table: Table, path: Path) -> bool:
         if machines
         else "on the recorded hardware"
     )
-    what = "training wall time × ERM's" if base else "training wall time (s)"
+    what = (
+        "training time × ERM's (CPU time where recorded, else wall time)"
+        if base
+        else "training wall time (s)"
+    )
     ax.set_xlabel(f"{what}\n{where}", fontsize=8)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(_title(table, "accuracy vs training cost"), fontsize=10)

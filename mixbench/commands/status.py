@@ -46,11 +46,11 @@ def training_epochs(record: CellRecord) -> int | None:
 
 def checkpoint_epoch(out_dir: Path, key: str) -> int | None:
     """The epoch of the cell's newest checkpoint in the run folder ``out_dir``, or None."""
-    from mixbench.bench.train.engine import latest_checkpoint
+    from mixbench.bench.train.engine import checkpoint_file_epoch, latest_checkpoint
 
     folder = out_dir / "cells" / key
     found = latest_checkpoint(folder) if folder.is_dir() else None
-    return int(found.stem.rsplit("_", 1)[1]) if found is not None else None
+    return checkpoint_file_epoch(found) if found is not None else None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -251,10 +251,10 @@ class PrivateDiskSaver(DiskSaver):
         if idist.get_rank() == self.save_on_rank:
             for name in superseded:
                 (self.dirname / name).unlink(missing_ok=True)
-            delete_older_checkpoints(self.dirname, _checkpoint_epoch(Path(filename)) or 0)
+            delete_older_checkpoints(self.dirname, checkpoint_file_epoch(Path(filename)) or 0)
 
 
-def _checkpoint_epoch(path: Path) -> int | None:
+def checkpoint_file_epoch(path: Path) -> int | None:
     """The epoch of ``checkpoint_<epoch>.pt``, or None for another name."""
     prefix, _, epoch = path.stem.rpartition("_")
     if path.suffix != ".pt" or prefix != CHECKPOINT_PREFIX or not epoch.isdigit():
@@ -265,7 +265,7 @@ def _checkpoint_epoch(path: Path) -> int | None:
 def delete_older_checkpoints(folder: Path, epoch: int) -> None:
     """Delete the checkpoints in ``folder`` of epochs before ``epoch`` (superseded by its)."""
     for path in folder.glob(f"{CHECKPOINT_PREFIX}_*.pt"):
-        found = _checkpoint_epoch(path)
+        found = checkpoint_file_epoch(path)
         if found is not None and found < epoch:
             path.unlink(missing_ok=True)
 
@@ -476,8 +476,8 @@ def create_trainer(parts: TrainingParts) -> Engine:
         progress = parts.progress
         if progress.train_cpu_seconds is not None:
             progress.train_cpu_seconds += time.process_time() - cpu_started[0]
-        parts.progress.train_seconds += timer.value()
-        parts.progress.train_images += len(loader) * loader.batch_size * parts.world_size
+        progress.train_seconds += timer.value()
+        progress.train_images += len(loader) * loader.batch_size * parts.world_size
 
     # Reading the loss synchronises with a GPU: there, check (and show) it every few steps.
     trainer.add_event_handler(

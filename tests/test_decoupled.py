@@ -18,6 +18,7 @@ from mixbench.leaderboard.markdown import method_label
 from mixbench.methods import functional as fn
 from mixbench.methods import get_method, get_method_class
 
+from .records import finished_record
 from .test_methods import batch, coin, make, stream, tiny_net
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,22 +315,7 @@ def test_tuning_setup_ignores_options_at_their_defaults() -> None:
 
 
 def _record(cell: CellConfig, top1: float) -> dict:
-    return {
-        "key": cell.key,
-        "preset": cell.preset,
-        "method": cell.method,
-        "dataset": cell.dataset,
-        "model": cell.model,
-        "seed": cell.seed,
-        "params": to_dict(cell.params),
-        "config": to_dict(cell),
-        "status": "done",
-        "metrics": {"top1": top1, "nll": 1.0, "ece": 0.05, "oe": 0.01, "best_top1": top1},
-        "timings": {},
-        "versions": {"mixbench": "0.1.0"},
-        "host": "h",
-        "finished_at": 1_700_000_000.0,
-    }
+    return finished_record(cell, top1)
 
 
 def test_the_leaderboard_pools_old_and_new_default_cells_and_shows_the_option() -> None:

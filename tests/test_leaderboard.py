@@ -14,6 +14,8 @@ from mixbench.leaderboard.markdown import render_table
 from mixbench.leaderboard.plots import row_labels
 from mixbench.leaderboard.tables import confidence_gap
 
+from .records import finished_record
+
 
 def _record(method, seed, top1, *, params=None, lr=0.1, preset="smoke"):
     matrix = load_preset("smoke")
@@ -424,6 +426,18 @@ def test_top1_bars_start_at_zero_best_first_with_the_erm_line(monkeypatch, tmp_p
     assert "mean ± standard deviation over seeds" in ax.get_xlabel()
 
 
+def test_top1_bars_of_equal_means_are_ordered_by_name_whatever_their_seeds(monkeypatch, tmp_path):
+    """A one-seed row has no standard deviation; a tie with a two-seed row once raised."""
+    from mixbench.leaderboard.plots import top1_bar_chart
+
+    figures = _captured_figures(monkeypatch)
+    records = [_record("mixup", 0, 0.80), _record("erm", 0, 0.80), _record("erm", 1, 0.80)]
+    (table,) = build_tables(records)
+    top1_bar_chart(table, tmp_path / "x.png")
+    (ax,) = figures[0].axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["erm", "mixup"]
+
+
 def test_scatter_plots_name_rows_in_a_legend_and_the_cost_axis_names_the_hardware(
     monkeypatch, tmp_path
 ):
@@ -697,3 +711,62 @@ def test_a_table_that_mixes_cpu_and_gpu_cells_says_so_per_row():
     text = render_table(build_tables(mixed)[0])
     assert "| `erm` (CPU) " in text and "| `mixup` (GPU) " in text
     assert "| `cutmix` (CPU + GPU) " in text
+
+
+def _planned(cell, top1=0.8):
+    """A finished cell of a shipped preset's own plan (as ``mixbench run`` stores it)."""
+    return finished_record(cell, top1, timings={"train_images_per_s": 1000.0})
+
+
+def _long_plan():
+    from mixbench.bench.run.cells import drop_unsupported
+
+    return drop_unsupported(build_cells(load_preset("long")))[0]
+
+
+def test_a_table_of_a_shipped_preset_says_which_of_its_planned_cells_it_lacks(tmp_path):
+    plan = _long_plan()
+    assert len(plan) == 63
+    erm = [c for c in plan if c.method == "erm" and c.epochs_scale == 1]
+    mixup0 = next(c for c in plan if c.method == "mixup" and c.seed == 0)
+    # A run may add data-set options (the data's name) without leaving the plan.
+    records = [_planned(c) for c in [*erm, mixup0]]
+    for rec in records:
+        rec["config"]["dataset_options"]["name"] = "CIFAR-10"
+    write_leaderboard(records, tmp_path)
+    page = (tmp_path / "LEADERBOARD.md").read_text()
+    contents = page[: page.index("## ")]
+    assert "10 epochs" not in contents and "(4 of 63 planned cells)" in contents
+    block = _protocol_block(page, "long")
+    line = next(x for x in block.splitlines() if x.startswith("- cells:"))
+    assert line.startswith(
+        "- cells: 4 of the 63 that preset `long` plans (21 rows × 3 seeds); incomplete: rows "
+        "with no cell yet: `cutmix`, "
+    )
+    assert "`multimix` [ce], `dense_multimix` [ce], `erm` [2× epochs]; " in line
+    assert "; rows short of seeds: `mixup` (1 of 3); left out: `transmix` (TransMix needs" in line
+    assert "`erm`," not in line and "`erm` (" not in line  # ERM has its 3 seeds
+
+
+def test_a_complete_table_says_so_and_an_old_version_or_other_schedule_is_not_the_plan(tmp_path):
+    plan = _long_plan()
+    write_leaderboard([_planned(c) for c in plan], tmp_path)
+    page = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "planned cells)" not in page[: page.index("## ")]
+    assert "- cells: 63 of the 63 that preset `long` plans (21 rows × 3 seeds): complete; " in page
+    # A cell of an older version of its method is not the row the preset plans now.
+    records = [_planned(c) for c in plan]
+    old = next(r for r in records if r["method"] == "cutmix" and r["seed"] == 2)
+    old["config"]["method_version"] = 1
+    old["key"] = "old"
+    write_leaderboard(records, tmp_path)
+    page = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "(62 of 63 planned cells)" in page
+    assert "rows short of seeds: `cutmix` (2 of 3)" in _protocol_block(page, "long")
+    # Another schedule under the preset's name, or a preset not shipped: no plan to compare.
+    for rec in records:
+        rec["config"]["schedule"]["epochs"] = 7
+    write_leaderboard(records, tmp_path)
+    assert "- cells:" not in (tmp_path / "LEADERBOARD.md").read_text()
+    write_leaderboard([_record("erm", 0, 0.8, preset="mine")], tmp_path)
+    assert "- cells:" not in (tmp_path / "LEADERBOARD.md").read_text()

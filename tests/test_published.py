@@ -13,11 +13,13 @@ import pytest
 
 from mixbench.bench.run.cells import build_cells
 from mixbench.cli import main
-from mixbench.config import load_preset, to_dict
+from mixbench.config import load_preset
 from mixbench.leaderboard import build_tables
 from mixbench.leaderboard.markdown import render_leaderboard
 from mixbench.leaderboard.protocol import describe_software, describe_table
 from mixbench.leaderboard.sweep import base_setting, render_sweep_page, swept_parameters
+
+from .records import finished_record
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = {"cpu": "Test CPU", "cpus": 2, "torch_threads": 2, "gpu": None, "gpus": 0}
@@ -43,30 +45,17 @@ def _records(preset: str, top1_of, *, seeds=(0,), versions=VERSIONS, data=DATA, 
         setattr(matrix, key, value)
     out = []
     for i, cell in enumerate(build_cells(matrix)):
+        top1 = top1_of(cell)
+        metrics = {"top1": top1, "best_top1": top1 + 0.01, "nll": 1.0, "ece": 0.05, "oe": 0.01}
         out.append(
-            {
-                "key": cell.key,
-                "preset": cell.preset,
-                "method": cell.method,
-                "dataset": cell.dataset,
-                "model": cell.model,
-                "seed": cell.seed,
-                "params": cell.params,
-                "config": to_dict(cell),
-                "status": "done",
-                "metrics": {
-                    "top1": top1_of(cell),
-                    "best_top1": top1_of(cell) + 0.01,
-                    "nll": 1.0,
-                    "ece": 0.05,
-                    "oe": 0.01,
-                    "data": data,
-                },
-                "timings": {"train_seconds": 600.0, "train_images_per_s": 500.0},
-                "versions": versions,
-                "host": "h",
-                "finished_at": 1_795_000_000.0 + 3600 * i,
-            }
+            finished_record(
+                cell,
+                top1,
+                metrics={**metrics, "data": data},
+                timings={"train_seconds": 600.0, "train_images_per_s": 500.0},
+                versions=versions,
+                finished_at=1_795_000_000.0 + 3600 * i,
+            )
         )
     return out
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from mixbench.bench.run.cells import drop_unsupported
 from mixbench.commands.options import out_dir
 from mixbench.errors import UsageError
 
@@ -64,35 +64,6 @@ def cells_and_notes(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     line on standard error."""
     cells = [cell for matrix in build_matrices(args) for cell in matrix_cells(matrix, args)]
     return drop_unsupported(cells)
-
-
-def drop_unsupported(cells: list[Any]) -> tuple[list[Any], list[str]]:
-    """``cells`` without those whose method's :meth:`~mixbench.methods.MixMethod.supports`
-    refuses the model (built once per model and options, on the meta device: no memory, no
-    weights), and one note per method, model and reason."""
-    import torch
-
-    from mixbench.methods import get_method
-    from mixbench.models import create_model
-
-    models: dict[str, Any] = {}
-    kept, noted, notes = [], set(), []
-    for cell in cells:
-        options = json.dumps(cell.model_options, sort_keys=True, default=str)
-        key = f"{cell.model} {options}"
-        if key not in models:
-            with torch.device("meta"):
-                models[key] = create_model(cell.model, 10, **cell.model_options)
-        reason = get_method(cell.method, **cell.params).supports(models[key])
-        if reason is None:
-            kept.append(cell)
-            continue
-        if (cell.method, key, reason) not in noted:
-            noted.add((cell.method, key, reason))
-            notes.append(
-                f"mixbench: note: skipping method {cell.method!r} on model {cell.model!r}: {reason}"
-            )
-    return kept, notes
 
 
 def note_unused_params(matrices: list[Any], params: list[str]) -> None:

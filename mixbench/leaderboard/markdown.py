@@ -10,6 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from mixbench.config import to_dict
+from mixbench.leaderboard.coverage import coverage_of, describe_coverage
 from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.protocol import (
     convergence_check,
@@ -383,10 +384,11 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         "",
     ]
     checks = [convergence_check(table, tables) for table in tables]
+    coverages = [coverage_of(table) for table in tables]
     if not tables:
         out += ["No finished cells yet.", ""]
     else:
-        for table, check in zip(tables, checks):
+        for table, check, coverage in zip(tables, checks, coverages):
             warning = ""
             if path_check_notice(table):
                 warning = " (checks the path only)"
@@ -395,16 +397,23 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
             elif short_run_warning(table):
                 warning = " (short runs)"
             seeds = len(seeds_of(table))
+            progress = ""
+            if coverage is not None and not coverage.complete:
+                progress = f" ({coverage.done_cells} of {coverage.planned_cells} planned cells)"
             out.append(
                 f"- {table_title(table)}: {len(table.rows)} rows, {seeds} "
                 f"seed{'s' if seeds != 1 else ''}, {table.schedule['epochs']} epochs{warning}"
+                f"{progress}"
             )
         out.append("")
-    for table, check in zip(tables, checks):
+    for table, check, coverage in zip(tables, checks, coverages):
+        block = protocol_block(table, check)
+        if coverage is not None:
+            block += "\n" + describe_coverage(coverage, method_label)
         out += [
             f"## {table_title(table)}",
             "",
-            protocol_block(table, check),
+            block,
             "",
             render_table(table),
             "",

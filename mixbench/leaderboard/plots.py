@@ -47,9 +47,12 @@ def top1_bar_chart(table: Table, path: Path) -> None:
     """Horizontal bars of mean top-1 per row from 0 %, best first, with the standard deviation
     over seeds as error bars, ERM's mean as a dashed line, and each bar's mean ± std printed."""
     ranked = sorted(
-        (r.mean("top1"), r.std("top1"), len(r.seeds), label)
-        for r, label in zip(table.rows, row_labels(table))
-        if r.mean("top1") is not None
+        (
+            (r.mean("top1"), r.std("top1"), len(r.seeds), label)
+            for r, label in zip(table.rows, row_labels(table))
+            if r.mean("top1") is not None
+        ),
+        key=lambda bar: (bar[0], bar[3]),  # ties by name: a one-seed row has no std
     )
     height = max(3.0, 1.4 + 0.35 * len(ranked))
     fig, ax = plt.subplots(figsize=(8.0, height), dpi=100)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -306,3 +307,43 @@ def build_cells(matrix: MatrixConfig, *, best: BestParams | None = None) -> list
     for cell in out:
         unique.setdefault(cell.key, cell)
     return list(unique.values())
+
+
+def split_unsupported(
+    cells: list[CellConfig],
+) -> tuple[list[CellConfig], list[tuple[CellConfig, str]]]:
+    """``cells`` split into those whose method supports the model and the others, each with
+    the reason its method's :meth:`~mixbench.methods.MixMethod.supports` gives (the models are
+    built once per name and options, on the meta device: no memory, no weights)."""
+    import torch
+
+    from mixbench.methods import get_method
+    from mixbench.models import create_model
+
+    models: dict[str, Any] = {}
+    kept: list[CellConfig] = []
+    refused: list[tuple[CellConfig, str]] = []
+    for cell in cells:
+        options = json.dumps(cell.model_options, sort_keys=True, default=str)
+        key = f"{cell.model} {options}"
+        if key not in models:
+            with torch.device("meta"):
+                models[key] = create_model(cell.model, 10, **cell.model_options)
+        reason = get_method(cell.method, **cell.params).supports(models[key])
+        if reason is None:
+            kept.append(cell)
+        else:
+            refused.append((cell, reason))
+    return kept, refused
+
+
+def drop_unsupported(cells: list[CellConfig]) -> tuple[list[CellConfig], list[str]]:
+    """``cells`` without those whose method refuses the model (:func:`split_unsupported`), and
+    one note per method, model and reason."""
+    kept, refused = split_unsupported(cells)
+    notes: list[str] = []
+    for cell, reason in refused:
+        note = f"mixbench: note: skipping method {cell.method!r} on model {cell.model!r}: {reason}"
+        if note not in notes:
+            notes.append(note)
+    return kept, notes

@@ -770,3 +770,28 @@ def test_a_complete_table_says_so_and_an_old_version_or_other_schedule_is_not_th
     assert "- cells:" not in (tmp_path / "LEADERBOARD.md").read_text()
     write_leaderboard([_record("erm", 0, 0.8, preset="mine")], tmp_path)
     assert "- cells:" not in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def test_a_row_beyond_erms_spread_over_seeds_is_said_to_be_above_or_below_it(tmp_path):
+    top1 = {
+        "erm": (0.80, 0.81, 0.82),
+        "mixup": (0.83, 0.84, 0.85),  # every seed above ERM's best
+        "cutmix": (0.79, 0.815, 0.83),  # the ranges overlap though the mean is higher
+        "fmix": (0.70, 0.71),
+        "resizemix": (0.90,),  # one seed: a range of one value says nothing
+    }
+    records = [_record(m, s, v) for m, values in top1.items() for s, v in enumerate(values)]
+    (table,) = build_tables(records)
+    text = render_table(table)
+    column = "vs ERM over seeds"
+    assert _cells(text, "mixup")[column] == "above"
+    assert _cells(text, "cutmix")[column] == "overlaps"
+    assert _cells(text, "fmix")[column] == "below"
+    assert _cells(text, "resizemix")[column] == "—" and _cells(text, "erm")[column] == "—"
+    write_leaderboard(records, tmp_path)
+    assert (
+        "vs ERM over seeds: above where every seed's" in (tmp_path / "LEADERBOARD.md").read_text()
+    )
+    # ERM with one seed: no range to compare with, and no column.
+    one_erm = [r for r in records if not (r["method"] == "erm" and r["seed"] > 0)]
+    assert column not in render_table(build_tables(one_erm)[0])

@@ -37,6 +37,14 @@ def legend(table: Table, shown: Iterable[str]) -> str:
         "best-epoch top-1: the best evaluated epoch, selected on the test set as the papers do "
         "(optimistic; shown for comparison only). NLL: test negative log-likelihood."
     ]
+    if "vs ERM over seeds" in shown:
+        out.append(
+            "vs ERM over seeds: above where every seed's last-epoch top-1 of the row is higher "
+            "than every seed's of ERM (the two ranges over seeds do not overlap), below where "
+            "every one is lower, overlaps otherwise (the difference is within the seeds' "
+            f"spread); {DASH} for ERM itself and where the row or ERM has fewer than two seeds. "
+            "A check of ranges, not a significance test."
+        )
     for name in list_evaluators():
         cls = get_evaluator(name)
         found = evaluator_settings(table, cls.settings_key or name)

@@ -56,6 +56,36 @@ def _delta_erm(row: Row, table: Table) -> float | None:
     return mean - ref.mean("top1")
 
 
+#: Rows with fewer seeds than this are never marked best (one seed's lead is noise), nor
+#: compared with ERM's spread over seeds.
+MIN_SEEDS_FOR_BEST = 2
+
+#: The words of the ``vs ERM over seeds`` column by the value of :func:`seed_range_vs_erm`.
+RANGE_WORDS = {1.0: "above", -1.0: "below", 0.0: "overlaps"}
+
+
+def seed_range_vs_erm(row: Row, table: Table) -> float | None:
+    """Whether the row's last-epoch top-1 lies beyond ERM's spread over seeds: 1.0 where every
+    seed's value of the row is above every seed's value of ERM (the two ranges do not
+    overlap), -1.0 where every one is below, 0.0 where the ranges overlap; None for ERM itself
+    and where the row or ERM has fewer than two seeds (a range of one value says nothing)."""
+    ref = table.reference()
+    if ref is None or row is ref:
+        return None
+    mine, erm = list(row.top1_by_seed.values()), list(ref.top1_by_seed.values())
+    if len(mine) < MIN_SEEDS_FOR_BEST or len(erm) < MIN_SEEDS_FOR_BEST:
+        return None
+    if min(mine) > max(erm):
+        return 1.0
+    if max(mine) < min(erm):
+        return -1.0
+    return 0.0
+
+
+def _range_word(value: float | None) -> str:
+    return DASH if value is None else RANGE_WORDS[value]
+
+
 def cost_basis(row: Row, table: Table) -> str | None:
     """What the row's ``cost ×ERM`` compares: ``"cpu"`` (the training process's CPU time,
     where the row's cells and ERM's trained on a CPU and recorded it: another process sharing
@@ -248,6 +278,13 @@ TRAINING_COLUMNS: list[Column] = [
         _delta_erm,
         lambda r, t: DASH if _delta_erm(r, t) is None else f"{100 * _delta_erm(r, t):+.2f}",
     ),
+    Column(
+        "vs ERM over seeds",
+        seed_range_vs_erm,
+        lambda r, t: _range_word(seed_range_vs_erm(r, t)),
+        None,
+        optional=True,
+    ),
     Column("best-epoch top-1 (%)", *_metric_pct("best_top1")),
     Column(
         "NLL",
@@ -310,10 +347,6 @@ def table_columns(table: Table) -> list[Column]:
         for col in all_columns()
         if not col.optional or any(col.value(r, table) is not None for r in table.rows)
     ]
-
-
-#: Rows with fewer seeds than this are never marked best: one seed's lead is noise.
-MIN_SEEDS_FOR_BEST = 2
 
 
 def ranked_rows(table: Table) -> list[Row]:

@@ -339,3 +339,32 @@ def test_a_launched_job_runs_its_pickled_cells_against_the_database_of_the_envir
     (record,) = _records(url)
     assert record.status == "done" and record.key == cells[0].key
     assert not (tmp_path / "out" / "results.db").exists()
+
+
+def test_status_estimates_the_work_left_from_the_pace_of_finished_cells():
+    from mixbench.commands.status import describe_work_left, work_left
+
+    def cell(label, method, status, *, epochs=10, epoch=None, train=None, evaluation=0.0):
+        timings = {"train_seconds": train, "evaluators_seconds": evaluation} if train else None
+        return {"label": label, "method": method, "status": status, "epoch": epoch,
+                "epochs": epochs, "timings": timings}  # fmt: skip
+
+    done = [
+        cell("erm", "erm", "done", train=100.0, evaluation=5.0),  # 10 s per epoch
+        cell("erm", "erm", "done", train=120.0, evaluation=7.0),  # 12 s per epoch
+        cell("mixup", "mixup", "done", train=300.0, evaluation=3.0),  # 30 s per epoch
+    ]
+    assert work_left(done) is None  # nothing left
+    left = [
+        cell("erm", "erm", "pending"),  # 10 epochs at 11 s + 6 s
+        cell("erm [2× epochs]", "erm", "running", epochs=20, epoch=15),  # its method's pace
+        cell("mixup", "mixup", "running", epoch=9),  # 1 epoch at 30 s + 3 s
+        cell("cutmix", "cutmix", "pending"),  # no cell of its own: the median, 12 s and 5 s
+    ]
+    seconds, unmatched = work_left(done + left)
+    assert seconds == 110 + 6 + 5 * 11 + 6 + 30 + 3 + 10 * 12 + 5
+    assert unmatched == 1
+    text = describe_work_left((seconds, unmatched))
+    assert text.startswith("about 0.1 h of work left for one worker at the finished cells' pace")
+    assert "(1 cell of methods with no finished cell counted at the median pace" in text
+    assert work_left(left) is None  # no finished cell: no pace to go by

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mixbench.commands.options import add_db_argument, store_url
 
@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 #: The cell fields of the table (a last column, ``detail``, says how each cell stands).
 TABLE_FIELDS = ("key", "preset", "method", "dataset", "model", "seed", "status", "attempts")
 #: What `mixbench status --json` shows of each cell (plus its row's ``label``, the ``epoch``
-#: of its newest checkpoint and ``epochs`` to train, and the metrics of finished ones).
+#: of its newest checkpoint and ``epochs`` to train, and the metrics and timings of finished
+#: ones).
 STATUS_FIELDS = (*TABLE_FIELDS, "worker", "started_at", "heartbeat", "error")
 
 
@@ -53,6 +54,68 @@ def checkpoint_epoch(out_dir: Path, key: str) -> int | None:
     return checkpoint_file_epoch(found) if found is not None else None
 
 
+def _pace(cell: dict[str, Any]) -> tuple[float, float] | None:
+    """(training seconds per epoch, evaluation seconds) of a finished cell, from its timings."""
+    timings = cell.get("timings") or {}
+    seconds, epochs = timings.get("train_seconds"), cell.get("epochs")
+    if not isinstance(seconds, (int, float)) or not epochs:
+        return None
+    return float(seconds) / epochs, float(timings.get("evaluators_seconds") or 0.0)
+
+
+def work_left(cells: list[dict[str, Any]]) -> tuple[float, int] | None:
+    """Seconds of work left for one worker, from the pace of the finished cells, and how many
+    of the cells left were estimated without a finished cell of their own row.
+
+    Each cell not done needs its epochs left (from its newest checkpoint) at the mean pace per
+    epoch of its row's finished cells, else of its method's, else the median pace of all
+    finished cells, plus their mean evaluation time. None when nothing is left or no finished
+    cell has timings. ``cells`` are the dicts :func:`run` builds (``label``, ``method``,
+    ``status``, ``epoch``, ``epochs``, ``timings``).
+    """
+    import statistics
+
+    paces: dict[str, list[tuple[float, float]]] = {}
+    for cell in cells:
+        pace = _pace(cell) if cell["status"] == "done" else None
+        if pace is not None:
+            for name in (f"row {cell['label']}", f"method {cell['method']}", "all"):
+                paces.setdefault(name, []).append(pace)
+    left = [c for c in cells if c["status"] != "done" and c.get("epochs")]
+    if not left or "all" not in paces:
+        return None
+
+    def mean_pace(found: list[tuple[float, float]]) -> tuple[float, float]:
+        return statistics.fmean(p for p, _ in found), statistics.fmean(e for _, e in found)
+
+    median = (
+        statistics.median(p for p, _ in paces["all"]),
+        statistics.median(e for _, e in paces["all"]),
+    )
+    seconds, unmatched = 0.0, 0
+    for cell in left:
+        found = paces.get(f"row {cell['label']}") or paces.get(f"method {cell['method']}")
+        if found is None:
+            unmatched += 1
+        per_epoch, evaluation = mean_pace(found) if found else median
+        seconds += (cell["epochs"] - (cell.get("epoch") or 0)) * per_epoch + evaluation
+    return seconds, unmatched
+
+
+def describe_work_left(estimate: tuple[float, int] | None) -> str:
+    """The status line of :func:`work_left`'s estimate (empty without one)."""
+    if estimate is None:
+        return ""
+    seconds, unmatched = estimate
+    text = f"about {seconds / 3600:.1f} h of work left for one worker at the finished cells' pace"
+    if unmatched:
+        text += (
+            f" ({unmatched} cell{'s' if unmatched != 1 else ''} of methods with no finished "
+            "cell counted at the median pace: an expensive method takes longer)"
+        )
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     """Print every cell of the database and where it stands."""
     import datetime as dt
@@ -73,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
             "epoch": checkpoint_epoch(args.out, r.key) if r.status != "done" else None,
             "epochs": training_epochs(r),
             "metrics": r.metrics if r.status == "done" else None,
+            "timings": r.timings if r.status == "done" else None,
         }
         for r in records
     ]
@@ -101,4 +165,7 @@ def run(args: argparse.Namespace) -> int:
     for c in cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
     print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "no cells")
+    estimate = describe_work_left(work_left(cells))
+    if estimate:
+        print(estimate)
     return 0

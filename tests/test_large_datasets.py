@@ -535,6 +535,21 @@ def _cell(preset: str, data_root: str, batch: int):
     return build_cells(matrix)[0]
 
 
+def test_the_puzzlemix_and_comixup_presets_train_as_their_official_codes():
+    """Both official training scripts build SGD with Nesterov momentum (momentum 0.9, weight
+    decay 1e-4, batch 100); PuzzleMix: lr 0.1 x0.1 at 400/800 of 1200 epochs, Co-Mixup: lr 0.2
+    x0.1 at 100/200 of 300 epochs."""
+    (puzzle,) = load_matrices("paper-puzzlemix-cifar100")
+    (comixup,) = load_matrices("paper-comixup-cifar100")
+    for matrix, lr, milestones, epochs in (
+        (puzzle, 0.1, [400, 800], 1200),
+        (comixup, 0.2, [100, 200], 300),
+    ):
+        s = matrix.schedule
+        assert (s.momentum, s.nesterov, s.weight_decay, s.batch_size) == (0.9, True, 1e-4, 100)
+        assert (s.lr, s.milestones, s.gamma, s.epochs) == (lr, milestones, 0.1, epochs)
+
+
 def test_paper_presets_follow_the_protocols():
     (tiny,) = load_matrices("paper-tinyimagenet")
     assert (tiny.datasets, tiny.models, tiny.seeds) == (["tinyimagenet"], ["preactresnet18"],

@@ -689,12 +689,13 @@ def puzzle_mask(
     binomial prior of ``lam`` (``lam^2, 2 lam (1 - lam), (1 - lam)^2`` for three labels), and
     each edge costs ``w * (t - t')^2``. Energies and weights are multiplied by ``1000 n^2``
     and truncated to int32, the label distances passed as float32, and every example is
-    solved by GCO's alpha-beta swap to convergence, as PuzzleMix's official code does (so the
-    masks equal its masks, including its int32 overflow for a node holding more than about
-    8 % of an image's saliency at n = 16). ``lam`` is one float or one per example;
-    ``workers > 0`` spreads the examples over a process pool without changing any result.
-    Returns the mask ``1 - t`` (b, n, n) float32 on the CPU: the share of the own image.
-    Needs the optional extra ``mixbench[graphcut]``.
+    solved by GCO's alpha-beta swap to convergence, as PuzzleMix's official code does
+    (including its int32 overflow for a node holding more than about 8 % of an image's
+    saliency at n = 16). The energies are computed in float64 before the truncation, where
+    the official code under NumPy 1 kept float32: a rare energy lands one unit away. ``lam``
+    is one float or one per example; ``workers > 0`` spreads the examples over a process pool
+    without changing any result. Returns the mask ``1 - t`` (b, n, n) float32 on the CPU:
+    the share of the own image. Needs the optional extra ``mixbench[graphcut]``.
     """
     require_extra("method 'puzzlemix'", "graphcut")
     from mixbench.methods.graphcut import cut_grid_graphs

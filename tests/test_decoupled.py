@@ -33,6 +33,7 @@ TWO_LABEL_METHODS = {
     "puzzlemix": {"block_nums": (4,)},
     "regmixup": {},
     "mixupe": {},
+    "guidedmixup": {"prob": 1.0},
 }
 
 

@@ -18,9 +18,10 @@ mixed loss). Methods whose optional extras are missing are skipped and named.
 
 Beside the time, each entry reports its measured compute: the network's full forward passes
 and BatchNorm statistics updates per step (:class:`mixbench.bench.train.compute.ComputeCounter`):
-the method's declared passes (``MixMethod.passes_per_step``: 1, and 2 for PuzzleMix, Co-Mixup
-and GuidedMixup's "ap" variant, whose saliency pass counts), with one BatchNorm update fewer
-where that pass runs in eval mode (``MixMethod.bn_updates_per_step``).
+the method's declared passes (``MixMethod.passes_per_step``: 1; 2 for RegMixup and MixupE,
+which add a pass on the clean batch, and for PuzzleMix, Co-Mixup and GuidedMixup's "ap"
+variant, whose saliency pass counts), with one BatchNorm update fewer where that pass runs in
+eval mode (``MixMethod.bn_updates_per_step``).
 """
 
 from __future__ import annotations

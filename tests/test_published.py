@@ -281,3 +281,32 @@ def _dense_base() -> dict:
     from mixbench.methods import get_method_class
 
     return dict(get_method_class("dense_multimix").param_sets["paper"])  # the sweep's base
+
+
+def test_the_long_sweep_reads_every_setting_against_the_paper_default_over_seeds() -> None:
+    """In the alpha x prob grid every value is as common as another: the base is the method's
+    defaults (alpha 1, prob 0.5), and a setting with three seeds is read against its range."""
+    top1 = {(1.0, 0.5): 0.73, (0.05, 0.5): 0.76, (0.01, 0.5): 0.732, (0.2, 0.5): 0.70}
+
+    def by_setting(cell) -> float:
+        p = cell.params
+        return top1.get((p["alpha"], p["prob"]), 0.10) + 0.002 * cell.seed
+
+    records = _records("sweep-multimix-long", by_setting, seeds=(0, 1, 2))
+    (table,) = build_tables(records)
+    rows = [r for r in table.rows if r.method == "multimix"]
+    assert base_setting(rows, swept_parameters(table)) == {"alpha": "1.0", "prob": "0.5"}
+    page = render_sweep_page([table], "sweep-multimix-long")
+    lines = [line for line in page.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:6] == ["method", "alpha", "prob", "seeds", "top-1 (%)", "vs base over seeds"]
+    cells = {c[0:3]: c[5] for c in (
+        tuple(x.strip() for x in line.strip("|").split("|")) for line in lines[2:]
+    )}  # fmt: skip
+    assert cells[("`multimix` (base)", "1.0", "0.5")] == "—"
+    assert cells[("`multimix`", "**0.05**", "0.5")] == "above"  # 76.0-76.4 against 73.0-73.4
+    assert cells[("`multimix`", "**0.01**", "0.5")] == "overlaps"  # 73.2-73.6: the ranges overlap
+    assert cells[("`multimix`", "**0.2**", "0.5")] == "below"
+    # Fewer than two seeds on either side: no reading, and no column at all when none has one.
+    one_seed = render_sweep_page(build_tables([r for r in records if r["seed"] == 0]), "x")
+    assert "vs base over seeds |" not in one_seed

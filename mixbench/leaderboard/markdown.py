@@ -64,25 +64,31 @@ MIN_SEEDS_FOR_BEST = 2
 RANGE_WORDS = {1.0: "above", -1.0: "below", 0.0: "overlaps"}
 
 
-def seed_range_vs_erm(row: Row, table: Table) -> float | None:
-    """Whether the row's last-epoch top-1 lies beyond ERM's spread over seeds: 1.0 where every
-    seed's value of the row is above every seed's value of ERM (the two ranges do not
-    overlap), -1.0 where every one is below, 0.0 where the ranges overlap; None for ERM itself
-    and where the row or ERM has fewer than two seeds (a range of one value says nothing)."""
-    ref = table.reference()
+def seed_range_vs(row: Row, ref: Row | None) -> float | None:
+    """Whether the row's last-epoch top-1 lies beyond ``ref``'s spread over seeds: 1.0 where
+    every seed's value of the row is above every seed's value of ``ref`` (the two ranges do
+    not overlap), -1.0 where every one is below, 0.0 where the ranges overlap; None for
+    ``ref`` itself and where either has fewer than two seeds (a range of one value says
+    nothing)."""
     if ref is None or row is ref:
         return None
-    mine, erm = list(row.top1_by_seed.values()), list(ref.top1_by_seed.values())
-    if len(mine) < MIN_SEEDS_FOR_BEST or len(erm) < MIN_SEEDS_FOR_BEST:
+    mine, theirs = list(row.top1_by_seed.values()), list(ref.top1_by_seed.values())
+    if len(mine) < MIN_SEEDS_FOR_BEST or len(theirs) < MIN_SEEDS_FOR_BEST:
         return None
-    if min(mine) > max(erm):
+    if min(mine) > max(theirs):
         return 1.0
-    if max(mine) < min(erm):
+    if max(mine) < min(theirs):
         return -1.0
     return 0.0
 
 
-def _range_word(value: float | None) -> str:
+def seed_range_vs_erm(row: Row, table: Table) -> float | None:
+    """:func:`seed_range_vs` against the table's ERM row."""
+    return seed_range_vs(row, table.reference())
+
+
+def range_word(value: float | None) -> str:
+    """The word of a :func:`seed_range_vs` value: above, below, overlaps, or a dash."""
     return DASH if value is None else RANGE_WORDS[value]
 
 
@@ -281,7 +287,7 @@ TRAINING_COLUMNS: list[Column] = [
     Column(
         "vs ERM over seeds",
         seed_range_vs_erm,
-        lambda r, t: _range_word(seed_range_vs_erm(r, t)),
+        lambda r, t: range_word(seed_range_vs_erm(r, t)),
         None,
         optional=True,
     ),

@@ -5,9 +5,11 @@ sweep-table --from results/ --preset sweep-multimix --out docs/multimix-sweep.md
 comes from stored results only, so regenerating it gives the same bytes.
 
 A parameter is *swept* when it takes more than one value among the rows of one method. The
-*base* setting of a method is the most common value of each swept parameter (in a
-one-factor-at-a-time design, the setting every variant departs from); rows are ordered base
-first, then by the parameter they change. Methods with a single setting that lacks some swept
+*base* setting of a method is its defaults where some row has them (the paper's setting), else
+the most common value of each swept parameter (in a one-factor-at-a-time design, the setting
+every variant departs from); rows are ordered base first, then by the parameter they change,
+and where a row and its base both have several seeds, a column says whether the row's top-1
+lies above or below the base's range over seeds. Methods with a single setting that lacks some swept
 parameter (ERM, mixup) are the reference rows, listed first with their own parameters beside
 their names.
 """
@@ -20,10 +22,14 @@ from typing import Any
 
 from tabulate import tabulate
 
+from mixbench.config import to_dict
 from mixbench.leaderboard.legend import DASH
-from mixbench.leaderboard.markdown import format_params, version_notes
+from mixbench.leaderboard.markdown import format_params, range_word, seed_range_vs, version_notes
 from mixbench.leaderboard.protocol import describe_table
 from mixbench.leaderboard.tables import Row, Table
+
+#: The header of the column that compares a setting with its method's base over seeds.
+VS_BASE = "vs base over seeds"
 
 
 def param_text(value: Any) -> str:
@@ -57,8 +63,29 @@ def in_sweep(rows: list[Row], swept: list[str]) -> bool:
     return len(rows) > 1 or bool(swept) and all(name in rows[0].params for name in swept)
 
 
+def _defaults(method: str) -> dict[str, str]:
+    """The method's current default of each parameter, as :func:`param_text` (empty for an
+    unknown method)."""
+    from mixbench.methods import get_method_class, list_methods
+
+    if method not in list_methods():
+        return {}
+    params = get_method_class(method).params
+    return {name: param_text(to_dict(p.default)) for name, p in params.items()}
+
+
 def base_setting(rows: list[Row], swept: list[str]) -> dict[str, str]:
-    """The most common value of each swept parameter among ``rows`` (ties: the smaller text)."""
+    """The setting the other rows of a method are read against: the method's defaults where
+    some row has them in every swept parameter (the paper's setting, whatever the design),
+    else the most common value of each swept parameter (ties: the smaller text)."""
+    if rows:
+        defaults = _defaults(rows[0].method)
+        wanted = {name: defaults[name] for name in swept if name in defaults}
+        if wanted and any(
+            all(param_text(r.params.get(name)) == value for name, value in wanted.items())
+            for r in rows
+        ):
+            return wanted
     base = {}
     for name in swept:
         counts = Counter(param_text(r.params[name]) for r in rows if name in r.params)
@@ -95,23 +122,27 @@ def _pct(value: float | None) -> str:
 
 
 def render_sweep_table(table: Table) -> str:
-    """The Markdown table: references first, then each swept method's base and variants."""
+    """The Markdown table: references first, then each swept method's base and variants; a
+    ``vs base over seeds`` column where some variant and its base both have several seeds."""
     swept = swept_parameters(table)
     by_method: dict[str, list[Row]] = {}
     for row in table.rows:
         by_method.setdefault(row.method, []).append(row)
     references = [m for m in by_method if not in_sweep(by_method[m], swept)]
-    body = []
+    body: list[list[str]] = []
+    ranges: list[float | None] = []
     for method in sorted(references, key=lambda m: (m != "erm", m)):
         (row,) = by_method[method]
         own = format_params(row.params)
         name = _versioned(row) + (f" ({own})" if row.params else "")
         body.append([name, *[DASH] * len(swept), *_stats(row, table)])
+        ranges.append(None)
     for method in sorted(m for m in by_method if m not in references):
         rows = by_method[method]
         base = base_setting(rows, swept)
+        # each version of the method is read against its own base row
+        base_rows = {r.version: r for r in rows if _is_base(r, base, swept)}
         for row in sorted(rows, key=lambda r: _order(r, base, swept)):
-            is_base = all(param_text(row.params.get(n)) == base.get(n) for n in swept if n in base)
             cells = []
             for name in swept:
                 if name not in row.params:
@@ -119,19 +150,33 @@ def render_sweep_table(table: Table) -> str:
                     continue
                 text = param_text(row.params[name])
                 cells.append(text if text == base.get(name) else f"**{text}**")
-            label = _versioned(row) + (" (base)" if is_base else "")
+            label = _versioned(row) + (" (base)" if _is_base(row, base, swept) else "")
             body.append([label, *cells, *_stats(row, table)])
+            ranges.append(seed_range_vs(row, base_rows.get(row.version)))
     headers = ["method", *swept, "seeds", "top-1 (%)", "Δ ERM (pp)", "best-epoch top-1 (%)",
                "ECE (%)"]  # fmt: skip
+    if any(value is not None for value in ranges):
+        headers.insert(len(swept) + 3, VS_BASE)
+        for line, value in zip(body, ranges):
+            line.insert(len(swept) + 3, range_word(value))
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _is_base(row: Row, base: dict[str, str], swept: list[str]) -> bool:
+    """Whether ``row`` has the ``base`` value of every swept parameter."""
+    return all(param_text(row.params.get(n)) == base.get(n) for n in swept if n in base)
+
+
+def _current(row: Row) -> int:
+    """The current version of the row's method (the row's own for an unknown method)."""
+    from mixbench.methods import METHODS
+
+    return METHODS.get(row.method).version if row.method in METHODS else row.version
 
 
 def _versioned(row: Row) -> str:
     """```multimix```, or ```multimix` v1`` for cells of an older version of the method."""
-    from mixbench.methods import METHODS
-
-    current = METHODS.get(row.method).version if row.method in METHODS else row.version
-    return f"`{row.method}`" + (f" v{row.version}" if row.version != current else "")
+    return f"`{row.method}`" + (f" v{row.version}" if row.version != _current(row) else "")
 
 
 def _stats(row: Row, table: Table) -> list[str]:
@@ -176,8 +221,12 @@ def render_sweep_page(tables: list[Table], preset: str) -> str:
         "",
         "Generated by `mixbench sweep-table` from stored results; do not edit by hand. One row per "
         "parameter setting; a parameter value in bold differs from the method's base setting "
-        "(the most common value of each swept parameter). Top-1 is the last epoch's, in "
-        "percent, mean ± standard deviation over seeds (no ± with one seed); Δ ERM is the "
+        "(its defaults where a row has them, else the most common value of each swept "
+        "parameter). Top-1 is the last epoch's, in percent, mean ± standard deviation over "
+        "seeds (no ± with one seed); vs base over seeds (where shown) is above where every "
+        "seed's top-1 of the row is higher than every seed's of the base row of the same "
+        "version, below where every one is lower, overlaps otherwise (a check of ranges, not a "
+        "significance test; a dash where either row has fewer than two seeds); Δ ERM is the "
         "difference to the `erm` row of the same table; the best epoch is selected on the test "
         "set and shown for reference only.",
         "",

@@ -428,21 +428,20 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         out += ["No finished cells yet.", ""]
     else:
         for table, check, coverage in zip(tables, checks, coverages):
-            warning = ""
+            notes = []
             if path_check_notice(table):
-                warning = " (checks the path only)"
+                notes.append("checks the path only")
             elif check is not None and check.converged:
-                warning = " (small runs, converged)"
+                notes.append("small runs, converged")
             elif short_run_warning(table):
-                warning = " (short runs)"
-            seeds = len(seeds_of(table))
-            progress = ""
+                notes.append("short runs")
             if coverage is not None and not coverage.complete:
-                progress = f" ({coverage.done_cells} of {coverage.planned_cells} planned cells)"
+                notes.append(f"{coverage.done_cells} of {coverage.planned_cells} planned cells")
+            seeds = len(seeds_of(table))
             out.append(
                 f"- {table_title(table)}: {len(table.rows)} rows, {seeds} "
-                f"seed{'s' if seeds != 1 else ''}, {table.schedule['epochs']} epochs{warning}"
-                f"{progress}"
+                f"seed{'s' if seeds != 1 else ''}, {table.schedule['epochs']} epochs"
+                + (f" ({'; '.join(notes)})" if notes else "")
             )
         out.append("")
     for table, check, coverage in zip(tables, checks, coverages):

@@ -796,3 +796,19 @@ def test_a_row_beyond_erms_spread_over_seeds_is_said_to_be_above_or_below_it(tmp
     # ERM with one seed: no range to compare with, and no column.
     one_erm = [r for r in records if not (r["method"] == "erm" and r["seed"] > 0)]
     assert column not in render_table(build_tables(one_erm)[0])
+
+
+def test_coverage_counts_the_seeds_each_row_of_the_preset_plans(tmp_path):
+    """`short` plans its `ce` rows for one seed: one cell each is all of them."""
+    from mixbench.bench.run.cells import drop_unsupported
+
+    plan = drop_unsupported(build_cells(load_preset("short")))[0]
+    assert len(plan) == 7 * 3 + 2
+    records = [_planned(c) for c in plan if not (c.method == "mixup" and c.seed == 2)]
+    write_leaderboard(records, tmp_path)
+    block = _protocol_block((tmp_path / "LEADERBOARD.md").read_text(), "short")
+    assert (
+        "- cells: 22 of the 23 that preset `short` plans (9 rows of 1 to 3 seeds); incomplete: "
+        "rows short of seeds: `mixup` (2 of 3)"
+    ) in block
+    assert "[ce] (" not in block

@@ -27,22 +27,21 @@ class Coverage:
     """The cells a shipped preset plans for one table, and how many of them the table has."""
 
     preset: str
-    #: The preset's seeds.
-    seeds: list[int]
-    #: Rows the preset plans, each with the seeds the table has for it (possibly none).
-    planned: list[tuple[Row, list[int]]] = field(default_factory=list)
+    #: Rows the preset plans, each with the seeds it plans for the row and those the table
+    #: has of them (possibly none).
+    planned: list[tuple[Row, list[int], list[int]]] = field(default_factory=list)
     #: Methods the preset lists that the table's network cannot run, each with the reason.
     left_out: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def planned_cells(self) -> int:
         """How many cells the preset plans for the table."""
-        return len(self.planned) * len(self.seeds)
+        return sum(len(seeds) for _, seeds, _ in self.planned)
 
     @property
     def done_cells(self) -> int:
         """How many of the planned cells the table holds."""
-        return sum(len(done) for _, done in self.planned)
+        return sum(len(done) for _, _, done in self.planned)
 
     @property
     def complete(self) -> bool:
@@ -90,18 +89,20 @@ def coverage_of(table: Table) -> Coverage | None:
     kept, refused = split_unsupported([cell for cell, _ in mine])
     kept_keys = {cell.key for cell in kept}
     by_identity = {row_identity(row): row for row in table.rows}
-    coverage = Coverage(preset=table.preset, seeds=sorted({cell.seed for cell, _ in mine}))
-    planned: dict[tuple[str, str, int, int], tuple[Row, list[int]]] = {}
+    coverage = Coverage(preset=table.preset)
+    planned: dict[tuple[str, str, int, int], tuple[Row, list[int], list[int]]] = {}
     for cell, config in mine:
         if cell.key not in kept_keys:
             continue
         blank = Row.blank(cell.method, config["params"], config)
         identity = row_identity(blank)
         row = by_identity.get(identity, blank)
-        entry = planned.setdefault(identity, (row, []))
-        if cell.seed in row.seeds and cell.seed not in entry[1]:
+        entry = planned.setdefault(identity, (row, [], []))
+        if cell.seed not in entry[1]:
             entry[1].append(cell.seed)
-    coverage.planned = [(row, sorted(seeds)) for row, seeds in planned.values()]
+            if cell.seed in row.seeds:
+                entry[2].append(cell.seed)
+    coverage.planned = [(row, sorted(seeds), sorted(done)) for row, seeds, done in planned.values()]
     for cell, reason in refused:
         if (cell.method, reason) not in coverage.left_out:
             coverage.left_out.append((cell.method, reason))
@@ -110,19 +111,24 @@ def coverage_of(table: Table) -> Coverage | None:
 
 def describe_coverage(coverage: Coverage, label: Any) -> str:
     """The protocol-block line of ``coverage``; ``label(row)`` names a row as the table does."""
-    rows, seeds = len(coverage.planned), len(coverage.seeds)
+    rows = len(coverage.planned)
+    counts = sorted({len(seeds) for _, seeds, _ in coverage.planned})
+    if len(counts) == 1:
+        shape = f"{rows} rows × {counts[0]} seed{'s' if counts[0] != 1 else ''}"
+    else:
+        shape = f"{rows} rows of {counts[0]} to {counts[-1]} seeds"
     text = (
         f"- cells: {coverage.done_cells} of the {coverage.planned_cells} that preset "
-        f"`{coverage.preset}` plans ({rows} rows × {seeds} seed{'s' if seeds != 1 else ''})"
+        f"`{coverage.preset}` plans ({shape})"
     )
     if coverage.complete:
         text += ": complete"
     else:
-        empty = [label(row) for row, done in coverage.planned if not done]
+        empty = [label(row) for row, _, done in coverage.planned if not done]
         short = [
-            f"{label(row)} ({len(done)} of {seeds})"
-            for row, done in coverage.planned
-            if done and len(done) < seeds
+            f"{label(row)} ({len(done)} of {len(seeds)})"
+            for row, seeds, done in coverage.planned
+            if done and len(done) < len(seeds)
         ]
         parts = []
         if empty:

@@ -14,6 +14,7 @@ include the preset's (a run may add some, such as the data set's name).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +110,7 @@ def coverage_of(table: Table) -> Coverage | None:
     return coverage
 
 
-def describe_coverage(coverage: Coverage, label: Any) -> str:
+def describe_coverage(coverage: Coverage, label: Callable[[Row], str]) -> str:
     """The protocol-block line of ``coverage``; ``label(row)`` names a row as the table does."""
     rows = len(coverage.planned)
     counts = sorted({len(seeds) for _, seeds, _ in coverage.planned})

@@ -9,9 +9,9 @@ A parameter is *swept* when it takes more than one value among the rows of one m
 the most common value of each swept parameter (in a one-factor-at-a-time design, the setting
 every variant departs from); rows are ordered base first, then by the parameter they change,
 and where a row and its base both have several seeds, a column says whether the row's top-1
-lies above or below the base's range over seeds. Methods with a single setting that lacks some swept
-parameter (ERM, mixup) are the reference rows, listed first with their own parameters beside
-their names.
+lies above or below the base's range over seeds. Methods with a single setting that lacks
+some swept parameter (ERM, mixup) are the reference rows, listed first with their own
+parameters beside their names.
 """
 
 from __future__ import annotations

@@ -89,6 +89,22 @@ def test_stale_heartbeat_is_reclaimed_and_failed_only_on_retry(store, cells):
     assert store.claim([key], "w3", retry_failed=True).key == key
 
 
+def test_is_abandoned_tells_a_live_worker_from_a_gone_one(store, cells):
+    from mixbench.bench.run.store import STALE_AFTER_SECONDS, is_abandoned
+
+    store.add_cells(cells[:2])
+    live = store.claim([cells[0].key], "w1")
+    assert not is_abandoned(live)  # this process holds it and has just beaten
+    assert is_abandoned(live, now=live.heartbeat + STALE_AFTER_SECONDS + 1)  # silent too long
+    elsewhere = store.claim([cells[1].key], "w2")
+    elsewhere.host, elsewhere.pid = "another-host", 1
+    assert not is_abandoned(elsewhere)  # another host's PID means nothing: its heartbeat is fresh
+    assert is_abandoned(elsewhere, now=elsewhere.heartbeat + STALE_AFTER_SECONDS + 1)
+    store.finish(live.key, "w1", metrics={}, timings={}, versions={})
+    (done,) = store.records(status=DONE)
+    assert not is_abandoned(done, now=1e12)  # only a running cell can be abandoned
+
+
 def test_unreachable_database_and_redaction():
     with pytest.raises(UsageError, match="cannot reach database"):
         ResultStore("postgresql+psycopg://bob:secret@127.0.0.1:1/nowhere")

@@ -244,6 +244,39 @@ def test_status_names_each_cell_by_its_row_and_shows_the_epoch_it_has_reached(tm
     assert by_label["erm"]["epoch"] is None and by_label["erm"]["epochs"] == epochs // 2
 
 
+def test_status_marks_a_running_cell_whose_worker_is_gone(tmp_path, capsys):
+    from mixbench.bench.run.cells import build_cells
+    from mixbench.cli import main
+    from mixbench.config import load_preset
+
+    cells = build_cells(load_preset("smoke"))[:2]
+    out = tmp_path / "out"
+    store = ResultStore(sqlite_url(out / "results.db"))
+    try:
+        store.add_cells(cells)
+        store.claim([cells[0].key], "w-alive")  # this process: alive, fresh heartbeat
+        store.claim([cells[1].key], "w-gone")
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        with store.engine.begin() as conn:  # its holder was a process that has exited
+            conn.exec_driver_sql(
+                "UPDATE cells SET pid = ? WHERE key = ?", (int(gone.stdout), cells[1].key)
+            )
+    finally:
+        store.close()
+    assert main(["status", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    (alive_line,) = [x for x in text.splitlines() if cells[0].key in x]
+    (gone_line,) = [x for x in text.splitlines() if cells[1].key in x]
+    assert "on w-alive since" in alive_line and "abandoned" not in alive_line
+    assert "abandoned by w-gone" in gone_line and "the next worker takes it over" in gone_line
+    assert "2 running (1 abandoned: their workers are gone)" in text
+    assert main(["status", "--out", str(out), "--json"]) == 0
+    by_key = {c["key"]: c for c in json.loads(capsys.readouterr().out)}
+    assert by_key[cells[0].key]["abandoned"] is False
+    assert by_key[cells[1].key]["abandoned"] is True
+
+
 def test_export_import_round_trip(tmp_path, capsys):
     from mixbench.cli import main
 

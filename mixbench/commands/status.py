@@ -23,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 #: The cell fields of the table (a last column, ``detail``, says how each cell stands).
 TABLE_FIELDS = ("key", "preset", "method", "dataset", "model", "seed", "status", "attempts")
 #: What `mixbench status --json` shows of each cell (plus its row's ``label``, the ``epoch``
-#: of its newest checkpoint and ``epochs`` to train, and the metrics and timings of finished
-#: ones).
+#: of its newest checkpoint and ``epochs`` to train, whether a running cell is ``abandoned``,
+#: and the metrics and timings of finished ones).
 STATUS_FIELDS = (*TABLE_FIELDS, "worker", "started_at", "heartbeat", "error")
 
 
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from mixbench.bench.run.store import ResultStore
+    from mixbench.bench.run.store import ResultStore, is_abandoned
 
     store = ResultStore(store_url(args))
     try:
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             "label": row_label(r),
             "epoch": checkpoint_epoch(args.out, r.key) if r.status != "done" else None,
             "epochs": training_epochs(r),
+            "abandoned": is_abandoned(r),
             "metrics": r.metrics if r.status == "done" else None,
             "timings": r.timings if r.status == "done" else None,
         }
@@ -152,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
         top1 = (c["metrics"] or {}).get("top1")
         if c["status"] == "done":
             detail = f"top-1 {100 * top1:.2f}%" if isinstance(top1, (int, float)) else ""
+        elif c["abandoned"]:
+            detail = (
+                f"abandoned by {c['worker']} (last heartbeat {when(c['heartbeat']) or 'none'}): "
+                "the next worker takes it over"
+            )
         elif c["status"] == "running":
             detail = f"on {c['worker']} since {when(c['started_at'])}"
         else:
@@ -164,7 +170,12 @@ def run(args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     for c in cells:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
-    print("\n" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "no cells")
+    abandoned = sum(1 for c in cells if c["abandoned"])
+    gone = f" ({abandoned} abandoned: their workers are gone)" if abandoned else ""
+    summary = ", ".join(
+        f"{n} {s}" + (gone if s == "running" else "") for s, n in sorted(counts.items())
+    )
+    print("\n" + summary if counts else "no cells")
     estimate = describe_work_left(work_left(cells))
     if estimate:
         print(estimate)

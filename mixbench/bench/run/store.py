@@ -117,6 +117,11 @@ class CellRecord:
 _SECRET_QUERY = re.compile(r"(?i)([?&][^=&#]*(?:password|passwd|pwd)[^=&#]*=)[^&#]*")
 
 
+#: Seconds without a heartbeat after which a running cell counts as abandoned (a worker beats
+#: every 30 s or so, in training and in evaluation).
+STALE_AFTER_SECONDS = 300.0
+
+
 class ClaimLost(RuntimeError):
     """This worker no longer holds the cell it runs: another worker took it over (e.g. after
     judging it abandoned). The worker stops the cell and records nothing."""
@@ -333,7 +338,7 @@ class ResultStore:
         keys: Iterable[str],
         worker: str,
         *,
-        stale_after: float = 300.0,
+        stale_after: float = STALE_AFTER_SECONDS,
         retry_failed: bool = False,
     ) -> CellRecord | None:
         """Atomically take the next runnable cell among ``keys``, or None.
@@ -505,21 +510,36 @@ class ResultStore:
         return iter(self.records())
 
 
+def is_abandoned(
+    row: CellRecord,
+    *,
+    now: float | None = None,
+    host: str | None = None,
+    stale_after: float = STALE_AFTER_SECONDS,
+) -> bool:
+    """Whether a ``running`` cell's worker is gone, so that the next claim takes the cell over:
+    its process ran on ``host`` (default: this one), in this boot and PID namespace, and has
+    exited; or its heartbeat is missing or older than ``stale_after`` seconds at ``now``."""
+    if row.status != RUNNING:
+        return False
+    now = time.time() if now is None else now
+    host = socket.gethostname() if host is None else host
+    if (
+        row.host == host
+        and row.pid is not None
+        and _same_pid_namespace(row.claim)
+        and not _pid_alive(row.pid)
+    ):
+        return True
+    return row.heartbeat is None or now - row.heartbeat > stale_after
+
+
 def _runnable(row: CellRecord, now: float, host: str, stale_after: float, retry: bool) -> bool:
     if row.status in (PENDING, INTERRUPTED):
         return True
     if row.status == FAILED:
         return retry
-    if row.status == RUNNING:
-        if (
-            row.host == host
-            and row.pid is not None
-            and _same_pid_namespace(row.claim)
-            and not _pid_alive(row.pid)
-        ):
-            return True
-        return row.heartbeat is None or now - row.heartbeat > stale_after
-    return False
+    return is_abandoned(row, now=now, host=host, stale_after=stale_after)
 
 
 def _same_pid_namespace(claim: str | None) -> bool:

@@ -749,6 +749,18 @@ def test_a_table_of_a_shipped_preset_says_which_of_its_planned_cells_it_lacks(tm
     assert "`erm`," not in line and "`erm` (" not in line  # ERM has its 3 seeds
 
 
+def test_the_contents_line_counts_rows_and_seeds_in_words(tmp_path):
+    plan = _long_plan()
+    mixup0 = next(c for c in plan if c.method == "mixup" and c.seed == 0)
+    write_leaderboard([_planned(mixup0)], tmp_path)
+    contents = (tmp_path / "LEADERBOARD.md").read_text().split("## ")[0]
+    assert ": 1 row, 1 seed, 100 epochs (short runs; 1 of 63 planned cells)" in contents
+    erm = [c for c in plan if c.method == "erm" and c.epochs_scale == 1]
+    write_leaderboard([_planned(c) for c in [*erm, mixup0]], tmp_path)
+    contents = (tmp_path / "LEADERBOARD.md").read_text().split("## ")[0]
+    assert ": 2 rows, 3 seeds, 100 epochs (short runs; 4 of 63 planned cells)" in contents
+
+
 def test_a_complete_table_says_so_and_an_old_version_or_other_schedule_is_not_the_plan(tmp_path):
     plan = _long_plan()
     write_leaderboard([_planned(c) for c in plan], tmp_path)

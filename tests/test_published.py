@@ -246,12 +246,24 @@ def test_committed_leaderboard_is_what_mixbench_writes(tmp_path) -> None:
         assert (ROOT / "plots" / name).is_file()
 
 
-def test_committed_sweep_page_is_what_mixbench_writes(tmp_path) -> None:
+#: Each committed sweep page and the preset it is written from.
+SWEEP_PAGES = {
+    "multimix-sweep.md": "sweep-multimix",
+    "multimix-sweep-long.md": "sweep-multimix-long",
+}
+
+
+@pytest.mark.parametrize("page", sorted(SWEEP_PAGES))
+def test_committed_sweep_page_is_what_mixbench_writes(tmp_path, page) -> None:
     out = tmp_path / "sweep.md"
-    args = ["sweep-table", "--from", str(ROOT / "results"), "--preset", "sweep-multimix"]
+    args = ["sweep-table", "--from", str(ROOT / "results"), "--preset", SWEEP_PAGES[page]]
     assert main([*args, "--out", str(out)]) == 0
-    committed = ROOT / "docs" / "multimix-sweep.md"
+    committed = ROOT / "docs" / page
     assert out.read_text(encoding="utf-8") == committed.read_text(encoding="utf-8")
+
+
+def test_every_published_sweep_page_is_checked() -> None:
+    assert {p.name for p in (ROOT / "docs").glob("*sweep*.md")} == set(SWEEP_PAGES)
 
 
 def test_copied_results_rebuild_the_same_leaderboard(tmp_path) -> None:

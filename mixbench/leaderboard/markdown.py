@@ -15,6 +15,7 @@ from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.protocol import (
     convergence_check,
     path_check_notice,
+    plural,
     protocol_block,
     seeds_of,
     short_run_warning,
@@ -439,8 +440,8 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
                 notes.append(f"{coverage.done_cells} of {coverage.planned_cells} planned cells")
             seeds = len(seeds_of(table))
             out.append(
-                f"- {table_title(table)}: {len(table.rows)} rows, {seeds} "
-                f"seed{'s' if seeds != 1 else ''}, {table.schedule['epochs']} epochs"
+                f"- {table_title(table)}: {plural(len(table.rows), 'row')}, "
+                f"{plural(seeds, 'seed')}, {plural(int(table.schedule['epochs']), 'epoch')}"
                 + (f" ({'; '.join(notes)})" if notes else "")
             )
         out.append("")

@@ -51,7 +51,8 @@ def date_text(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``n`` and the word, plural unless ``n`` is 1: ``1 seed``, ``3 seeds``, ``2 classes``."""
     suffix = "" if n == 1 else ("es" if word.endswith("s") else "s")
     return f"{n:,} {word}{suffix}"
 
@@ -75,9 +76,9 @@ def describe_hardware(hw: dict[str, Any]) -> str:
     """``AMD EPYC, 2 CPUs, 2 torch threads, no GPU`` or ``NVIDIA H100 80GB HBM3 x1, AMD EPYC,
     16 CPUs, 16 torch threads``. The thread count is there because it changes the rounding of
     CPU results (not the experiment: cells trained with other thread counts share a key)."""
-    cpu = f"{hw.get('cpu', 'unknown CPU')}, {_plural(int(hw.get('cpus') or 0), 'CPU')}"
+    cpu = f"{hw.get('cpu', 'unknown CPU')}, {plural(int(hw.get('cpus') or 0), 'CPU')}"
     if hw.get("torch_threads"):
-        cpu += f", {_plural(int(hw['torch_threads']), 'torch thread')}"
+        cpu += f", {plural(int(hw['torch_threads']), 'torch thread')}"
     if hw.get("gpu"):
         return f"{hw['gpu']} x{hw.get('gpus') or 1}, {cpu}"
     return f"{cpu}, no GPU"
@@ -133,7 +134,7 @@ def describe_data(table: Table) -> str:
         d = table.data[0]
         size = "x".join(str(s) for s in d.get("image_size", []))
         facts = (
-            f"; {_plural(int(d['num_classes']), 'class')}, "
+            f"; {plural(int(d['num_classes']), 'class')}, "
             f"{int(d['train_images']):,} training and {int(d['test_images']):,} test images"
             + (f", {size}" if size else "")
         )
@@ -155,8 +156,8 @@ def path_check_notice(table: Table) -> str | None:
     seeds = len(seeds_of(table))
     return (
         "**These numbers only check the path; they compare nothing.** Generated "
-        f"`{table.dataset}` images, {_plural(int(table.schedule['epochs']), 'epoch')}, "
-        f"{_plural(seeds, 'seed')}: the table shows that every method trains and is evaluated "
+        f"`{table.dataset}` images, {plural(int(table.schedule['epochs']), 'epoch')}, "
+        f"{plural(seeds, 'seed')}: the table shows that every method trains and is evaluated "
         "end to end. Differences between its rows, however large, are not results."
     )
 
@@ -304,14 +305,14 @@ def short_run_warning(table: Table, check: ConvergenceCheck | None = None) -> st
     where = " on a CPU" if on_cpu else ""
     if converged:
         return (
-            f"**{kind}, not the papers' protocol.** {_plural(epochs, 'epoch')}{train}{where}; "
+            f"**{kind}, not the papers' protocol.** {plural(epochs, 'epoch')}{train}{where}; "
             f"{papers}. Doubling the epochs moved no checked top-1 by more than "
             f"{100 * CONVERGENCE_TOLERANCE:.1f} points (the convergence check below), so "
             "these numbers compare methods trained to convergence at this size; they are "
             "not comparable with published results."
         )
     return (
-        f"**{kind}, not the papers' protocol.** {_plural(epochs, 'epoch')}{train}{where}; "
+        f"**{kind}, not the papers' protocol.** {plural(epochs, 'epoch')}{train}{where}; "
         f"{papers}. These numbers compare the methods with each other under one short "
         "protocol; they are not comparable with published results."
     )
@@ -331,7 +332,7 @@ def protocol_block(table: Table, check: ConvergenceCheck | None) -> str:
     model = f"{table.model} ({opts})" if opts else table.model
     seeds = seeds_of(table)
     schedule = (
-        f"{_plural(int(s['epochs']), 'epoch')}, batch {s['batch_size']}, SGD lr {s['lr']} "
+        f"{plural(int(s['epochs']), 'epoch')}, batch {s['batch_size']}, SGD lr {s['lr']} "
         f"(momentum {s['momentum']}{', Nesterov' if s['nesterov'] else ''}, "
         f"weight decay {s['weight_decay']}), {s['schedule']} schedule"
     )
@@ -343,7 +344,7 @@ def protocol_block(table: Table, check: ConvergenceCheck | None) -> str:
         f"- data set: {describe_data(table)}",
         f"- network: `{model}`",
         f"- schedule: {schedule}",
-        f"- seeds: {_plural(len(seeds), 'seed')} ({', '.join(str(x) for x in seeds)})",
+        f"- seeds: {plural(len(seeds), 'seed')} ({', '.join(str(x) for x in seeds)})",
     ]
     machines = hardware_of(table)
     if machines:

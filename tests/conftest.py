@@ -38,6 +38,18 @@ def tiny_args() -> list[str]:
     return list(TINY)
 
 
+def hand_cell_to_exited_process(store, key: str) -> None:
+    """Make a running cell's holder a process of this host that has exited (a worker that died)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE cells SET pid = ? WHERE key = ?", (int(proc.stdout), key))
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
     """Run ``python -m mixbench ARGS`` in a subprocess; returns the CompletedProcess."""
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

@@ -12,6 +12,8 @@ from mixbench.bench.run.store import DONE, FAILED, RUNNING, ResultStore, redact_
 from mixbench.config import load_preset
 from mixbench.errors import UsageError
 
+from .conftest import hand_cell_to_exited_process
+
 
 @pytest.fixture
 def cells():
@@ -58,16 +60,7 @@ def test_cell_of_dead_process_is_reclaimed(store, cells):
     store.add_cells(cells[:1])
     key = cells[0].key
     store.claim([key], "w1")
-    # Pretend the holder was another process of this host that has exited.
-    proc = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(proc.stdout)
-    with store.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE cells SET pid = ? WHERE key = ?", (dead_pid, key))
+    hand_cell_to_exited_process(store, key)
     again = store.claim([key], "w2")
     assert again is not None and again.worker == "w2" and again.attempts == 2
 

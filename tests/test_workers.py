@@ -15,7 +15,7 @@ import pytest
 
 from mixbench.bench.run.store import ResultStore, sqlite_url
 
-from .conftest import TINY
+from .conftest import TINY, hand_cell_to_exited_process
 
 PG_URL = os.environ.get("MIXBENCH_TEST_POSTGRES_URL")
 MATRIX = ["--preset", "smoke", "--methods", "erm,mixup,cutmix", "--seeds", "0,1", *TINY]
@@ -256,12 +256,7 @@ def test_status_marks_a_running_cell_whose_worker_is_gone(tmp_path, capsys):
         store.add_cells(cells)
         store.claim([cells[0].key], "w-alive")  # this process: alive, fresh heartbeat
         store.claim([cells[1].key], "w-gone")
-        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        with store.engine.begin() as conn:  # its holder was a process that has exited
-            conn.exec_driver_sql(
-                "UPDATE cells SET pid = ? WHERE key = ?", (int(gone.stdout), cells[1].key)
-            )
+        hand_cell_to_exited_process(store, cells[1].key)
     finally:
         store.close()
     assert main(["status", "--out", str(out)]) == 0

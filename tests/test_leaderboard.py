@@ -538,6 +538,15 @@ def test_cost_on_a_cpu_is_the_ratio_of_cpu_times_where_the_cells_measured_them()
     assert _cells(render_table(build_tables([*records, slowed])[0]), "mixup")["cost ×ERM"] == "2.00"
 
 
+def test_cost_is_the_median_over_seeds_so_one_slowed_cell_does_not_move_a_row():
+    records = _evaluated_records()  # ERM seeds 0 and 1 (10 and 12 s), mixup seed 0 (22 s)
+    records.append(_evaluated("erm", 2, 0.81, fgsm=0.1, pgd=0.0, seconds=40.0))  # beside a job
+    for seed, seconds in ((1, 23.0), (2, 21.0)):
+        records.append(_evaluated("mixup", seed, 0.85, fgsm=0.2, pgd=0.0, seconds=seconds))
+    (table,) = build_tables(records)
+    assert _cells(render_table(table), "mixup")["cost ×ERM"] == "1.83"  # 22 / 12, not 22 / 20.7
+
+
 def test_stored_names_cannot_leave_the_folder_or_break_the_markdown(tmp_path):
     """Cells stored before names were checked (a preset ``../../../../elsewhere/evil``, a newline
     or a ``|`` in a name): the leaderboard's files stay in its folder and its Markdown keeps

@@ -144,6 +144,8 @@ BAD_INPUTS = [
     ("run --out {a_file}/sub", "cannot create output folder"),
     ("leaderboard --out /nonexistent/mixbench", "no results database"),
     ("status --out /nonexistent/mixbench", "no results database"),
+    ("verify --out /nonexistent/mixbench", "no results database"),
+    ("verify --out {out} --methods mixup", "no finished cell in the database matches"),
     ("run --out {out} --bogus", "unrecognized arguments"),
     ("run --out {out} --methods foo*", "no registered method matches the pattern 'foo*'"),
     ("run --out {out} --dry-run --models resnet50", "needs images of at least"),

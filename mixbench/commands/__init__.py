@@ -41,6 +41,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("presets", "list the registered presets"),
     Command("tune", "optuna search over a method's declared search space"),
     Command("evaluate", "run every evaluator on a saved checkpoint"),
+    Command("verify", "run finished cells again: do they reproduce bit for bit; re-measure cost"),
     Command("show", "draw what a method does to one batch"),
     Command("perf", "speed benchmarks (ratios measured in one run)"),
 )

@@ -57,10 +57,11 @@ def legend(table: Table, shown: Iterable[str]) -> str:
         )
     out.append(
         "train img/s: training throughput. cost ×ERM: training time relative to ERM's in the "
-        "same table: the training process's CPU time where the row's and ERM's cells trained "
-        "on a CPU and recorded it (other processes sharing the cores barely change it), else "
-        "wall time (which they stretch), shown only where the row's cells ran on the same kind "
-        "of machine as ERM's. #: rank by mean top-1. Bold: the best "
+        "same table, each the median over its seeds' cells: the training process's CPU time "
+        "where the row's and ERM's cells trained on a CPU and recorded it (other processes "
+        "sharing the cores stretch it far less than the wall time), else wall time, shown only "
+        "where the row's cells ran on the same kind of machine as ERM's. #: rank by mean "
+        "top-1. Bold: the best "
         "value of each column among the rows with two or more seeds (a one-seed row is never "
         f"marked best: its lead may be seed noise). {DASH}: not measured."
     )

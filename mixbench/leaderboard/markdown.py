@@ -96,7 +96,7 @@ def range_word(value: float | None) -> str:
 def cost_basis(row: Row, table: Table) -> str | None:
     """What the row's ``cost ×ERM`` compares: ``"cpu"`` (the training process's CPU time,
     where the row's cells and ERM's trained on a CPU and recorded it: another process sharing
-    the cores barely changes it, while it can stretch the wall time by half), ``"wall"``
+    the cores changes it far less than the wall time, which it can stretch by half), ``"wall"``
     (wall time) or None (no cost: no ERM, no timings, or not the same kind of machine as
     ERM's, whose speeds differ by more than the methods do)."""
     ref = table.reference()
@@ -111,8 +111,9 @@ def cost_basis(row: Row, table: Table) -> str | None:
 
 
 def cost_vs_erm(row: Row, table: Table) -> float | None:
-    """Training time relative to ERM's in the same table, the mean seconds over the seeds
-    that measured it, by :func:`cost_basis`; None where it gives none."""
+    """Training time relative to ERM's in the same table, each the median seconds over the
+    seeds that measured it (:meth:`Row.timing`), by :func:`cost_basis`; None where it gives
+    none."""
     basis = cost_basis(row, table)
     if basis is None:
         return None

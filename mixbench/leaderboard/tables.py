@@ -73,8 +73,10 @@ class Row:
         return statistics.stdev(values) if len(values) > 1 else None
 
     def timing(self, name: str) -> float | None:
+        """The median of timing ``name`` over the seeds that measured it: a cell slowed by a
+        job that shared the machine does not move a row of three seeds (of two: the mean)."""
         values = [v for v in self.timings.get(name, []) if v is not None and math.isfinite(v)]
-        return statistics.fmean(values) if values else None
+        return statistics.median(values) if values else None
 
     def reliability_bins(self) -> list[dict[str, Any]]:
         """The reliability bins of all seeds pooled: counts added, means weighted by counts.

@@ -451,6 +451,18 @@ class ResultStore:
         """Mark a cell interrupted (it resumes from its checkpoint on the next run)."""
         return self._set(key, worker, status=INTERRUPTED, error=reason)
 
+    def replace_timings(self, key: str, timings: dict[str, Any]) -> bool:
+        """Replace a finished cell's timings with ``timings`` (a fresh measurement of the same
+        result, see :mod:`mixbench.bench.run.verify`); returns whether a finished cell ``key``
+        was there to update. Metrics, versions and dates stay as they were."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                cells_table.update()
+                .where(cells_table.c.key == key, cells_table.c.status == DONE)
+                .values(timings=timings)
+            )
+        return result.rowcount == 1
+
     def _set(self, key: str, worker: str, **values: Any) -> bool:
         with self.engine.begin() as conn:
             result = conn.execute(

@@ -547,6 +547,19 @@ def test_cost_is_the_median_over_seeds_so_one_slowed_cell_does_not_move_a_row():
     assert _cells(render_table(table), "mixup")["cost ×ERM"] == "1.83"  # 22 / 12, not 22 / 20.7
 
 
+def test_a_row_whose_timings_were_measured_again_says_which_seeds_and_when():
+    from mixbench.leaderboard.markdown import remeasured_notes
+
+    records = _evaluated_records()  # ERM seeds 0 and 1, mixup seed 0
+    assert remeasured_notes(build_tables(records)[0]) == []
+    records[0]["timings"]["remeasured_at"] = 1796601600.0  # 2026-12-07 UTC
+    records[1]["timings"]["remeasured_at"] = 1796601600.0 + 3600
+    (table,) = build_tables(records)
+    (note,) = remeasured_notes(table)
+    assert note.startswith("`erm`: the timings of seeds 0, 1 were measured again on 2026-12-07")
+    assert note in render_table(table)
+
+
 def test_stored_names_cannot_leave_the_folder_or_break_the_markdown(tmp_path):
     """Cells stored before names were checked (a preset ``../../../../elsewhere/evil``, a newline
     or a ``|`` in a name): the leaderboard's files stay in its folder and its Markdown keeps

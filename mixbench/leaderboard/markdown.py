@@ -14,6 +14,7 @@ from mixbench.leaderboard.coverage import coverage_of, describe_coverage
 from mixbench.leaderboard.legend import DASH, legend
 from mixbench.leaderboard.protocol import (
     convergence_check,
+    date_text,
     path_check_notice,
     plural,
     protocol_block,
@@ -244,6 +245,25 @@ def equal_compute_notes(table: Table) -> list[str]:
     return notes
 
 
+def remeasured_notes(table: Table) -> list[str]:
+    """One line per row some of whose cells carry timings measured again later (``mixbench
+    verify --update-timings``, which stores them only where the rerun reproduced every metric
+    bit for bit): which seeds, and when."""
+    notes = []
+    for row in table.rows:
+        if not row.remeasured_by_seed:
+            continue
+        seeds = sorted(row.remeasured_by_seed)
+        days = sorted({date_text(t) for t in row.remeasured_by_seed.values()})
+        notes.append(
+            f"{method_label(row)}: the timings of seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))} were measured again on {' and '.join(days)} by "
+            "`mixbench verify --update-timings`, whose rerun from scratch reproduced every "
+            "metric bit for bit (the first run's timings were missing or disturbed)."
+        )
+    return notes
+
+
 def version_notes(table: Table) -> list[str]:
     """One line per method of the table whose rows include an older version than the current
     one: what changed since (each method's ``changes``)."""
@@ -460,7 +480,12 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
             legend(table, [c.header for c in table_columns(table)]),
             "",
         ]
-        notes = equal_compute_notes(table) + cost_basis_notes(table) + version_notes(table)
+        notes = (
+            equal_compute_notes(table)
+            + cost_basis_notes(table)
+            + remeasured_notes(table)
+            + version_notes(table)
+        )
         if notes:
             out += [*(f"- {note}" for note in notes), ""]
         for rel in plots.get(table.slug, []):

@@ -46,6 +46,9 @@ class Row:
     epochs_scale: int = 1
     #: The last-epoch top-1 of each seed's cell.
     top1_by_seed: dict[int, float] = field(default_factory=dict)
+    #: When each seed's timings were measured again (``mixbench verify --update-timings``, Unix
+    #: time), for the cells whose stored timings are not those of the run that made them.
+    remeasured_by_seed: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def blank(cls, method: str, params: dict[str, Any], config: dict[str, Any]) -> Row:
@@ -279,6 +282,9 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         for name, value in (rec.get("timings") or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row.timings.setdefault(name, []).append(float(value))
+        remeasured = (rec.get("timings") or {}).get("remeasured_at")
+        if isinstance(remeasured, (int, float)) and not isinstance(remeasured, bool):
+            row.remeasured_by_seed[int(rec["seed"])] = float(remeasured)
         metrics = rec["metrics"]
         if isinstance(metrics.get("reliability"), list):
             row.reliability.append(metrics["reliability"])

@@ -44,7 +44,8 @@ def test_finished_cells_run_again_are_identical_and_update_timings_replaces_only
     capsys.readouterr()
     assert main(["verify", "--out", str(two_cells), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert err.count("identical: 27 metrics equal bit for bit") == 2, err
+    assert err.count("identical: 27 metrics equal bit for bit; train ") == 2, err
+    assert err.count(" s CPU, ") == 4 and err.count(" s wall (stored: ") == 2, err
     assert "2 cells run again: 2 identical, 0 different" in err
     assert _records(two_cells)["erm"].timings == before["erm"].timings  # not asked to update
 

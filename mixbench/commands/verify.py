@@ -58,20 +58,20 @@ def select(records: list[CellRecord], args: argparse.Namespace) -> list[CellReco
     return picked
 
 
-def _seconds(value: object) -> str:
+def _seconds(value: object, kind: str) -> str:
     if not isinstance(value, (int, float)):
-        return "none"
-    return f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
+        return f"no {kind} time"
+    return (f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s") + f" {kind}"
 
 
 def describe_timings(stored: dict | None, fresh: dict) -> str:
     """Training time now and as stored: CPU time (where measured) and wall time."""
     stored = stored or {}
     return (
-        f"train {_seconds(fresh.get('train_cpu_seconds'))} CPU, "
-        f"{_seconds(fresh.get('train_seconds'))} wall (stored: "
-        f"{_seconds(stored.get('train_cpu_seconds'))} CPU, "
-        f"{_seconds(stored.get('train_seconds'))} wall)"
+        f"train {_seconds(fresh.get('train_cpu_seconds'), 'CPU')}, "
+        f"{_seconds(fresh.get('train_seconds'), 'wall')} (stored: "
+        f"{_seconds(stored.get('train_cpu_seconds'), 'CPU')}, "
+        f"{_seconds(stored.get('train_seconds'), 'wall')})"
     )
 
 

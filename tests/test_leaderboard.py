@@ -547,8 +547,28 @@ def test_cost_is_the_median_over_seeds_so_one_slowed_cell_does_not_move_a_row():
     assert _cells(render_table(table), "mixup")["cost ×ERM"] == "1.83"  # 22 / 12, not 22 / 20.7
 
 
+def test_a_note_states_how_far_apart_one_rows_cpu_times_lie():
+    from mixbench.leaderboard.markdown import cost_spread_notes, render_leaderboard
+
+    records = _evaluated_records()  # ERM seeds 0 and 1, mixup seed 0
+    for rec in records:
+        rec["versions"]["hardware"] = {"cpu": "CPU A", "cpus": 2, "gpu": None}
+    assert cost_spread_notes(build_tables(records)[0]) == []  # no CPU times: nothing to say
+    for rec, cpu in zip(records, [1722.0, 1933.0, 1709.0]):
+        rec["timings"]["train_cpu_seconds"] = cpu
+    (table,) = build_tables(records)
+    (note,) = cost_spread_notes(table)
+    assert (
+        "took up to 12 % more CPU time than each other (`erm`: 1,722 to 1,933 s over 2 cells)"
+        in note
+    )
+    assert note in render_leaderboard([table], {})
+    records[1]["timings"]["train_cpu_seconds"] = None  # one cell a row: no spread to state
+    assert cost_spread_notes(build_tables(records)[0]) == []
+
+
 def test_a_row_whose_timings_were_measured_again_says_which_seeds_and_when():
-    from mixbench.leaderboard.markdown import remeasured_notes
+    from mixbench.leaderboard.markdown import remeasured_notes, render_leaderboard
 
     records = _evaluated_records()  # ERM seeds 0 and 1, mixup seed 0
     assert remeasured_notes(build_tables(records)[0]) == []
@@ -556,8 +576,10 @@ def test_a_row_whose_timings_were_measured_again_says_which_seeds_and_when():
     records[1]["timings"]["remeasured_at"] = 1796601600.0 + 3600
     (table,) = build_tables(records)
     (note,) = remeasured_notes(table)
-    assert note.startswith("`erm`: the timings of seeds 0, 1 were measured again on 2026-12-07")
-    assert note in render_table(table)
+    assert note.startswith(
+        "`erm`: the timings of seeds 0, 1 are those of a rerun from scratch on 2026-12-07"
+    )
+    assert note in render_leaderboard([table], {})
 
 
 def test_stored_names_cannot_leave_the_folder_or_break_the_markdown(tmp_path):

@@ -137,6 +137,29 @@ def cost_basis_notes(table: Table) -> list[str]:
     ]
 
 
+def cost_spread_notes(table: Table) -> list[str]:
+    """A line under a table whose ``cost ×ERM`` column compares CPU times: how far apart the
+    CPU times of one row's cells lie (the widest row with two or more of them: one method,
+    other seeds, the same kind of machine), the noise a cost ratio must exceed to tell two
+    rows apart."""
+    spreads = []
+    for row in table.rows:
+        if cost_basis(row, table) != "cpu":
+            continue
+        values = [v for v in row.timings.get("train_cpu_seconds", []) if math.isfinite(v)]
+        if len(values) >= 2 and min(values) > 0:
+            spreads.append((max(values) / min(values) - 1, method_label(row), values))
+    if not spreads:
+        return []
+    spread, label, values = max(spreads, key=lambda s: (s[0], s[1]))
+    return [
+        f"cost ×ERM: the cells of one row (one method, other seeds, the same kind of machine) "
+        f"took up to {100 * spread:.0f} % more CPU time than each other ({label}: "
+        f"{min(values):,.0f} to {max(values):,.0f} s over {plural(len(values), 'cell')}); cost "
+        "ratios closer than that do not tell two rows apart."
+    ]
+
+
 def _number(x: float | None, fmt: str) -> str:
     return DASH if x is None else format(x, fmt)
 
@@ -257,9 +280,9 @@ def remeasured_notes(table: Table) -> list[str]:
         days = sorted({date_text(t) for t in row.remeasured_by_seed.values()})
         notes.append(
             f"{method_label(row)}: the timings of seed{'s' if len(seeds) > 1 else ''} "
-            f"{', '.join(map(str, seeds))} were measured again on {' and '.join(days)} by "
-            "`mixbench verify --update-timings`, whose rerun from scratch reproduced every "
-            "metric bit for bit (the first run's timings were missing or disturbed)."
+            f"{', '.join(map(str, seeds))} are those of a rerun from scratch on "
+            f"{' and '.join(days)} (`mixbench verify --update-timings`), which reproduced every "
+            "metric bit for bit."
         )
     return notes
 
@@ -483,6 +506,7 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         notes = (
             equal_compute_notes(table)
             + cost_basis_notes(table)
+            + cost_spread_notes(table)
             + remeasured_notes(table)
             + version_notes(table)
         )

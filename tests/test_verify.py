@@ -78,6 +78,21 @@ def test_a_result_that_does_not_reproduce_is_named_exit_1_and_its_timings_are_ke
     assert _records(two_cells)["erm"].timings == cell.timings
 
 
+def test_a_cell_that_fails_when_trained_again_counts_as_different(two_cells, capsys, monkeypatch):
+    import mixbench.bench.run.verify as verify
+    from mixbench.bench.train.engine import CellFailed
+
+    def fails(record, **_):
+        raise CellFailed("loss became NaN at epoch 1")
+
+    monkeypatch.setattr(verify, "rerun_cell", fails)
+    capsys.readouterr()
+    assert main(["verify", "--out", str(two_cells), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("DIFFERENT: the cell failed when trained again: loss became NaN") == 2
+    assert "2 cells run again: 0 identical, 2 different" in err
+
+
 def test_timings_are_kept_when_the_machine_differs(two_cells, capsys):
     cell = _records(two_cells)["erm"]
     hardware = dict(cell.versions["hardware"], cpu="another CPU")

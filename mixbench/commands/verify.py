@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         rerun_cell,
         same_machine,
     )
+    from mixbench.bench.train.engine import CellFailed
     from mixbench.commands.status import row_label
 
     url = store_url(args)
@@ -105,9 +106,21 @@ def run(args: argparse.Namespace) -> int:
             f"seed {record.seed} ({record.key})",
             file=sys.stderr,
         )
-        rerun = rerun_cell(
-            record, data_root=args.data_root, device=args.device, progress=not args.no_progress
-        )
+        try:
+            rerun = rerun_cell(
+                record, data_root=args.data_root, device=args.device, progress=not args.no_progress
+            )
+        except CellFailed as exc:  # e.g. its loss became NaN: it does not reproduce
+            different += 1
+            print(f"    DIFFERENT: the cell failed when trained again: {exc}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:
+            print(
+                f"mixbench: interrupted; {number - 1} of {len(picked)} cells verified (above); "
+                "a cell is verified from scratch, so the same command starts this one again",
+                file=sys.stderr,
+            )
+            return 130
         if rerun.identical:
             print(
                 f"    identical: {rerun.compared} metrics equal bit for bit; "

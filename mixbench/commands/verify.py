@@ -80,12 +80,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from mixbench.bench.run.store import DONE, ResultStore
-    from mixbench.bench.run.verify import (
-        cell_from_record,
-        method_version_change,
-        rerun_cell,
-        same_machine,
-    )
+    from mixbench.bench.run.verify import reproducible_cell, rerun_cell, same_machine
     from mixbench.bench.train.engine import CellFailed
     from mixbench.commands.status import row_label
 
@@ -96,9 +91,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         store.close()
     for record in picked:  # every cell checked before hours of training start
-        changed = method_version_change(cell_from_record(record))
-        if changed is not None:
-            raise UsageError(f"cell {record.key}: {changed}")
+        reproducible_cell(record)
     different = 0
     for number, record in enumerate(picked, 1):
         print(

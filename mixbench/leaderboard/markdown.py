@@ -146,7 +146,7 @@ def cost_spread_notes(table: Table) -> list[str]:
     for row in table.rows:
         if cost_basis(row, table) != "cpu":
             continue
-        values = [v for v in row.timings.get("train_cpu_seconds", []) if math.isfinite(v)]
+        values = row.timing_values("train_cpu_seconds")
         if len(values) >= 2 and min(values) > 0:
             spreads.append((max(values) / min(values) - 1, method_label(row), values))
     if not spreads:

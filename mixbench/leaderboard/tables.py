@@ -75,10 +75,14 @@ class Row:
         values = [v for v in self.metrics.get(name, []) if v is not None and math.isfinite(v)]
         return statistics.stdev(values) if len(values) > 1 else None
 
+    def timing_values(self, name: str) -> list[float]:
+        """The finite values of timing ``name``, one per cell that measured it."""
+        return [v for v in self.timings.get(name, []) if v is not None and math.isfinite(v)]
+
     def timing(self, name: str) -> float | None:
         """The median of timing ``name`` over the seeds that measured it: a cell slowed by a
         job that shared the machine does not move a row of three seeds (of two: the mean)."""
-        values = [v for v in self.timings.get(name, []) if v is not None and math.isfinite(v)]
+        values = self.timing_values(name)
         return statistics.median(values) if values else None
 
     def reliability_bins(self) -> list[dict[str, Any]]:

@@ -88,6 +88,17 @@ def method_version_change(cell: CellConfig) -> str | None:
     )
 
 
+def reproducible_cell(record: CellRecord) -> CellConfig:
+    """The cell of ``record`` (:func:`cell_from_record`), refused with a ``UsageError`` where its
+    method changed version since (:func:`method_version_change`): the checks a rerun needs
+    before any training."""
+    cell = cell_from_record(record)
+    changed = method_version_change(cell)
+    if changed is not None:
+        raise UsageError(f"cell {record.key}: {changed}")
+    return cell
+
+
 def metric_differences(stored: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
     """The names of the metrics whose values differ between ``stored`` and ``fresh`` (either
     missing counts as different), compared as JSON text: equal only when every bit is."""
@@ -127,10 +138,7 @@ def rerun_cell(
     from mixbench.bench.run.provenance import hardware
     from mixbench.bench.train.engine import train_cell
 
-    cell = cell_from_record(record)
-    changed = method_version_change(cell)
-    if changed is not None:
-        raise UsageError(f"cell {record.key}: {changed}")
+    cell = reproducible_cell(record)
     if data_root is not None:
         cell.runtime.data_root = data_root
     if device is not None:

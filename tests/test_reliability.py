@@ -459,6 +459,34 @@ def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, m
     assert [p.name for p in folder.glob("checkpoint_*.pt")] == ["checkpoint_3.pt"]
 
 
+def test_a_resumed_cells_training_timings_cover_every_attempt(tmp_path, monkeypatch):
+    """train_seconds and train_images add the killed attempt's epochs to the last one's, so a
+    resumed cell reports the images of every epoch and the seconds they took."""
+    from mixbench.bench.train.engine import train_cell
+
+    cell = _small_cell()
+    whole = train_cell(cell, tmp_path / "whole").timings
+    folder, real_save, saves = tmp_path / "cell", torch.save, []
+
+    def die_before_the_second_checkpoint(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:
+            raise _Killed
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", die_before_the_second_checkpoint)
+    with pytest.raises(_Killed):
+        train_cell(cell, folder)
+    monkeypatch.setattr(torch, "save", real_save)
+    first = torch.load(folder / "checkpoint_1.pt", weights_only=False)["progress"]
+    resumed = train_cell(cell, folder).timings
+    assert resumed["resumed_from_epoch"] == 1
+    assert 0 < first["train_images"] < resumed["train_images"] == whole["train_images"]
+    assert 0 < first["train_seconds"] < resumed["train_seconds"]
+    ratio = resumed["train_images"] / resumed["train_seconds"]
+    assert resumed["train_images_per_s"] == pytest.approx(ratio)
+
+
 def test_training_cpu_time_is_recorded_and_never_half_counted_after_a_resume(tmp_path):
     """The training process's CPU time is a timing of every cell, carried through a resume;
     a checkpoint written before it was measured leaves it unknown, never a part of it."""

@@ -433,18 +433,19 @@ class _Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (no except Exception catches it)."""
 
 
-def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+def _kill_while_writing_the_second_checkpoint(cell, folder, monkeypatch, half_written: bool):
+    """Trains ``cell`` into ``folder`` until the second checkpoint is saved, and kills it there
+    (the file half written, or not yet opened)."""
     from mixbench.bench.train.engine import train_cell
 
-    cell, folder = _small_cell(), tmp_path / "cell"
     real_save, saves = torch.save, []
 
     def save_then_die(obj, f, *args, **kwargs):
         saves.append(f)
-        if len(saves) == 2:  # the checkpoint of epoch 2, half written
-            if hasattr(f, "write"):  # ignite's DiskSaver passes an open file
+        if len(saves) == 2:
+            if half_written and hasattr(f, "write"):  # ignite's DiskSaver passes an open file
                 f.write(b"half")
-            else:
+            elif half_written:
                 Path(f).write_bytes(b"half")
             raise _Killed
         return real_save(obj, f, *args, **kwargs)
@@ -453,6 +454,13 @@ def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, m
     with pytest.raises(_Killed):
         train_cell(cell, folder)
     monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous_one(tmp_path, monkeypatch):
+    from mixbench.bench.train.engine import train_cell
+
+    cell, folder = _small_cell(), tmp_path / "cell"
+    _kill_while_writing_the_second_checkpoint(cell, folder, monkeypatch, half_written=True)
     assert [p.name for p in folder.glob("checkpoint_*.pt")] == ["checkpoint_1.pt"]
     result = train_cell(cell, folder)
     assert result.timings["resumed_from_epoch"] == 1
@@ -466,18 +474,8 @@ def test_a_resumed_cells_training_timings_cover_every_attempt(tmp_path, monkeypa
 
     cell = _small_cell()
     whole = train_cell(cell, tmp_path / "whole").timings
-    folder, real_save, saves = tmp_path / "cell", torch.save, []
-
-    def die_before_the_second_checkpoint(obj, f, *args, **kwargs):
-        saves.append(f)
-        if len(saves) == 2:
-            raise _Killed
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", die_before_the_second_checkpoint)
-    with pytest.raises(_Killed):
-        train_cell(cell, folder)
-    monkeypatch.setattr(torch, "save", real_save)
+    folder = tmp_path / "cell"
+    _kill_while_writing_the_second_checkpoint(cell, folder, monkeypatch, half_written=False)
     first = torch.load(folder / "checkpoint_1.pt", weights_only=False)["progress"]
     resumed = train_cell(cell, folder).timings
     assert resumed["resumed_from_epoch"] == 1

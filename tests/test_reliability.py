@@ -513,6 +513,39 @@ def test_training_cpu_time_is_recorded_and_never_half_counted_after_a_resume(tmp
     assert "train_cpu_seconds" not in again.timings
 
 
+def test_a_cell_records_every_machine_that_trained_it(tmp_path, monkeypatch):
+    """Timings are comparable within one machine only: a cell names the machine (as booted)
+    of each attempt that trained an epoch, both where a resume moved it to another; a
+    checkpoint written before machines were recorded leaves them unknown, never a part."""
+    from mixbench.bench.train import engine
+    from mixbench.bench.train.machine import machine_boot
+
+    here = machine_boot()
+    assert here == machine_boot() and len(here) == 12
+    cell, folder = _small_cell(), tmp_path / "cell"
+    assert engine.train_cell(cell, tmp_path / "whole").timings["train_machines"] == [here]
+    _kill_while_writing_the_second_checkpoint(cell, folder, monkeypatch, half_written=False)
+    monkeypatch.setattr(engine, "machine_boot", lambda: "another0boot")
+    assert engine.train_cell(cell, folder).timings["train_machines"] == [here, "another0boot"]
+
+    state = torch.load(folder / "checkpoint_3.pt", weights_only=False)
+    state["progress"].pop("machines")
+    (folder / "checkpoint_3.pt").unlink()
+    torch.save(state, folder / "checkpoint_1.pt")
+    assert engine.train_cell(cell, folder).timings["train_machines"] is None
+
+
+def test_a_machine_without_a_boot_id_is_named_by_its_host(tmp_path, monkeypatch):
+    from mixbench.bench.train import machine
+
+    with_boot = machine.machine_boot()
+    monkeypatch.setattr(machine, "BOOT_ID", tmp_path / "absent")
+    by_host = machine.machine_boot()
+    assert by_host == machine.machine_boot() and len(by_host) == 12
+    if Path("/proc/sys/kernel/random/boot_id").exists():
+        assert by_host != with_boot
+
+
 def test_a_restart_deletes_temporaries_and_superseded_checkpoints(tmp_path):
     """A kill after the new checkpoint is complete but before the old one is deleted, and
     temporary files of writes killed midway (ours and ignite's): the next start cleans up."""

@@ -33,6 +33,7 @@ from torch import nn
 
 from mixbench.bench.evaluators import reliability_diagram_data
 from mixbench.bench.train.compute import ComputeCounter
+from mixbench.bench.train.machine import machine_boot
 from mixbench.config import CellConfig, ScheduleConfig
 from mixbench.errors import UsageError
 from mixbench.methods import MixMethod, check_supports, get_method
@@ -117,7 +118,16 @@ class RunProgress:
         #: checkpoint written before it was measured).
         self.train_cpu_seconds: float | None = 0.0
         self.train_images = 0
+        #: The machines that trained the cell, one per machine boot (:func:`machine_boot`),
+        #: in the order they first trained an epoch; None: unknown (resumed from a
+        #: checkpoint written before they were recorded).
+        self.machines: list[str] | None = []
         self.compute = compute
+
+    def note_machine(self, name: str) -> None:
+        """Record that machine ``name`` trained an epoch (once per machine)."""
+        if self.machines is not None and name not in self.machines:
+            self.machines.append(name)
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -125,6 +135,7 @@ class RunProgress:
             "train_seconds": self.train_seconds,
             "train_cpu_seconds": self.train_cpu_seconds,
             "train_images": self.train_images,
+            "machines": self.machines,
         }
         if self.compute is not None:
             state["compute"] = self.compute.state_dict()
@@ -136,6 +147,8 @@ class RunProgress:
         cpu = state.get("train_cpu_seconds")
         self.train_cpu_seconds = float(cpu) if cpu is not None else None
         self.train_images = int(state["train_images"])
+        machines = state.get("machines")
+        self.machines = [str(m) for m in machines] if isinstance(machines, list) else None
         if self.compute is not None:
             # A checkpoint written before compute was counted: count from the resume on.
             if "compute" in state:
@@ -465,6 +478,7 @@ def create_trainer(parts: TrainingParts) -> Engine:
     # The process's CPU time over the same span: on a CPU shared with other processes it
     # measures a method's work where wall time also counts the waiting.
     cpu_started = [0.0]
+    machine = machine_boot()
 
     @trainer.on(Events.EPOCH_STARTED)
     def _start_cpu_clock(engine: Engine) -> None:
@@ -478,6 +492,7 @@ def create_trainer(parts: TrainingParts) -> Engine:
             progress.train_cpu_seconds += time.process_time() - cpu_started[0]
         progress.train_seconds += timer.value()
         progress.train_images += len(loader) * loader.batch_size * parts.world_size
+        progress.note_machine(machine)
 
     # Reading the loss synchronises with a GPU: there, check (and show) it every few steps.
     trainer.add_event_handler(
@@ -709,6 +724,7 @@ def _collect_result(
         ),
         "eval_seconds": float(metrics.get("eval_seconds", 0.0)),
         "resumed_from_epoch": resumed_from,
+        "train_machines": progress.machines,
         "epochs": schedule.epochs,
     }
     if progress.compute is not None and progress.compute.steps:

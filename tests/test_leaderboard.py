@@ -538,6 +538,42 @@ def test_cost_on_a_cpu_is_the_ratio_of_cpu_times_where_the_cells_measured_them()
     assert _cells(render_table(build_tables([*records, slowed])[0]), "mixup")["cost ×ERM"] == "2.00"
 
 
+def test_times_are_compared_only_between_cells_of_the_machine_of_most_of_erms_cells():
+    """Machines of one kind differ in speed: a row's times come from its cells on the machine
+    that trained most of ERM's, never from a faster one or a cell resumed across machines;
+    the work counted (passes per step) comes from every cell; a note says what was left out."""
+    from mixbench.leaderboard.markdown import timing_machine_notes
+
+    records = _evaluated_records()  # ERM seeds 0 and 1 (10 and 12 s), mixup seed 0 (22 s)
+    faster = _evaluated("mixup", 1, 0.85, fgsm=0.2, pgd=0.0, seconds=11.0)
+    cutmix = [_evaluated("cutmix", s, 0.84, fgsm=0.2, pgd=0.0, seconds=5.0) for s in (0, 1)]
+    for rec, machines in zip(
+        [*records, faster, *cutmix], [["m1"], ["m1"], ["m1"], ["m2"], ["m2"], ["m1", "m2"]]
+    ):
+        rec["timings"].update(train_machines=machines, passes_per_step=1.0)
+    (table,) = build_tables([*records, faster, *cutmix])
+    text = render_table(table)
+    assert _cells(text, "mixup")["cost ×ERM"] == "2.00"  # 22 / 11: its m2 cell's 11 s left out
+    assert _cells(text, "cutmix")["cost ×ERM"] == "—"
+    assert _cells(text, "cutmix")["train img/s"] == "—"
+    assert _cells(text, "cutmix")["passes/step"] == "1.00"
+    (note,) = timing_machine_notes(table)
+    assert "3 of the table's 6 cells" in note and "count as one machine" not in note
+    assert note.endswith("`cutmix` (0 of 2), `mixup` (1 of 2).")
+
+    # Cells stored before machines were named count as one machine: ERM's, here.
+    for rec in records:
+        del rec["timings"]["train_machines"]
+    (table,) = build_tables([*records, faster, *cutmix])
+    assert _cells(render_table(table), "mixup")["cost ×ERM"] == "2.00"
+    (note,) = timing_machine_notes(table)
+    assert "count as one machine" in note and "3 of the table's 6 cells" in note
+    # Every cell on one machine: the times of all of them, and nothing to note.
+    (table,) = build_tables(_evaluated_records())
+    assert timing_machine_notes(table) == []
+    assert _cells(render_table(table), "mixup")["cost ×ERM"] == "2.00"
+
+
 def test_cost_is_the_median_over_seeds_so_one_slowed_cell_does_not_move_a_row():
     records = _evaluated_records()  # ERM seeds 0 and 1 (10 and 12 s), mixup seed 0 (22 s)
     records.append(_evaluated("erm", 2, 0.81, fgsm=0.1, pgd=0.0, seconds=40.0))  # beside a job

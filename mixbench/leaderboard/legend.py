@@ -57,7 +57,9 @@ def legend(table: Table, shown: Iterable[str]) -> str:
         )
     out.append(
         "train img/s: training throughput. cost ×ERM: training time relative to ERM's in the "
-        "same table, each the median over its seeds' cells: the training process's CPU time "
+        "same table, each the median over its seeds' cells that trained on one machine (the "
+        "one that trained the most of ERM's cells; machines of one kind differ in speed): "
+        "the training process's CPU time "
         "where the row's and ERM's cells trained on a CPU and recorded it (other processes "
         "sharing the cores stretch it far less than the wall time), else wall time, shown only "
         "where the row's cells ran on the same kind of machine as ERM's. #: rank by mean "

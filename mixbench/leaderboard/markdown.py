@@ -22,7 +22,7 @@ from mixbench.leaderboard.protocol import (
     short_run_warning,
 )
 from mixbench.leaderboard.reference import render_reference
-from mixbench.leaderboard.tables import Row, Table
+from mixbench.leaderboard.tables import UNNAMED_MACHINE, Row, Table
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,36 @@ def cost_basis_notes(table: Table) -> list[str]:
     return [
         f"cost ×ERM is a ratio of CPU times except for {', '.join(walls)}: wall time there, "
         "since these rows' cells or ERM's were trained before CPU time was recorded."
+    ]
+
+
+def timing_machine_notes(table: Table) -> list[str]:
+    """A line under a table some of whose cells trained on another machine than the one its
+    times are compared on (:func:`~mixbench.leaderboard.tables.pool_speeds`): how many cells
+    the timing columns count, why the others are left out, and the rows timed on fewer
+    cells than they have."""
+    timed = {id(r): sum(m == table.timing_machine for m, _ in r.speeds) for r in table.rows}
+    cells = sum(len(r.speeds) for r in table.rows)
+    if sum(timed.values()) == cells:
+        return []
+    unnamed = (
+        " (cells stored before mixbench named the machine that trained a cell count as one machine)"
+        if table.timing_machine == UNNAMED_MACHINE
+        else ""
+    )
+    fewer = [
+        f"{method_label(r)} ({timed[id(r)]} of {len(r.speeds)})"
+        for r in sorted(table.rows, key=method_label)
+        if timed[id(r)] < len(r.speeds)
+    ]
+    return [
+        f"train img/s and cost ×ERM compare the cells that trained on one machine, the one "
+        f"that trained the most of ERM's cells{unnamed}: {sum(timed.values())} of the "
+        f"table's {plural(cells, 'cell')}. The other {cells - sum(timed.values())} trained on "
+        "other machines or on several (resumed on another), and machines of one kind differ "
+        "in speed by more than most methods' costs, so their times are left out of these two "
+        f"columns (a dash: none of the row's cells trained there). Rows timed on fewer cells "
+        f"than they have: {', '.join(fewer)}."
     ]
 
 
@@ -505,6 +535,7 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         ]
         notes = (
             equal_compute_notes(table)
+            + timing_machine_notes(table)
             + cost_basis_notes(table)
             + cost_spread_notes(table)
             + remeasured_notes(table)

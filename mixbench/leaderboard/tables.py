@@ -11,6 +11,7 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -18,6 +19,10 @@ from typing import Any
 
 from mixbench.config import keyed_params, table_key
 from mixbench.names import file_part, one_line
+
+#: The machine of the cells stored before cells named the machines that trained them: taken
+#: as one machine (a campaign ran on one before it could say so).
+UNNAMED_MACHINE = ""
 
 #: Metrics whose name ends so hold a note on an evaluator that was skipped (shown under the
 #: table), e.g. ``corruption_official_note``.
@@ -46,6 +51,10 @@ class Row:
     epochs_scale: int = 1
     #: The last-epoch top-1 of each seed's cell.
     top1_by_seed: dict[int, float] = field(default_factory=dict)
+    #: Each cell's speed timings (:func:`is_speed_timing`) with the one machine that measured
+    #: them (:func:`timing_machine`); :func:`pool_speeds` puts those of the table's timing
+    #: machine into :attr:`timings`.
+    speeds: list[tuple[str | None, dict[str, float]]] = field(default_factory=list)
     #: When each seed's timings were measured again (``mixbench verify --update-timings``, Unix
     #: time), for the cells whose stored timings are not those of the run that made them.
     remeasured_by_seed: dict[int, float] = field(default_factory=dict)
@@ -165,6 +174,8 @@ class Table:
     notes: list[str] = field(default_factory=list)
     data_name: str = ""
     data: list[dict[str, Any]] = field(default_factory=list)
+    #: The machine whose cells' speed timings the rows show (:func:`pool_speeds`).
+    timing_machine: str | None = None
 
     @property
     def slug(self) -> str:
@@ -186,6 +197,44 @@ class Table:
             if row.method == "erm" and row.epochs_scale == 1:
                 return row
         return None
+
+
+def is_speed_timing(name: str) -> bool:
+    """Whether timing ``name`` measures speed (seconds, images per second), which depends on
+    the machine, rather than counting work (images, passes per step, epochs)."""
+    return name.endswith(("_seconds", "_per_s"))
+
+
+def timing_machine(timings: Mapping[str, Any]) -> str | None:
+    """The one machine whose speed a cell's timings measure: the one that trained it (its
+    ``train_machines``), :data:`UNNAMED_MACHINE` for a cell stored before machines were
+    named, None where its machines are unknown or several (a resume moved it): its speed
+    compares with no other cell's."""
+    if "train_machines" not in timings:
+        return UNNAMED_MACHINE
+    machines = timings["train_machines"]
+    if isinstance(machines, list) and len(machines) == 1 and isinstance(machines[0], str):
+        return machines[0]
+    return None
+
+
+def pool_speeds(table: Table) -> None:
+    """Pick the table's timing machine and give each row the speed timings of its cells that
+    trained there. Machines of one kind differ in speed by up to 3x, more than most methods'
+    costs, so times are only compared within one machine: the one that trained the most of
+    ERM's cells (where there are none, the most of all cells; ties: the most cells of the
+    table, then the name)."""
+    every = Counter(m for r in table.rows for m, _ in r.speeds if m is not None)
+    ref = table.reference()
+    erm = Counter(m for m, _ in ref.speeds if m is not None) if ref is not None else Counter()
+    counts = erm or every
+    if counts:
+        table.timing_machine = max(counts, key=lambda m: (counts[m], every[m], m))
+    for row in table.rows:
+        for machine, values in row.speeds:
+            if machine is not None and machine == table.timing_machine:
+                for name, value in values.items():
+                    row.timings.setdefault(name, []).append(value)
 
 
 def machine_name(record: dict[str, Any]) -> str | None:
@@ -283,9 +332,15 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         for name, value in rec["metrics"].items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row.metrics.setdefault(name, []).append(float(value))
-        for name, value in (rec.get("timings") or {}).items():
+        timings = rec.get("timings") or {}
+        speeds = {}
+        for name, value in timings.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                row.timings.setdefault(name, []).append(float(value))
+                if is_speed_timing(name):
+                    speeds[name] = float(value)
+                else:
+                    row.timings.setdefault(name, []).append(float(value))
+        row.speeds.append((timing_machine(timings), speeds))
         remeasured = (rec.get("timings") or {}).get("remeasured_at")
         if isinstance(remeasured, (int, float)) and not isinstance(remeasured, bool):
             row.remeasured_by_seed[int(rec["seed"])] = float(remeasured)
@@ -326,4 +381,5 @@ def build_tables(records: Iterable[dict[str, Any]]) -> list[Table]:
         table.notes.sort()
         table.eval_settings.sort(key=lambda s: json.dumps(s, sort_keys=True))
         table.data.sort(key=lambda d: json.dumps(d, sort_keys=True))
+        pool_speeds(table)
     return out

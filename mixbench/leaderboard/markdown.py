@@ -156,11 +156,14 @@ def timing_machine_notes(table: Table) -> list[str]:
         for r in sorted(table.rows, key=method_label)
         if timed[id(r)] < len(r.speeds)
     ]
+    ref = table.reference()
+    whose = "ERM's cells" if ref is not None and ref.speeds else "its cells"
+    counted = sum(timed.values())
     return [
         f"train img/s and cost ×ERM compare the cells that trained on one machine, the one "
-        f"that trained the most of ERM's cells{unnamed}: {sum(timed.values())} of the "
-        f"table's {plural(cells, 'cell')}. The other {cells - sum(timed.values())} trained on "
-        "other machines or on several (resumed on another), and machines of one kind differ "
+        f"that trained the most of {whose}{unnamed}: {counted} of the table's "
+        f"{plural(cells, 'cell')}; {plural(cells - counted, 'cell')} trained elsewhere (on "
+        "another machine, or on several: resumed on another), and machines of one kind differ "
         "in speed by more than most methods' costs, so their times are left out of these two "
         f"columns (a dash: none of the row's cells trained there). Rows timed on fewer cells "
         f"than they have: {', '.join(fewer)}."

@@ -157,7 +157,8 @@ def timing_machine_notes(table: Table) -> list[str]:
         if timed[id(r)] < len(r.speeds)
     ]
     ref = table.reference()
-    whose = "ERM's cells" if ref is not None and ref.speeds else "its cells"
+    named = ref is not None and any(m is not None for m, _ in ref.speeds)
+    whose = "ERM's cells" if named else "its cells"  # as pool_speeds picks the machine
     counted = sum(timed.values())
     return [
         f"train img/s and cost ×ERM compare the cells that trained on one machine, the one "

@@ -492,6 +492,23 @@ def test_a_stored_cell_with_its_defaults_is_named_bare_though_json_made_its_tupl
     assert method_label(rows[0], code=False) == "manifold_mixup"
 
 
+def test_parameters_given_one_by_one_that_make_a_named_set_are_named_by_it():
+    """A row whose parameters differ from the defaults exactly as a named set of the current
+    version does is that set (``[ce]``); anything more or an older version keeps its list."""
+    from mixbench.leaderboard.markdown import method_label
+
+    given = {"clean_weight": 1.0}
+    as_set = _record("multimix", 0, 0.7, params=given)
+    more = _record("multimix", 1, 0.7, params={**given, "alpha": 0.5})
+    old = _record("multimix", 2, 0.7, params=given, preset="old")
+    old["config"]["method_version"] = 1
+    labels = sorted(method_label(r) for t in build_tables([as_set, more, old]) for r in t.rows)
+    assert labels == [
+        "`multimix` [alpha=0.5, clean_weight=1.0]", "`multimix` [ce]",
+        "`multimix` v1 [clean_weight=1.0]",
+    ]  # fmt: skip
+
+
 def test_cost_is_relative_to_erm_only_on_the_same_kind_of_machine():
     records = _evaluated_records()
     for rec in records:

@@ -222,7 +222,9 @@ def _registered(method: str) -> Any:
 
 def parameter_tag(row: Row) -> str:
     """What sets the row apart from the method's current defaults: its named parameter set
-    (``ce``, ``paper``), ``tuned``, or the parameters that differ; empty for the defaults."""
+    (``ce``, ``paper``), ``tuned``, or the parameters that differ; empty for the defaults.
+    Parameters given one by one that differ from the defaults exactly as a named set of the
+    current version does are that set, and named so."""
     if row.param_set.startswith("best:"):
         return "tuned"
     if row.param_set != "default":
@@ -232,10 +234,18 @@ def parameter_tag(row: Row) -> str:
         return ""
     from mixbench.methods.base import resolve_params
 
-    defaults = resolve_params(cls, {})
-    # Compared as JSON values: a stored cell's tuple parameters come back as lists.
-    changed = {k: v for k, v in row.params.items() if to_dict(defaults.get(k, v)) != to_dict(v)}
-    return format_params(changed) if changed else ""
+    defaults = to_dict(resolve_params(cls, {}))
+
+    def differences(params: dict[str, Any]) -> dict[str, Any]:
+        # Compared as JSON values: a stored cell's tuple parameters come back as lists.
+        return {k: v for k, v in to_dict(params).items() if defaults.get(k, v) != v}
+
+    changed = differences(row.params)
+    if changed and row.version == cls.version:
+        for name, values in sorted(cls.param_sets.items()):
+            if differences(resolve_params(cls, dict(values))) == changed:
+                return name
+    return format_params({k: row.params[k] for k in changed}) if changed else ""
 
 
 def method_label(row: Row, code: bool = True) -> str:
@@ -496,8 +506,8 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         "table states its protocol (data, network, schedule, seeds, hardware, software and "
         "commit, dates), all taken from the results behind it. Rows are named by the methods' "
         "registry names: a bare name is the method's current version with its defaults; "
-        "`[ce]` names a parameter set, `[alpha=0.2]` the parameters that differ from the "
-        "defaults, `[tuned]` parameters found by `mixbench tune`, and `v1` cells of an older "
+        "`[ce]` names a parameter set (also where its parameters were given one by one), "
+        "`[alpha=0.2]` the parameters that differ from the defaults, `[tuned]` parameters found by `mixbench tune`, and `v1` cells of an older "
         "version of the method (what changed since is said under the table).",
         "",
     ]

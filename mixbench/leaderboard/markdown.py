@@ -507,8 +507,9 @@ def render_leaderboard(tables: list[Table], plots: dict[str, list[str]]) -> str:
         "commit, dates), all taken from the results behind it. Rows are named by the methods' "
         "registry names: a bare name is the method's current version with its defaults; "
         "`[ce]` names a parameter set (also where its parameters were given one by one), "
-        "`[alpha=0.2]` the parameters that differ from the defaults, `[tuned]` parameters found by `mixbench tune`, and `v1` cells of an older "
-        "version of the method (what changed since is said under the table).",
+        "`[alpha=0.2]` the parameters that differ from the defaults, `[tuned]` parameters "
+        "found by `mixbench tune`, and `v1` cells of an older version of the method (what "
+        "changed since is said under the table).",
         "",
     ]
     checks = [convergence_check(table, tables) for table in tables]

@@ -314,7 +314,7 @@ def test_plot_labels_are_the_rows_names_in_the_table_and_never_collide():
         _record("cutmix", 0, 0.79),
         old,
         _record("multimix", 0, 0.70, params=base),
-        _record("multimix", 0, 0.75, params={**base, "alpha": 0.05}),
+        _record("multimix", 0, 0.75, params={**base, "alpha": 0.2}),
         _record("multimix", 0, 0.78, params={**base, "clean_weight": 0.5}),
         _record("multimix", 1, 0.79, params={**base, "clean_weight": 0.5}),
         ce,
@@ -330,7 +330,7 @@ def test_plot_labels_are_the_rows_names_in_the_table_and_never_collide():
         "cutmix",
         "cutmix v1",
         "multimix",
-        "multimix [alpha=0.05]",
+        "multimix [alpha=0.2]",
         "multimix [clean_weight=0.5]",
         "multimix [ce]",
     }

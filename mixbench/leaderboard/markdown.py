@@ -144,7 +144,8 @@ def timing_machine_notes(table: Table) -> list[str]:
     cells than they have."""
     timed = {id(r): sum(m == table.timing_machine for m, _ in r.speeds) for r in table.rows}
     cells = sum(len(r.speeds) for r in table.rows)
-    if sum(timed.values()) == cells:
+    counted = sum(timed.values())
+    if counted == cells:
         return []
     unnamed = (
         " (cells stored before mixbench named the machine that trained a cell count as one machine)"
@@ -159,7 +160,6 @@ def timing_machine_notes(table: Table) -> list[str]:
     ref = table.reference()
     named = ref is not None and any(m is not None for m, _ in ref.speeds)
     whose = "ERM's cells" if named else "its cells"  # as pool_speeds picks the machine
-    counted = sum(timed.values())
     return [
         f"train img/s and cost ×ERM compare the cells that trained on one machine, the one "
         f"that trained the most of {whose}{unnamed}: {counted} of the table's "

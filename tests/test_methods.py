@@ -798,6 +798,13 @@ def test_the_alpha_005_set_is_the_paper_set_with_a_sparser_dirichlet() -> None:
     assert "alpha-0.05" not in get_method_class("dense_multimix").param_sets  # not swept
 
 
+def test_the_alpha_001_set_is_the_paper_set_with_the_sparsest_swept_dirichlet() -> None:
+    sets = get_method_class("multimix").param_sets
+    assert sets["alpha-0.01"] == {**sets["paper"], "alpha": 0.01}
+    assert get_method("multimix", **sets["alpha-0.01"]).alpha == 0.01
+    assert "alpha-0.01" not in get_method_class("dense_multimix").param_sets  # not swept
+
+
 def test_multimix_with_a_sparse_dirichlet_is_the_clean_loss() -> None:
     """As alpha -> 0 each interpolation vector is one-hot: every generated example is one clean
     example with its label, so the loss tends to the clean cross-entropy (a check of the

@@ -791,18 +791,12 @@ def test_the_paper_set_is_methods_md() -> None:
     }
 
 
-def test_the_alpha_005_set_is_the_paper_set_with_a_sparser_dirichlet() -> None:
+@pytest.mark.parametrize("name, alpha", [("alpha-0.05", 0.05), ("alpha-0.01", 0.01)])
+def test_the_alpha_sets_are_the_paper_set_with_a_sparser_dirichlet(name: str, alpha: float) -> None:
     sets = get_method_class("multimix").param_sets
-    assert sets["alpha-0.05"] == {**sets["paper"], "alpha": 0.05}
-    assert get_method("multimix", **sets["alpha-0.05"]).alpha == 0.05
-    assert "alpha-0.05" not in get_method_class("dense_multimix").param_sets  # not swept
-
-
-def test_the_alpha_001_set_is_the_paper_set_with_the_sparsest_swept_dirichlet() -> None:
-    sets = get_method_class("multimix").param_sets
-    assert sets["alpha-0.01"] == {**sets["paper"], "alpha": 0.01}
-    assert get_method("multimix", **sets["alpha-0.01"]).alpha == 0.01
-    assert "alpha-0.01" not in get_method_class("dense_multimix").param_sets  # not swept
+    assert sets[name] == {**sets["paper"], "alpha": alpha}
+    assert get_method("multimix", **sets[name]).alpha == alpha
+    assert name not in get_method_class("dense_multimix").param_sets  # not swept
 
 
 def test_multimix_with_a_sparse_dirichlet_is_the_clean_loss() -> None:

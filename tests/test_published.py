@@ -322,3 +322,24 @@ def test_the_long_sweep_reads_every_setting_against_the_paper_default_over_seeds
     # Fewer than two seeds on either side: no reading, and no column at all when none has one.
     one_seed = render_sweep_page(build_tables([r for r in records if r["seed"] == 0]), "x")
     assert "vs base over seeds |" not in one_seed
+
+
+def _readme_long_reading() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("**The `long` table (")
+    return readme[start : readme.index("\n- **[docs/", start)]
+
+
+def test_the_readme_long_reading_quotes_the_leaderboard() -> None:
+    """Every `mean ± std` the README's reading of the `long` table quotes stands in the
+    leaderboard, and its cell count is the leaderboard's: the prose cannot drift from the data
+    as cells land."""
+    reading = _readme_long_reading()
+    board = (ROOT / "LEADERBOARD.md").read_text(encoding="utf-8")
+    quoted = re.findall(r"(\d+\.\d\d) ± (\d\.\d\d)", reading)
+    assert len(quoted) >= 10
+    missing = [f"{m} ± {s}" for m, s in quoted if f"{m} ± {s}" not in board]
+    assert not missing, f"quoted in the README but in no leaderboard row: {missing}"
+    done, planned = re.search(r"\((\d+) of (\d+) cells", reading).groups()
+    cells = f"- cells: {done} of the {planned} that preset `long` plans"
+    assert cells in board, f"the README's cell count ({done} of {planned}) is not the leaderboard's"
